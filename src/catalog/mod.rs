@@ -1,0 +1,607 @@
+//! The catalog: the local SQLite product database.
+//!
+//! It holds repositories, jobs, passwords (with their password hashes), and a cache of
+//! recovery points. It is a convenience, never the only copy of anything: every job and point
+//! is also described in its repository, and `arca catalog rebuild` recreates the catalog.
+//!
+//! Password hashes are keys, so they are never stored in clear: each is sealed with
+//! AES-256-GCM under a catalog key kept in `<catalog>.key` (0600, beside the database),
+//! bound to the password's name. Both files are created with mode 0600.
+
+use std::fs::OpenOptions;
+use std::io::Write;
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+use rusqlite::{params, Connection, OptionalExtension};
+
+use crate::crypto::{self, SecretKey};
+use crate::error::{Error, Result};
+use crate::repo::format::{EncryptionMode, Id16, KdfRecord, PointStats};
+
+/// Schema migrations, applied in order; `PRAGMA user_version` records how many ran.
+const MIGRATIONS: &[&str] = &[
+    // 1: initial schema
+    "CREATE TABLE repositories (
+        repo_id TEXT PRIMARY KEY,
+        path TEXT NOT NULL,
+        added TEXT NOT NULL
+     );
+     CREATE TABLE passwords (
+        name TEXT PRIMARY KEY,
+        description TEXT NOT NULL DEFAULT '',
+        created TEXT NOT NULL,
+        algorithm TEXT NOT NULL,
+        salt BLOB NOT NULL,
+        m_kib INTEGER NOT NULL,
+        t_cost INTEGER NOT NULL,
+        p_cost INTEGER NOT NULL,
+        sealed_hash BLOB NOT NULL
+     );
+     CREATE TABLE jobs (
+        name TEXT PRIMARY KEY,
+        job_id TEXT NOT NULL UNIQUE,
+        repo_id TEXT NOT NULL REFERENCES repositories(repo_id),
+        source TEXT NOT NULL,
+        encryption TEXT NOT NULL,
+        password TEXT REFERENCES passwords(name),
+        key_file TEXT,
+        chain_id TEXT NOT NULL,
+        created TEXT NOT NULL
+     );
+     CREATE TABLE points (
+        point_id TEXT PRIMARY KEY,
+        job_id TEXT NOT NULL,
+        chain_id TEXT NOT NULL,
+        time TEXT NOT NULL,
+        kind TEXT,
+        stats TEXT,
+        errors INTEGER NOT NULL DEFAULT 0
+     );
+     CREATE INDEX points_by_job ON points(job_id, time);",
+];
+
+pub struct Catalog {
+    conn: Connection,
+    path: PathBuf,
+    seal_key: SecretKey,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct JobRow {
+    pub name: String,
+    pub job_id: Id16,
+    pub repo_id: Id16,
+    pub repo_path: PathBuf,
+    pub source: String,
+    pub encryption: EncryptionMode,
+    pub password: Option<String>,
+    pub key_file: Option<String>,
+    pub chain_id: Id16,
+    pub created: String,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PointRow {
+    pub point_id: Id16,
+    pub job_id: Id16,
+    pub chain_id: Id16,
+    pub time: String,
+    pub kind: Option<String>,
+    pub stats: Option<PointStats>,
+    pub errors: u64,
+}
+
+#[derive(Clone, Debug)]
+pub struct PasswordRow {
+    pub name: String,
+    pub description: String,
+    pub created: String,
+    pub kdf: KdfRecord,
+}
+
+fn cat_err(path: &Path, e: impl std::fmt::Display) -> Error {
+    Error::Catalog {
+        path: path.display().to_string(),
+        detail: e.to_string(),
+    }
+}
+
+/// Creates `path` with mode 0600 if missing; tightens it if it exists.
+fn ensure_private_file(path: &Path) -> Result<()> {
+    match OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+    {
+        Ok(_) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+            std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
+                .map_err(|e| cat_err(path, e))
+        }
+        Err(e) => Err(cat_err(path, e)),
+    }
+}
+
+fn load_or_create_seal_key(path: &Path) -> Result<SecretKey> {
+    match std::fs::read(path) {
+        Ok(mut b) => {
+            let k = SecretKey::from_slice(&b)
+                .map_err(|_| cat_err(path, "catalog key file is not 32 bytes"));
+            zeroize::Zeroize::zeroize(&mut b);
+            k
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let k = SecretKey::random();
+            let mut f = OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .open(path)
+                .map_err(|e| cat_err(path, e))?;
+            f.write_all(k.expose())
+                .and_then(|_| f.sync_all())
+                .map_err(|e| cat_err(path, e))?;
+            Ok(k)
+        }
+        Err(e) => Err(cat_err(path, e)),
+    }
+}
+
+impl Catalog {
+    /// The default location: `$XDG_DATA_HOME/arca/catalog.db` (or the platform equivalent).
+    pub fn default_path() -> PathBuf {
+        dirs::data_dir()
+            .unwrap_or_else(|| PathBuf::from("."))
+            .join("arca")
+            .join("catalog.db")
+    }
+
+    /// Opens (creating if needed) the catalog and applies pending migrations.
+    pub fn open(path: &Path) -> Result<Catalog> {
+        if let Some(parent) = path.parent() {
+            if !parent.as_os_str().is_empty() {
+                std::fs::create_dir_all(parent).map_err(|e| cat_err(path, e))?;
+            }
+        }
+        ensure_private_file(path)?;
+        let key_path = Self::key_path(path);
+        let seal_key = load_or_create_seal_key(&key_path)?;
+        let conn = Connection::open(path).map_err(|e| cat_err(path, e))?;
+        conn.busy_timeout(std::time::Duration::from_secs(10))
+            .map_err(|e| cat_err(path, e))?;
+        conn.execute_batch("PRAGMA foreign_keys = ON; PRAGMA journal_mode = WAL;")
+            .map_err(|e| cat_err(path, e))?;
+        let cat = Catalog {
+            conn,
+            path: path.to_path_buf(),
+            seal_key,
+        };
+        cat.migrate()?;
+        // WAL side files must not be world-readable either.
+        for ext in ["-wal", "-shm"] {
+            let mut p = path.as_os_str().to_owned();
+            p.push(ext);
+            let p = PathBuf::from(p);
+            if p.exists() {
+                let _ = std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o600));
+            }
+        }
+        Ok(cat)
+    }
+
+    pub fn key_path(path: &Path) -> PathBuf {
+        let mut p = path.as_os_str().to_owned();
+        p.push(".key");
+        PathBuf::from(p)
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    fn err(&self, e: impl std::fmt::Display) -> Error {
+        cat_err(&self.path, e)
+    }
+
+    pub fn schema_version(&self) -> Result<usize> {
+        let v: i64 = self
+            .conn
+            .query_row("PRAGMA user_version", [], |r| r.get(0))
+            .map_err(|e| self.err(e))?;
+        Ok(v as usize)
+    }
+
+    fn migrate(&self) -> Result<()> {
+        let current = self.schema_version()?;
+        if current > MIGRATIONS.len() {
+            return Err(self.err(format!(
+                "schema version {current} is newer than this arca knows ({}); use a newer arca",
+                MIGRATIONS.len()
+            )));
+        }
+        for (i, m) in MIGRATIONS.iter().enumerate().skip(current) {
+            let tx = self.conn.unchecked_transaction().map_err(|e| self.err(e))?;
+            tx.execute_batch(m).map_err(|e| self.err(e))?;
+            tx.execute_batch(&format!("PRAGMA user_version = {}", i + 1))
+                .map_err(|e| self.err(e))?;
+            tx.commit().map_err(|e| self.err(e))?;
+        }
+        Ok(())
+    }
+
+    // --- repositories ---
+
+    pub fn add_repository(&self, repo_id: &Id16, path: &Path) -> Result<()> {
+        let abs = std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf());
+        self.conn
+            .execute(
+                "INSERT INTO repositories (repo_id, path, added) VALUES (?1, ?2, ?3)
+                 ON CONFLICT(repo_id) DO UPDATE SET path = excluded.path",
+                params![
+                    repo_id.hex(),
+                    abs.to_string_lossy(),
+                    crate::repo::now_rfc3339()
+                ],
+            )
+            .map_err(|e| self.err(e))?;
+        Ok(())
+    }
+
+    // --- passwords ---
+
+    fn password_aad(name: &str) -> Vec<u8> {
+        crypto::aad("arca-catalog-password-hash-v1", &[name.as_bytes()])
+    }
+
+    pub fn create_password(
+        &self,
+        rec: &KdfRecord,
+        description: &str,
+        hash: &SecretKey,
+    ) -> Result<()> {
+        let sealed = crypto::seal_random_nonce(
+            &self.seal_key.derive(crypto::context::CATALOG_SEAL),
+            &Self::password_aad(&rec.password),
+            hash.expose(),
+        );
+        self.conn
+            .execute(
+                "INSERT INTO passwords (name, description, created, algorithm, salt, m_kib, t_cost, p_cost, sealed_hash)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)
+                 ON CONFLICT(name) DO UPDATE SET algorithm = excluded.algorithm, salt = excluded.salt,
+                   m_kib = excluded.m_kib, t_cost = excluded.t_cost, p_cost = excluded.p_cost,
+                   sealed_hash = excluded.sealed_hash",
+                params![
+                    rec.password,
+                    description,
+                    crate::repo::now_rfc3339(),
+                    rec.algorithm,
+                    rec.salt,
+                    rec.m_kib,
+                    rec.t,
+                    rec.p,
+                    sealed
+                ],
+            )
+            .map_err(|e| self.err(e))?;
+        Ok(())
+    }
+
+    fn row_to_password(r: &rusqlite::Row<'_>) -> rusqlite::Result<PasswordRow> {
+        Ok(PasswordRow {
+            name: r.get(0)?,
+            description: r.get(1)?,
+            created: r.get(2)?,
+            kdf: KdfRecord {
+                password: r.get(0)?,
+                algorithm: r.get(3)?,
+                salt: r.get(4)?,
+                m_kib: r.get(5)?,
+                t: r.get(6)?,
+                p: r.get(7)?,
+            },
+        })
+    }
+
+    pub fn password(&self, name: &str) -> Result<Option<PasswordRow>> {
+        self.conn
+            .query_row(
+                "SELECT name, description, created, algorithm, salt, m_kib, t_cost, p_cost FROM passwords WHERE name = ?1",
+                [name],
+                Self::row_to_password,
+            )
+            .optional()
+            .map_err(|e| self.err(e))
+    }
+
+    pub fn list_passwords(&self) -> Result<Vec<PasswordRow>> {
+        let mut st = self
+            .conn
+            .prepare("SELECT name, description, created, algorithm, salt, m_kib, t_cost, p_cost FROM passwords ORDER BY name")
+            .map_err(|e| self.err(e))?;
+        let rows = st
+            .query_map([], Self::row_to_password)
+            .map_err(|e| self.err(e))?;
+        rows.collect::<rusqlite::Result<Vec<_>>>()
+            .map_err(|e| self.err(e))
+    }
+
+    /// The stored password hash (tier 1 of the resolver), if the catalog has one and its
+    /// sealing key still opens it.
+    pub fn password_hash(&self, name: &str) -> Result<Option<(KdfRecord, SecretKey)>> {
+        let row: Option<(Vec<u8>,)> = self
+            .conn
+            .query_row(
+                "SELECT sealed_hash FROM passwords WHERE name = ?1",
+                [name],
+                |r| Ok((r.get(0)?,)),
+            )
+            .optional()
+            .map_err(|e| self.err(e))?;
+        let Some((sealed,)) = row else {
+            return Ok(None);
+        };
+        let pw = self.password(name)?.expect("row exists");
+        let mut pt = crypto::open(
+            &self.seal_key.derive(crypto::context::CATALOG_SEAL),
+            &Self::password_aad(name),
+            &sealed,
+        )
+        .map_err(|_| {
+            self.err(format!(
+                "the stored hash of password '{name}' does not open with this catalog's key file \
+                 ({}); restore with the passphrase instead",
+                Self::key_path(&self.path).display()
+            ))
+        })?;
+        let k = SecretKey::from_slice(&pt).map_err(|e| self.err(e));
+        zeroize::Zeroize::zeroize(&mut pt);
+        Ok(Some((pw.kdf, k?)))
+    }
+
+    // --- jobs ---
+
+    pub fn create_job(&self, j: &JobRow) -> Result<()> {
+        self.add_repository(&j.repo_id, &j.repo_path)?;
+        self.conn
+            .execute(
+                "INSERT INTO jobs (name, job_id, repo_id, source, encryption, password, key_file, chain_id, created)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+                params![
+                    j.name,
+                    j.job_id.hex(),
+                    j.repo_id.hex(),
+                    j.source,
+                    j.encryption.as_str(),
+                    j.password,
+                    j.key_file,
+                    j.chain_id.hex(),
+                    j.created
+                ],
+            )
+            .map_err(|e| match e {
+                rusqlite::Error::SqliteFailure(f, _) if f.code == rusqlite::ErrorCode::ConstraintViolation => {
+                    Error::Usage(format!("a job named '{}' already exists in the catalog", j.name))
+                }
+                e => self.err(e),
+            })?;
+        Ok(())
+    }
+
+    pub fn update_job_encryption(
+        &self,
+        name: &str,
+        enc: EncryptionMode,
+        password: Option<&str>,
+        key_file: Option<&str>,
+        chain_id: &Id16,
+    ) -> Result<()> {
+        self.conn
+            .execute(
+                "UPDATE jobs SET encryption = ?2, password = ?3, key_file = ?4, chain_id = ?5 WHERE name = ?1",
+                params![name, enc.as_str(), password, key_file, chain_id.hex()],
+            )
+            .map_err(|e| self.err(e))?;
+        Ok(())
+    }
+
+    fn row_to_job(r: &rusqlite::Row<'_>) -> rusqlite::Result<JobRow> {
+        let id = |i: usize| -> rusqlite::Result<Id16> {
+            let s: String = r.get(i)?;
+            Id16::parse(&s).map_err(|e| {
+                rusqlite::Error::FromSqlConversionFailure(
+                    i,
+                    rusqlite::types::Type::Text,
+                    e.0.into(),
+                )
+            })
+        };
+        let enc: String = r.get(4)?;
+        Ok(JobRow {
+            name: r.get(0)?,
+            job_id: id(1)?,
+            repo_id: id(2)?,
+            repo_path: PathBuf::from(r.get::<_, String>(9)?),
+            source: r.get(3)?,
+            encryption: EncryptionMode::parse(&enc).unwrap_or(EncryptionMode::Passphrase),
+            password: r.get(5)?,
+            key_file: r.get(6)?,
+            chain_id: id(7)?,
+            created: r.get(8)?,
+        })
+    }
+
+    const JOB_COLS: &'static str = "j.name, j.job_id, j.repo_id, j.source, j.encryption, j.password, j.key_file, j.chain_id, j.created, r.path";
+
+    pub fn job(&self, name: &str) -> Result<Option<JobRow>> {
+        self.conn
+            .query_row(
+                &format!("SELECT {} FROM jobs j JOIN repositories r ON r.repo_id = j.repo_id WHERE j.name = ?1", Self::JOB_COLS),
+                [name],
+                Self::row_to_job,
+            )
+            .optional()
+            .map_err(|e| self.err(e))
+    }
+
+    pub fn list_jobs(&self) -> Result<Vec<JobRow>> {
+        let mut st = self
+            .conn
+            .prepare(&format!("SELECT {} FROM jobs j JOIN repositories r ON r.repo_id = j.repo_id ORDER BY j.name", Self::JOB_COLS))
+            .map_err(|e| self.err(e))?;
+        let rows = st
+            .query_map([], Self::row_to_job)
+            .map_err(|e| self.err(e))?;
+        rows.collect::<rusqlite::Result<Vec<_>>>()
+            .map_err(|e| self.err(e))
+    }
+
+    pub fn jobs_using_password(&self, name: &str) -> Result<Vec<String>> {
+        let mut st = self
+            .conn
+            .prepare("SELECT name FROM jobs WHERE password = ?1 ORDER BY name")
+            .map_err(|e| self.err(e))?;
+        let rows = st
+            .query_map([name], |r| r.get(0))
+            .map_err(|e| self.err(e))?;
+        rows.collect::<rusqlite::Result<Vec<String>>>()
+            .map_err(|e| self.err(e))
+    }
+
+    /// Registers a job found in a repository (catalog rebuild); keeps an existing row.
+    pub fn upsert_job(&self, j: &JobRow) -> Result<()> {
+        self.add_repository(&j.repo_id, &j.repo_path)?;
+        self.conn
+            .execute(
+                "INSERT INTO jobs (name, job_id, repo_id, source, encryption, password, key_file, chain_id, created)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)
+                 ON CONFLICT(name) DO UPDATE SET job_id = excluded.job_id, repo_id = excluded.repo_id,
+                   source = excluded.source, encryption = excluded.encryption, chain_id = excluded.chain_id,
+                   password = COALESCE(excluded.password, jobs.password)",
+                params![
+                    j.name,
+                    j.job_id.hex(),
+                    j.repo_id.hex(),
+                    j.source,
+                    j.encryption.as_str(),
+                    j.password,
+                    j.key_file,
+                    j.chain_id.hex(),
+                    j.created
+                ],
+            )
+            .map_err(|e| self.err(e))?;
+        Ok(())
+    }
+
+    // --- points ---
+
+    pub fn upsert_point(&self, p: &PointRow) -> Result<()> {
+        let stats = p
+            .stats
+            .as_ref()
+            .map(|s| serde_json::to_string(s).expect("stats serialize"));
+        self.conn
+            .execute(
+                "INSERT INTO points (point_id, job_id, chain_id, time, kind, stats, errors) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
+                 ON CONFLICT(point_id) DO UPDATE SET kind = COALESCE(excluded.kind, points.kind),
+                   stats = COALESCE(excluded.stats, points.stats), errors = excluded.errors",
+                params![p.point_id.hex(), p.job_id.hex(), p.chain_id.hex(), p.time, p.kind, stats, p.errors as i64],
+            )
+            .map_err(|e| self.err(e))?;
+        Ok(())
+    }
+
+    pub fn points(&self, job_id: &Id16) -> Result<Vec<PointRow>> {
+        let mut st = self
+            .conn
+            .prepare("SELECT point_id, job_id, chain_id, time, kind, stats, errors FROM points WHERE job_id = ?1 ORDER BY time, point_id")
+            .map_err(|e| self.err(e))?;
+        let rows = st
+            .query_map([job_id.hex()], |r| {
+                let conv = |i: usize, s: String| {
+                    Id16::parse(&s).map_err(|e| {
+                        rusqlite::Error::FromSqlConversionFailure(
+                            i,
+                            rusqlite::types::Type::Text,
+                            e.0.into(),
+                        )
+                    })
+                };
+                let stats: Option<String> = r.get(5)?;
+                Ok(PointRow {
+                    point_id: conv(0, r.get(0)?)?,
+                    job_id: conv(1, r.get(1)?)?,
+                    chain_id: conv(2, r.get(2)?)?,
+                    time: r.get(3)?,
+                    kind: r.get(4)?,
+                    stats: stats.and_then(|s| serde_json::from_str(&s).ok()),
+                    errors: r.get::<_, i64>(6)? as u64,
+                })
+            })
+            .map_err(|e| self.err(e))?;
+        rows.collect::<rusqlite::Result<Vec<_>>>()
+            .map_err(|e| self.err(e))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    #[test]
+    fn created_private_and_migrated() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("sub/catalog.db");
+        let c = Catalog::open(&p).unwrap();
+        assert_eq!(c.schema_version().unwrap(), MIGRATIONS.len());
+        for f in [p.clone(), Catalog::key_path(&p)] {
+            let mode = std::fs::metadata(&f).unwrap().permissions().mode() & 0o777;
+            assert_eq!(mode, 0o600, "{}", f.display());
+        }
+        drop(c);
+        // Re-opening applies nothing twice.
+        let c = Catalog::open(&p).unwrap();
+        assert_eq!(c.schema_version().unwrap(), MIGRATIONS.len());
+    }
+
+    #[test]
+    fn password_hash_is_sealed_not_clear() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("catalog.db");
+        let c = Catalog::open(&p).unwrap();
+        let hash = SecretKey::from_slice(&[0x5a; 32]).unwrap();
+        let rec = KdfRecord {
+            password: "ops".into(),
+            algorithm: KdfRecord::ARGON2ID.into(),
+            salt: vec![7; 16],
+            m_kib: 256,
+            t: 1,
+            p: 1,
+        };
+        c.create_password(&rec, "test", &hash).unwrap();
+        let (r, h) = c.password_hash("ops").unwrap().unwrap();
+        assert_eq!(h.expose(), hash.expose());
+        assert_eq!(r, rec);
+        drop(c);
+        let mut all = std::fs::read(&p).unwrap();
+        for ext in ["-wal"] {
+            let mut w = p.as_os_str().to_owned();
+            w.push(ext);
+            if let Ok(b) = std::fs::read(PathBuf::from(w)) {
+                all.extend(b);
+            }
+        }
+        assert!(
+            !all.windows(32).any(|w| w == [0x5a; 32]),
+            "password hash stored in clear"
+        );
+        // Another catalog key does not open it.
+        std::fs::remove_file(Catalog::key_path(&p)).unwrap();
+        let c = Catalog::open(&p).unwrap();
+        assert!(c.password_hash("ops").is_err());
+    }
+}

@@ -1,0 +1,159 @@
+//! `arca backup`.
+
+use std::time::Instant;
+
+use clap::Args;
+use serde::Serialize;
+
+use super::*;
+use crate::catalog::PointRow;
+use crate::engine::backup::{self, BackupOptions, Source};
+use crate::error::exit;
+use crate::repo::format::{EncryptionMode, KdfRecord, SlotParams, SourceError};
+use crate::ui::human_bytes;
+
+#[derive(Args, Debug)]
+pub struct BackupArgs {
+    pub name: String,
+    /// Back up standard input (e.g. a database dump) instead of the job's source.
+    #[arg(long, requires = "stdin_name")]
+    pub stdin: bool,
+    /// The file name the stream gets in the recovery point.
+    #[arg(long, value_name = "FILE")]
+    pub stdin_name: Option<String>,
+    /// zstd level (1-19); higher is smaller and slower.
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(i32).range(1..=19))]
+    pub compression: i32,
+}
+
+#[derive(Serialize)]
+struct Summary<'a> {
+    job: &'a str,
+    point_id: String,
+    chain_id: String,
+    time: &'a str,
+    full: bool,
+    keys: &'a str,
+    files: u64,
+    dirs: u64,
+    symlinks: u64,
+    files_unchanged: u64,
+    bytes_total: u64,
+    bytes_read: u64,
+    bytes_new: u64,
+    bytes_stored: u64,
+    chunks_new: u64,
+    seconds: f64,
+    errors: &'a [SourceError],
+}
+
+pub async fn run(ctx: &Ctx, a: BackupArgs) -> Result<i32> {
+    let cat = ctx.catalog()?;
+    let h = locate_job(&cat, &a.name, None)?;
+    let lock = h.repo.lock()?;
+    let (oc, tier) = open_chain(ctx, &cat, &h, &h.job.chain_id, None, false).await?;
+    // The password whose salt the point records: the one attached to the job, else the first.
+    let kdf: Option<KdfRecord> = (oc.chain.encryption == EncryptionMode::Passphrase)
+        .then(|| {
+            let want = h.row.as_ref().and_then(|r| r.password.clone());
+            let slots: Vec<&KdfRecord> = oc
+                .chain
+                .keyslots
+                .iter()
+                .filter_map(|s| match &s.params {
+                    SlotParams::Passphrase { kdf } => Some(kdf),
+                    _ => None,
+                })
+                .collect();
+            slots
+                .iter()
+                .find(|k| Some(&k.password) == want.as_ref())
+                .or(slots.first())
+                .map(|k| (*k).clone())
+        })
+        .flatten();
+    let source = if a.stdin {
+        Source::Stdin {
+            name: a.stdin_name.clone().expect("clap requires it"),
+            reader: Box::new(std::io::stdin()),
+        }
+    } else {
+        Source::Tree(std::path::PathBuf::from(&h.job.source))
+    };
+    let started = Instant::now();
+    let progress = crate::ui::progress(None, ctx.quiet || ctx.json, &format!("backup {}", a.name));
+    let opts = BackupOptions {
+        source,
+        compression_level: a.compression,
+        workers: std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(2),
+        progress: progress.clone(),
+        kdf,
+    };
+    let root = h.repo.root().to_path_buf();
+    let out = backup::run(&root, &h.job, &oc, opts)?;
+    progress.finish_and_clear();
+    drop(lock);
+    let s = &out.body.stats;
+    cat.upsert_point(&PointRow {
+        point_id: out.record.point_id,
+        job_id: out.record.job_id,
+        chain_id: out.record.chain_id,
+        time: out.record.time.clone(),
+        kind: Some(out.body.kind.clone()),
+        stats: Some(s.clone()),
+        errors: out.body.errors.len() as u64,
+    })?;
+    let secs = started.elapsed().as_secs_f64();
+    if ctx.json {
+        crate::ui::print_json(&Summary {
+            job: &a.name,
+            point_id: out.record.point_id.hex(),
+            chain_id: out.record.chain_id.hex(),
+            time: &out.record.time,
+            full: out.full,
+            keys: tier,
+            files: s.files,
+            dirs: s.dirs,
+            symlinks: s.symlinks,
+            files_unchanged: s.files_unchanged,
+            bytes_total: s.bytes_total,
+            bytes_read: s.bytes_read,
+            bytes_new: s.bytes_new,
+            bytes_stored: s.bytes_stored,
+            chunks_new: s.chunks_new,
+            seconds: secs,
+            errors: &out.body.errors,
+        });
+    } else {
+        ctx.say(format!(
+            "recovery point {} of job '{}' ({}{})\n  {} files, {} dirs, {} symlinks, {} ({} unchanged files not re-read)\n  read {}, new after dedup {}, stored {} in {:.1}s ({}/s)",
+            out.record.point_id.short(),
+            a.name,
+            if out.full { "full backup" } else { "incremental" },
+            if tier == "none" { ", NOT encrypted" } else { "" },
+            s.files,
+            s.dirs,
+            s.symlinks,
+            human_bytes(s.bytes_total),
+            s.files_unchanged,
+            human_bytes(s.bytes_read),
+            human_bytes(s.bytes_new),
+            human_bytes(s.bytes_stored),
+            secs,
+            human_bytes((s.bytes_read as f64 / secs.max(1e-3)) as u64),
+        ));
+    }
+    if !out.body.errors.is_empty() {
+        eprintln!(
+            "warning: {} source file(s) could not be read and are not in the recovery point:",
+            out.body.errors.len()
+        );
+        for e in &out.body.errors {
+            eprintln!("  {}: {}", e.path, e.error);
+        }
+        return Ok(exit::PARTIAL);
+    }
+    Ok(exit::OK)
+}

@@ -1,0 +1,394 @@
+//! Read commands: `points`, `ls`, `restore`, `check`, `keys resolve`. Each accepts
+//! `--repo DIR` and then needs no catalog entry at all.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+
+use clap::{Args, Subcommand};
+use serde::Serialize;
+
+use super::*;
+use crate::catalog::PointRow;
+use crate::engine::check::{self, CheckReport};
+use crate::engine::restore::{self, RestoreOptions};
+use crate::engine::{chain_points, open_point, OpenPoint};
+use crate::error::exit;
+use crate::repo::format::{EntryType, PointStats};
+use crate::ui::human_bytes;
+
+#[derive(Args, Debug)]
+pub struct PointsArgs {
+    pub name: String,
+    /// Read the job from this repository instead of the catalog.
+    #[arg(long)]
+    pub repo: Option<PathBuf>,
+}
+
+#[derive(Args, Debug)]
+pub struct LsArgs {
+    pub name: String,
+    /// Recovery point id or id prefix [default: the latest].
+    pub point: Option<String>,
+    #[arg(long)]
+    pub repo: Option<PathBuf>,
+}
+
+#[derive(Args, Debug)]
+pub struct RestoreArgs {
+    pub name: String,
+    /// Recovery point id or id prefix [default: the latest].
+    pub point: Option<String>,
+    /// Where to restore (must be empty unless --overwrite).
+    #[arg(long)]
+    pub target: PathBuf,
+    /// Restore only this path (and what is below it); repeatable.
+    #[arg(long, value_name = "PATH")]
+    pub include: Vec<String>,
+    /// Restore into a non-empty target, replacing files that exist there.
+    #[arg(long)]
+    pub overwrite: bool,
+    #[arg(long)]
+    pub repo: Option<PathBuf>,
+    /// Print every key-resolution tier tried and why it failed.
+    #[arg(long)]
+    pub explain: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct CheckArgs {
+    pub name: String,
+    /// Also read every pack and authenticate every chunk.
+    #[arg(long)]
+    pub read_data: bool,
+    #[arg(long)]
+    pub repo: Option<PathBuf>,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum KeysCmd {
+    /// Resolve the keys of a recovery point without restoring anything.
+    Resolve {
+        name: String,
+        point: Option<String>,
+        #[arg(long)]
+        repo: Option<PathBuf>,
+        /// Print every tier tried.
+        #[arg(long)]
+        explain: bool,
+    },
+}
+
+#[derive(Serialize)]
+struct PointView {
+    point_id: String,
+    chain_id: String,
+    time: String,
+    parent: Option<String>,
+    kind: Option<String>,
+    stats: Option<PointStats>,
+    errors: Option<u64>,
+}
+
+pub async fn points(ctx: &Ctx, a: PointsArgs) -> Result<i32> {
+    let cat = ctx.catalog()?;
+    let h = locate_job(&cat, &a.name, a.repo.as_deref())?;
+    let recs = h.repo.list_points(&h.job.job_id)?;
+    let cached: HashMap<Id16, PointRow> = cat
+        .points(&h.job.job_id)?
+        .into_iter()
+        .map(|r| (r.point_id, r))
+        .collect();
+    // Points the catalog has no stats for (a reinstall, another machine): open them if the
+    // keys resolve, and cache what they say.
+    let mut opened: HashMap<Id16, Option<OpenChain>> = HashMap::new();
+    let mut views = Vec::new();
+    let mut unopened = 0;
+    for p in &recs {
+        let mut row = cached.get(&p.point_id).cloned();
+        if row.as_ref().and_then(|r| r.stats.as_ref()).is_none() {
+            if !opened.contains_key(&p.chain_id) {
+                let oc = open_chain(ctx, &cat, &h, &p.chain_id, None, false)
+                    .await
+                    .ok()
+                    .map(|x| x.0);
+                opened.insert(p.chain_id, oc);
+            }
+            if let Some(Some(oc)) = opened.get(&p.chain_id) {
+                if let Ok((_, body)) = open_point(oc, p) {
+                    let r = PointRow {
+                        point_id: p.point_id,
+                        job_id: p.job_id,
+                        chain_id: p.chain_id,
+                        time: p.time.clone(),
+                        kind: Some(body.kind.clone()),
+                        stats: Some(body.stats.clone()),
+                        errors: body.errors.len() as u64,
+                    };
+                    cat.upsert_point(&r)?;
+                    row = Some(r);
+                }
+            }
+        }
+        if row.as_ref().and_then(|r| r.stats.as_ref()).is_none() {
+            unopened += 1;
+        }
+        views.push(PointView {
+            point_id: p.point_id.hex(),
+            chain_id: p.chain_id.hex(),
+            time: p.time.clone(),
+            parent: p.parent.map(|x| x.hex()),
+            kind: row.as_ref().and_then(|r| r.kind.clone()),
+            errors: row.as_ref().map(|r| r.errors),
+            stats: row.and_then(|r| r.stats),
+        });
+    }
+    if ctx.json {
+        crate::ui::print_json(&views);
+        return Ok(0);
+    }
+    if views.is_empty() {
+        ctx.say(format!(
+            "job '{}' has no recovery points yet; run `arca backup {}`",
+            a.name, a.name
+        ));
+        return Ok(0);
+    }
+    ctx.say(format!(
+        "{:<10} {:<28} {:<8} {:>8} {:>11} {:>11} {:>11}",
+        "POINT", "TIME", "CHAIN", "FILES", "SIZE", "READ", "NEW"
+    ));
+    for v in &views {
+        let (files, size, read, new) = match &v.stats {
+            Some(s) => (
+                s.files.to_string(),
+                human_bytes(s.bytes_total),
+                human_bytes(s.bytes_read),
+                human_bytes(s.bytes_new),
+            ),
+            None => ("-".into(), "-".into(), "-".into(), "-".into()),
+        };
+        ctx.say(format!(
+            "{:<10} {:<28} {:<8} {:>8} {:>11} {:>11} {:>11}",
+            &v.point_id[..8],
+            v.time,
+            &v.chain_id[..8],
+            files,
+            size,
+            read,
+            new
+        ));
+    }
+    if unopened > 0 {
+        ctx.note(format!("{unopened} point(s) show no statistics: their keys did not resolve (give the passphrase or key to see them)"));
+    }
+    Ok(0)
+}
+
+/// Opens a job's recovery point (resolving its keys).
+async fn open_selected(
+    ctx: &Ctx,
+    cat: &Catalog,
+    h: &JobHandle,
+    sel: Option<&str>,
+    explain: bool,
+) -> Result<(OpenChain, OpenPoint, &'static str)> {
+    let recs = h.repo.list_points(&h.job.job_id)?;
+    let p = select_point(&recs, sel, &h.job.name)?.clone();
+    let (oc, tier) = open_chain(ctx, cat, h, &p.chain_id, Some(&p), explain).await?;
+    let op = OpenPoint::open(&h.repo, &oc, p)?;
+    Ok((oc, op, tier))
+}
+
+#[derive(Serialize)]
+struct LsEntry {
+    path: String,
+    #[serde(rename = "type")]
+    kind: EntryType,
+    mode: String,
+    size: u64,
+    mtime: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    target: Option<String>,
+}
+
+fn fmt_mtime(ns: i128) -> String {
+    let secs = ns.div_euclid(1_000_000_000);
+    if secs < 0 {
+        return secs.to_string();
+    }
+    humantime::format_rfc3339_seconds(
+        std::time::UNIX_EPOCH + std::time::Duration::from_secs(secs as u64),
+    )
+    .to_string()
+}
+
+pub async fn ls(ctx: &Ctx, a: LsArgs) -> Result<i32> {
+    let cat = ctx.catalog()?;
+    let h = locate_job(&cat, &a.name, a.repo.as_deref())?;
+    let (oc, op, _) = open_selected(ctx, &cat, &h, a.point.as_deref(), false).await?;
+    let tree = op.tree(&h.repo, &oc)?;
+    let entries: Vec<LsEntry> = tree
+        .iter()
+        .map(|e| LsEntry {
+            path: e.display_path(),
+            kind: e.kind,
+            mode: format!("{:04o}", e.mode),
+            size: e.size,
+            mtime: fmt_mtime(e.mtime_ns),
+            target: e
+                .target
+                .as_ref()
+                .map(|t| String::from_utf8_lossy(t).into_owned()),
+        })
+        .collect();
+    if ctx.json {
+        crate::ui::print_json(&entries);
+    } else {
+        for e in entries {
+            let t = match e.kind {
+                EntryType::Dir => 'd',
+                EntryType::Symlink => 'l',
+                EntryType::File => '-',
+            };
+            let link = e.target.map(|t| format!(" -> {t}")).unwrap_or_default();
+            ctx.say(format!(
+                "{t} {} {:>12} {} {}{link}",
+                e.mode, e.size, e.mtime, e.path
+            ));
+        }
+    }
+    Ok(0)
+}
+
+pub async fn restore(ctx: &Ctx, a: RestoreArgs) -> Result<i32> {
+    let cat = ctx.catalog()?;
+    let h = locate_job(&cat, &a.name, a.repo.as_deref())?;
+    let mut opts = RestoreOptions {
+        target: a.target.clone(),
+        include: a.include.clone(),
+        overwrite: a.overwrite,
+        workers: std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(2),
+        progress: indicatif::ProgressBar::hidden(),
+    };
+    // Refuse a non-empty target before asking for any passphrase.
+    restore::check_target(&opts)?;
+    let (oc, op, tier) = open_selected(ctx, &cat, &h, a.point.as_deref(), a.explain).await?;
+    ctx.note(format!(
+        "keys of recovery point {} opened via: {tier}",
+        op.record.point_id.short()
+    ));
+    opts.progress = crate::ui::progress(
+        Some(op.body.stats.bytes_total),
+        ctx.quiet || ctx.json,
+        "restore",
+    );
+    let stats = restore::run(&h.repo, &oc, &op, &opts)?;
+    opts.progress.finish_and_clear();
+    if ctx.json {
+        #[derive(Serialize)]
+        struct Out<'a> {
+            point_id: String,
+            keys: &'a str,
+            target: String,
+            #[serde(flatten)]
+            stats: &'a restore::RestoreStats,
+        }
+        crate::ui::print_json(&Out {
+            point_id: op.record.point_id.hex(),
+            keys: tier,
+            target: a.target.display().to_string(),
+            stats: &stats,
+        });
+    } else {
+        ctx.say(format!(
+            "restored recovery point {} into {}: {} files, {} dirs, {} symlinks, {}",
+            op.record.point_id.short(),
+            a.target.display(),
+            stats.files,
+            stats.dirs,
+            stats.symlinks,
+            human_bytes(stats.bytes)
+        ));
+    }
+    Ok(0)
+}
+
+pub async fn check(ctx: &Ctx, a: CheckArgs) -> Result<i32> {
+    let cat = ctx.catalog()?;
+    let h = locate_job(&cat, &a.name, a.repo.as_deref())?;
+    let recs = h.repo.list_points(&h.job.job_id)?;
+    let mut chains: Vec<Id16> = recs.iter().map(|p| p.chain_id).collect();
+    chains.sort();
+    chains.dedup();
+    let mut report = CheckReport::default();
+    for chain_id in chains {
+        let (oc, _) = open_chain(ctx, &cat, &h, &chain_id, None, false).await?;
+        let pts = chain_points(&h.repo, &h.job.job_id, &chain_id)?;
+        let total = if a.read_data {
+            let idx = crate::engine::ChainIndex::load(&h.repo, &oc, &pts).ok();
+            idx.map(|i| check::pack_bytes(&h.repo, &i))
+        } else {
+            None
+        };
+        let pb = crate::ui::progress(total, ctx.quiet || ctx.json || !a.read_data, "check");
+        check::check_chain(&h.repo, &oc, &pts, a.read_data, &pb, &mut report)?;
+        pb.finish_and_clear();
+    }
+    if ctx.json {
+        crate::ui::print_json(&report);
+    } else {
+        ctx.say(format!(
+            "checked {} recovery point(s), {} chunks referenced{}",
+            report.points,
+            report.chunks_referenced,
+            if a.read_data {
+                format!(
+                    "; read {} packs ({}), {} chunks authenticated",
+                    report.packs_checked,
+                    human_bytes(report.bytes_read),
+                    report.chunks_read
+                )
+            } else {
+                " (structure only; --read-data reads every chunk)".into()
+            }
+        ));
+    }
+    if report.problems.is_empty() {
+        ctx.say("no problems found");
+        Ok(exit::OK)
+    } else {
+        eprintln!("{} problem(s) found:", report.problems.len());
+        for p in &report.problems {
+            eprintln!("  {}: {}", p.object, p.detail);
+        }
+        Ok(exit::INTEGRITY)
+    }
+}
+
+pub async fn keys(ctx: &Ctx, cmd: KeysCmd) -> Result<i32> {
+    let KeysCmd::Resolve {
+        name,
+        point,
+        repo,
+        explain,
+    } = cmd;
+    let cat = ctx.catalog()?;
+    let h = locate_job(&cat, &name, repo.as_deref())?;
+    let recs = h.repo.list_points(&h.job.job_id)?;
+    let p = select_point(&recs, point.as_deref(), &name)?.clone();
+    let (oc, tier) = open_chain(ctx, &cat, &h, &p.chain_id, Some(&p), explain || !ctx.json).await?;
+    open_point(&oc, &p)?;
+    if ctx.json {
+        crate::ui::print_json(
+            &serde_json::json!({"point_id": p.point_id.hex(), "chain_id": p.chain_id.hex(), "tier": tier}),
+        );
+    } else {
+        ctx.say(format!(
+            "recovery point {}: keys resolved via {tier}",
+            p.point_id.short()
+        ));
+    }
+    Ok(0)
+}

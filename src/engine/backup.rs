@@ -1,0 +1,539 @@
+//! The backup pipeline.
+//!
+//! ```text
+//! walker (this thread)            workers (N threads)          writer (1 thread)
+//! read → CDC chunk → keyed id  →  zstd → AES-256-GCM       →   pack → tmp → fsync → rename
+//!        dedup against chain       (bounded queue)              (bounded queue)
+//! ```
+//! Queues are bounded, chunks are at most 4 MiB and packs ~16 MiB, so memory stays bounded
+//! whatever the size of the input. A point becomes visible only when its point file is
+//! renamed into place, after all its packs and its index are durable: an interrupted backup
+//! leaves unreferenced packs, never a broken recovery point.
+
+use std::collections::{HashMap, HashSet};
+use std::fs;
+use std::io::Read;
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::thread;
+
+use crossbeam_channel::{bounded, Receiver, Sender};
+use fastcdc::v2020::{FastCDC, StreamCDC};
+use indicatif::ProgressBar;
+
+use super::*;
+use crate::repo::now_rfc3339;
+use crate::repo::pack::PackBuilder;
+
+pub const CHUNK_MIN: u32 = 256 * 1024;
+pub const CHUNK_AVG: u32 = 1024 * 1024;
+pub const CHUNK_MAX: u32 = 4 * 1024 * 1024;
+/// File index chunks are smaller so that small changes keep most of it deduplicated.
+pub const TREE_CHUNK_MIN: u32 = 16 * 1024;
+pub const TREE_CHUNK_AVG: u32 = 64 * 1024;
+pub const TREE_CHUNK_MAX: u32 = 256 * 1024;
+pub const PACK_TARGET: usize = 16 * 1024 * 1024;
+
+pub enum Source {
+    Tree(PathBuf),
+    Stdin {
+        name: String,
+        reader: Box<dyn Read + Send>,
+    },
+}
+
+pub struct BackupOptions {
+    pub source: Source,
+    pub compression_level: i32,
+    pub workers: usize,
+    pub progress: ProgressBar,
+    /// Salt and parameters recorded in the point (passphrase chains).
+    pub kdf: Option<KdfRecord>,
+}
+
+pub struct BackupOutcome {
+    pub record: PointRecord,
+    pub body: PointBody,
+    /// True when nothing was deduplicated against an earlier point of the chain.
+    pub full: bool,
+    /// Distinct nonces used for chunks (for tests of nonce uniqueness).
+    pub chunks_sealed: u64,
+}
+
+struct Work {
+    id: Id32,
+    data: Vec<u8>,
+}
+
+struct SealedChunk {
+    id: Id32,
+    sealed: Vec<u8>,
+    raw_len: u32,
+}
+
+struct WriterResult {
+    entries: Vec<IndexEntry>,
+    bytes_stored: u64,
+}
+
+/// Sink for chunks: dedups, and hands new ones to the workers.
+struct Chunker<'a> {
+    idk: &'a ChunkIdKey,
+    known: HashSet<Id32>,
+    tx: Sender<Work>,
+    stats: PointStats,
+    progress: &'a ProgressBar,
+}
+
+impl Chunker<'_> {
+    /// Returns false if the pipeline has stopped (the writer failed).
+    fn put(&mut self, data: Vec<u8>, out: &mut Vec<Id32>) -> bool {
+        let id = Id32(self.idk.id(&data));
+        out.push(id);
+        if self.known.insert(id) {
+            self.stats.chunks_new += 1;
+            self.stats.bytes_new += data.len() as u64;
+            return self.tx.send(Work { id, data }).is_ok();
+        }
+        true
+    }
+
+    /// Chunks a stream; returns ids and bytes read, or the read error.
+    fn stream(&mut self, r: impl Read) -> std::result::Result<(Vec<Id32>, u64), String> {
+        let mut ids = Vec::new();
+        let mut n = 0u64;
+        for c in StreamCDC::new(r, CHUNK_MIN, CHUNK_AVG, CHUNK_MAX) {
+            let c = c.map_err(|e| e.to_string())?;
+            n += c.length as u64;
+            self.stats.bytes_read += c.length as u64;
+            self.progress.inc(c.length as u64);
+            if !self.put(c.data, &mut ids) {
+                return Err("pipeline stopped".into());
+            }
+        }
+        Ok((ids, n))
+    }
+}
+
+fn mtime_ns(m: &fs::Metadata) -> i128 {
+    m.mtime() as i128 * 1_000_000_000 + m.mtime_nsec() as i128
+}
+
+fn ctime_ns(m: &fs::Metadata) -> i128 {
+    m.ctime() as i128 * 1_000_000_000 + m.ctime_nsec() as i128
+}
+
+fn path_fields(rel: &[u8]) -> (String, Option<Vec<u8>>) {
+    match std::str::from_utf8(rel) {
+        Ok(s) => (s.to_string(), None),
+        Err(_) => (String::new(), Some(rel.to_vec())),
+    }
+}
+
+fn entry_from_meta(rel: &[u8], kind: EntryType, m: &fs::Metadata) -> TreeEntry {
+    let (path, path_b64) = path_fields(rel);
+    TreeEntry {
+        path,
+        path_b64,
+        kind,
+        mode: m.mode() & 0o7777,
+        uid: m.uid(),
+        gid: m.gid(),
+        mtime_ns: mtime_ns(m),
+        size: 0,
+        inode: m.ino(),
+        ctime_ns: ctime_ns(m),
+        target: None,
+        chunks: Vec::new(),
+    }
+}
+
+struct Walker<'a, 'b> {
+    chunker: Chunker<'a>,
+    parent: HashMap<Vec<u8>, TreeEntry>,
+    entries: Vec<TreeEntry>,
+    errors: Vec<SourceError>,
+    stopped: bool,
+    _p: std::marker::PhantomData<&'b ()>,
+}
+
+impl Walker<'_, '_> {
+    fn error(&mut self, path: &Path, e: impl std::fmt::Display) {
+        tracing::warn!("cannot read {}: {e}", path.display());
+        self.errors.push(SourceError {
+            path: path.display().to_string(),
+            error: e.to_string(),
+        });
+    }
+
+    fn walk_dir(&mut self, abs: &Path, rel: &[u8]) {
+        let rd = match fs::read_dir(abs) {
+            Ok(rd) => rd,
+            Err(e) => return self.error(abs, e),
+        };
+        let mut names: Vec<_> = Vec::new();
+        for e in rd {
+            match e {
+                Ok(e) => names.push(e.file_name()),
+                Err(e) => self.error(abs, e),
+            }
+        }
+        names.sort_by(|a, b| a.as_bytes().cmp(b.as_bytes()));
+        for name in names {
+            if self.stopped {
+                return;
+            }
+            let mut r = rel.to_vec();
+            if !r.is_empty() {
+                r.push(b'/');
+            }
+            r.extend_from_slice(name.as_bytes());
+            self.visit(&abs.join(&name), &r);
+        }
+    }
+
+    fn visit(&mut self, abs: &Path, rel: &[u8]) {
+        let m = match fs::symlink_metadata(abs) {
+            Ok(m) => m,
+            Err(e) => return self.error(abs, e),
+        };
+        let ft = m.file_type();
+        if ft.is_dir() {
+            self.chunker.stats.dirs += 1;
+            self.entries.push(entry_from_meta(rel, EntryType::Dir, &m));
+            self.walk_dir(abs, rel);
+        } else if ft.is_symlink() {
+            match fs::read_link(abs) {
+                Ok(t) => {
+                    let mut e = entry_from_meta(rel, EntryType::Symlink, &m);
+                    e.target = Some(t.as_os_str().as_bytes().to_vec());
+                    self.chunker.stats.symlinks += 1;
+                    self.entries.push(e);
+                }
+                Err(e) => self.error(abs, e),
+            }
+        } else if ft.is_file() {
+            self.file(abs, rel, &m);
+        } else {
+            tracing::info!("skipping special file {}", abs.display());
+        }
+    }
+
+    fn file(&mut self, abs: &Path, rel: &[u8], m: &fs::Metadata) {
+        let mut e = entry_from_meta(rel, EntryType::File, m);
+        if let Some(p) = self.parent.get(rel) {
+            let unchanged = p.kind == EntryType::File
+                && p.size == m.size()
+                && p.mtime_ns == e.mtime_ns
+                && p.ctime_ns == e.ctime_ns
+                && p.inode == e.inode
+                && p.chunks.iter().all(|c| self.chunker.known.contains(c));
+            if unchanged {
+                e.size = p.size;
+                e.chunks = p.chunks.clone();
+                self.chunker.stats.files += 1;
+                self.chunker.stats.files_unchanged += 1;
+                self.chunker.stats.bytes_total += e.size;
+                self.chunker.progress.inc(e.size);
+                self.entries.push(e);
+                return;
+            }
+        }
+        let f = match fs::File::open(abs) {
+            Ok(f) => f,
+            Err(err) => return self.error(abs, err),
+        };
+        match self.chunker.stream(f) {
+            Ok((ids, n)) => {
+                e.size = n;
+                e.chunks = ids;
+                self.chunker.stats.files += 1;
+                self.chunker.stats.bytes_total += n;
+                self.entries.push(e);
+            }
+            Err(err) if err == "pipeline stopped" => self.stopped = true,
+            Err(err) => self.error(abs, err),
+        }
+    }
+}
+
+fn run_workers(
+    n: usize,
+    rx: Receiver<Work>,
+    tx: Sender<SealedChunk>,
+    sealer: Arc<Sealer>,
+    place: PointPlace,
+    level: i32,
+) -> Vec<thread::JoinHandle<()>> {
+    (0..n)
+        .map(|i| {
+            let (rx, tx, sealer) = (rx.clone(), tx.clone(), sealer.clone());
+            thread::Builder::new()
+                .name(format!("arca-seal-{i}"))
+                .spawn(move || {
+                    for w in rx {
+                        let payload = encode_payload(&w.data, level);
+                        let sealed = sealer.seal(&place.chunk_aad(&w.id), &payload);
+                        let c = SealedChunk {
+                            id: w.id,
+                            sealed,
+                            raw_len: w.data.len() as u32,
+                        };
+                        if tx.send(c).is_err() {
+                            return;
+                        }
+                    }
+                })
+                .expect("spawn worker")
+        })
+        .collect()
+}
+
+fn run_writer(
+    repo: Arc<RepoHandle>,
+    rx: Receiver<SealedChunk>,
+    header_sealer: Arc<Sealer>,
+    place: PointPlace,
+) -> thread::JoinHandle<Result<WriterResult>> {
+    thread::Builder::new()
+        .name("arca-pack-writer".into())
+        .spawn(move || {
+            let mut res = WriterResult {
+                entries: Vec::new(),
+                bytes_stored: 0,
+            };
+            let mut pack = PackBuilder::new(&place.point_id, PACK_TARGET + CHUNK_MAX as usize);
+            let flush = |pack: PackBuilder, res: &mut WriterResult| -> Result<()> {
+                let fin = pack.finish(&header_sealer, &place);
+                repo.0.write_pack(&fin.id, &fin.bytes)?;
+                res.bytes_stored += fin.bytes.len() as u64;
+                res.entries.extend(fin.entries.iter().map(|e| IndexEntry {
+                    chunk_id: e.chunk_id,
+                    pack_id: fin.id,
+                    offset: e.offset,
+                    length: e.length,
+                    raw_len: e.raw_len,
+                }));
+                Ok(())
+            };
+            for c in rx {
+                pack.add(c.id, &c.sealed, c.raw_len);
+                if pack.len() >= PACK_TARGET {
+                    let full = std::mem::replace(
+                        &mut pack,
+                        PackBuilder::new(&place.point_id, PACK_TARGET + CHUNK_MAX as usize),
+                    );
+                    flush(full, &mut res)?; // dropping rx on error stops the workers
+                }
+            }
+            if !pack.is_empty() {
+                flush(pack, &mut res)?;
+            }
+            Ok(res)
+        })
+        .expect("spawn writer")
+}
+
+/// The repository shared with the writer thread (the repository type is not `Clone`).
+struct RepoHandle(Repository);
+
+/// Runs one backup of `job` into the chain `oc`. The caller holds the repository lock.
+pub fn run(
+    repo_root: &Path,
+    job: &JobRecord,
+    oc: &OpenChain,
+    opts: BackupOptions,
+) -> Result<BackupOutcome> {
+    let repo = Repository::open(repo_root)?;
+    repo.clean_tmp()?;
+    let earlier = chain_points(&repo, &job.job_id, &oc.chain.chain_id)?;
+    let index = ChainIndex::load(&repo, oc, &earlier)?;
+    let parent_rec = earlier.last().cloned();
+    let mut parent = HashMap::new();
+    if let (Some(p), Source::Tree(_)) = (&parent_rec, &opts.source) {
+        let (_, body) = open_point(oc, p)?;
+        let mut reader = ChunkReader::new(&repo, &index, &oc.idk);
+        for e in read_tree(&mut reader, &body)? {
+            parent.insert(e.path_bytes(), e);
+        }
+    }
+    let known: HashSet<Id32> = index.map.keys().copied().collect();
+    let had_chunks = !known.is_empty();
+
+    let place = PointPlace {
+        repo_id: repo.id(),
+        job_id: job.job_id,
+        chain_id: oc.chain.chain_id,
+        point_id: Id16::random(),
+    };
+    let data_key = SecretKey::random();
+    let sealers = PointSealers::new(PointKeys::new(&data_key, place));
+
+    let workers = opts.workers.max(1);
+    let (work_tx, work_rx) = bounded::<Work>(workers * 2);
+    let (sealed_tx, sealed_rx) = bounded::<SealedChunk>(workers * 2);
+    let handles = run_workers(
+        workers,
+        work_rx,
+        sealed_tx,
+        sealers.chunks.clone(),
+        place,
+        opts.compression_level,
+    );
+    let writer = run_writer(
+        Arc::new(RepoHandle(Repository::open(repo_root)?)),
+        sealed_rx,
+        sealers.pack_headers.clone(),
+        place,
+    );
+
+    let chunker = Chunker {
+        idk: &oc.idk,
+        known,
+        tx: work_tx,
+        stats: PointStats::default(),
+        progress: &opts.progress,
+    };
+    let mut w = Walker {
+        chunker,
+        parent,
+        entries: Vec::new(),
+        errors: Vec::new(),
+        stopped: false,
+        _p: std::marker::PhantomData,
+    };
+    let (kind, source_desc) = match opts.source {
+        Source::Tree(ref root) => {
+            let m = fs::symlink_metadata(root)
+                .map_err(|e| Error::io(format!("read backup source {}", root.display()), e))?;
+            if m.is_dir() {
+                w.walk_dir(root, b"");
+            } else {
+                let name = root
+                    .file_name()
+                    .map(|n| n.as_bytes().to_vec())
+                    .unwrap_or_else(|| b"file".to_vec());
+                w.visit(root, &name);
+            }
+            ("tree", root.display().to_string())
+        }
+        Source::Stdin {
+            ref name,
+            reader: _,
+        } => ("stdin", format!("stdin as {name}")),
+    };
+    if let Source::Stdin { name, reader } = opts.source {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default();
+        let (path, path_b64) = path_fields(name.as_bytes());
+        let mut e = TreeEntry {
+            path,
+            path_b64,
+            kind: EntryType::File,
+            mode: 0o600,
+            uid: 0,
+            gid: 0,
+            mtime_ns: now.as_nanos() as i128,
+            size: 0,
+            inode: 0,
+            ctime_ns: 0,
+            target: None,
+            chunks: Vec::new(),
+        };
+        match w.chunker.stream(reader) {
+            Ok((ids, n)) => {
+                e.size = n;
+                e.chunks = ids;
+                w.chunker.stats.files += 1;
+                w.chunker.stats.bytes_total += n;
+                w.entries.push(e);
+            }
+            Err(err) if err == "pipeline stopped" => w.stopped = true,
+            Err(err) => {
+                // A broken input stream must not become a silently truncated recovery point.
+                drop(w);
+                return Err(Error::Other(format!(
+                    "reading standard input failed: {err}; no recovery point was written"
+                )));
+            }
+        }
+    }
+
+    // The file index goes through the same pipeline.
+    let tree_bytes = encode_tree(&w.entries);
+    let mut tree_ids = Vec::new();
+    if !w.stopped {
+        for c in FastCDC::new(&tree_bytes, TREE_CHUNK_MIN, TREE_CHUNK_AVG, TREE_CHUNK_MAX) {
+            let data = tree_bytes[c.offset..c.offset + c.length].to_vec();
+            if !w.chunker.put(data, &mut tree_ids) {
+                break;
+            }
+        }
+    }
+    let Walker {
+        chunker, errors, ..
+    } = w;
+    let Chunker { tx, mut stats, .. } = chunker;
+    drop(tx);
+    for h in handles {
+        h.join()
+            .map_err(|_| Error::Other("a backup worker panicked".into()))?;
+    }
+    let written = writer
+        .join()
+        .map_err(|_| Error::Other("the pack writer panicked".into()))??;
+    stats.bytes_stored = written.bytes_stored;
+
+    // Index, then the point file: the rename of the point file commits the backup.
+    let index_sealer = Sealer::new(&sealers.keys.index);
+    repo.write_index(
+        &place.point_id,
+        &index_sealer.seal(&place.index_aad(), &encode_index(&written.entries)),
+    )?;
+    let body = PointBody {
+        kind: kind.into(),
+        source: source_desc,
+        hostname: hostname(),
+        stats,
+        tree: tree_ids,
+        tree_bytes: tree_bytes.len() as u64,
+        errors,
+    };
+    let body_sealer = Sealer::new(&sealers.keys.body);
+    let sealed_body = body_sealer.seal(
+        &place.body_aad(),
+        &serde_json::to_vec(&body).expect("body serializes"),
+    );
+    let wrapped = crypto::wrap_key(&oc.chain_key, &data_key, &place.data_key_aad());
+    let record = PointRecord {
+        kind: PointRecord::KIND.into(),
+        version: FORMAT_VERSION,
+        repo_id: place.repo_id,
+        job_id: place.job_id,
+        job: job.name.clone(),
+        chain_id: place.chain_id,
+        point_id: place.point_id,
+        time: now_rfc3339(),
+        parent: parent_rec.map(|p| p.point_id),
+        kdf: opts.kdf,
+        data_key: WrappedKeyJson::from(&wrapped),
+        body: sealed_body,
+    };
+    repo.write_point(&record)?;
+    Ok(BackupOutcome {
+        record,
+        body,
+        full: !had_chunks,
+        chunks_sealed: sealers.chunks.sealed_count(),
+    })
+}
+
+pub fn hostname() -> String {
+    fs::read_to_string("/proc/sys/kernel/hostname")
+        .or_else(|_| fs::read_to_string("/etc/hostname"))
+        .map(|s| s.trim().to_string())
+        .unwrap_or_default()
+}

@@ -1,0 +1,256 @@
+//! Backup, restore and check pipelines, and what they share: an opened chain, the keys of a
+//! recovery point, the chain's chunk index and a chunk reader that verifies what it reads.
+
+pub mod backup;
+pub mod check;
+pub mod restore;
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::sync::Arc;
+
+use crate::crypto::{self, context, ChunkIdKey, Opener, Sealer, SecretKey, WrappedKey};
+use crate::error::{Error, Result};
+use crate::keys::SlotContext;
+use crate::repo::format::*;
+use crate::repo::Repository;
+
+/// A chain whose key has been resolved.
+pub struct OpenChain {
+    pub chain: ChainRecord,
+    pub chain_key: SecretKey,
+    pub idk: ChunkIdKey,
+    pub ctx: SlotContext,
+}
+
+impl OpenChain {
+    pub fn new(chain: ChainRecord, chain_key: SecretKey, job_name: &str) -> Self {
+        let idk = ChunkIdKey::from_chain_key(&chain_key);
+        let ctx = SlotContext::of_chain(&chain, job_name);
+        OpenChain {
+            chain,
+            chain_key,
+            idk,
+            ctx,
+        }
+    }
+
+    /// Unwraps a point's data key. A point of another chain, or a moved one, fails.
+    pub fn data_key(&self, p: &PointRecord) -> Result<SecretKey> {
+        if p.chain_id != self.chain.chain_id {
+            return Err(Error::Other(format!(
+                "recovery point {} belongs to chain {}, not {}",
+                p.point_id, p.chain_id, self.chain.chain_id
+            )));
+        }
+        let w = WrappedKey::try_from(&p.data_key)
+            .map_err(|e| Error::integrity(format!("recovery point {}", p.point_id), e))?;
+        crypto::unwrap_key(&self.chain_key, &w, &p.place().data_key_aad()).map_err(|e| {
+            Error::integrity(
+                format!("data key of recovery point {}", p.point_id),
+                format!("{e} (the chain key opens the chain but not this point)"),
+            )
+        })
+    }
+}
+
+/// The keys of one recovery point, all derived from its single-use data key.
+pub struct PointKeys {
+    pub place: PointPlace,
+    pub chunks: SecretKey,
+    pub pack_headers: SecretKey,
+    pub index: SecretKey,
+    pub body: SecretKey,
+}
+
+impl PointKeys {
+    pub fn new(data_key: &SecretKey, place: PointPlace) -> Self {
+        PointKeys {
+            place,
+            chunks: data_key.derive(context::POINT_CHUNKS),
+            pack_headers: data_key.derive(context::POINT_PACK_HEADERS),
+            index: data_key.derive(context::POINT_INDEX),
+            body: data_key.derive(context::POINT_BODY),
+        }
+    }
+}
+
+/// Opens a point's body.
+pub fn open_point(oc: &OpenChain, p: &PointRecord) -> Result<(PointKeys, PointBody)> {
+    let dk = oc.data_key(p)?;
+    let keys = PointKeys::new(&dk, p.place());
+    let obj = || format!("recovery point {}", p.point_id);
+    let pt = crypto::open(&keys.body, &p.place().body_aad(), &p.body)
+        .map_err(|e| Error::integrity(obj(), e))?;
+    let body: PointBody = serde_json::from_slice(&pt).map_err(|e| Error::integrity(obj(), e))?;
+    Ok((keys, body))
+}
+
+/// Where a chunk lives, compactly.
+#[derive(Clone, Copy, Debug)]
+pub struct Loc {
+    pub pack: u32,
+    pub point: u32,
+    pub offset: u64,
+    pub length: u32,
+    pub raw_len: u32,
+}
+
+/// The chunk index of a chain: every chunk of every (complete) recovery point in it.
+pub struct ChainIndex {
+    pub map: HashMap<Id32, Loc>,
+    pub packs: Vec<Id32>,
+    /// Per point: its place and an opener for its chunks and pack headers.
+    pub points: Vec<(PointPlace, Opener, Opener)>,
+}
+
+impl ChainIndex {
+    /// Loads the index files of `points` (all of one chain).
+    pub fn load(repo: &Repository, oc: &OpenChain, points: &[PointRecord]) -> Result<ChainIndex> {
+        let mut idx = ChainIndex {
+            map: HashMap::new(),
+            packs: Vec::new(),
+            points: Vec::new(),
+        };
+        let mut pack_no: HashMap<Id32, u32> = HashMap::new();
+        for p in points.iter().filter(|p| p.chain_id == oc.chain.chain_id) {
+            let dk = oc.data_key(p)?;
+            let keys = PointKeys::new(&dk, p.place());
+            let sealed = repo.read_index(&p.point_id)?;
+            let obj = || format!("index of recovery point {}", p.point_id);
+            let pt = crypto::open(&keys.index, &p.place().index_aad(), &sealed)
+                .map_err(|e| Error::integrity(obj(), e))?;
+            let entries = decode_index(&pt).map_err(|e| Error::integrity(obj(), e))?;
+            let point_no = idx.points.len() as u32;
+            idx.points.push((
+                p.place(),
+                Opener::new(&keys.chunks),
+                Opener::new(&keys.pack_headers),
+            ));
+            for e in entries {
+                let pack = *pack_no.entry(e.pack_id).or_insert_with(|| {
+                    idx.packs.push(e.pack_id);
+                    (idx.packs.len() - 1) as u32
+                });
+                idx.map.entry(e.chunk_id).or_insert(Loc {
+                    pack,
+                    point: point_no,
+                    offset: e.offset,
+                    length: e.length,
+                    raw_len: e.raw_len,
+                });
+            }
+        }
+        Ok(idx)
+    }
+}
+
+/// Reads chunks and verifies each: AEAD with its place, then its keyed id.
+/// One per thread (it caches open pack files); the index and keys are shared.
+pub struct ChunkReader<'a> {
+    repo: &'a Repository,
+    idx: &'a ChainIndex,
+    idk: &'a ChunkIdKey,
+    open: Option<(u32, File)>,
+}
+
+impl<'a> ChunkReader<'a> {
+    pub fn new(repo: &'a Repository, idx: &'a ChainIndex, idk: &'a ChunkIdKey) -> Self {
+        ChunkReader {
+            repo,
+            idx,
+            idk,
+            open: None,
+        }
+    }
+
+    pub fn read(&mut self, id: &Id32) -> Result<Vec<u8>> {
+        let loc = *self.idx.map.get(id).ok_or_else(|| {
+            Error::integrity(
+                format!("chunk {id}"),
+                "not in the index of its chain (missing data)",
+            )
+        })?;
+        let pack_id = self.idx.packs[loc.pack as usize];
+        if self.open.as_ref().map(|(n, _)| *n) != Some(loc.pack) {
+            self.open = Some((loc.pack, self.repo.open_pack(&pack_id)?));
+        }
+        let f = &mut self.open.as_mut().unwrap().1;
+        let sealed = Repository::read_pack_range(f, &pack_id, loc.offset, loc.length)?;
+        let (place, opener, _) = &self.idx.points[loc.point as usize];
+        let obj = || format!("chunk {id} in pack {pack_id}");
+        let payload = opener
+            .open(&place.chunk_aad(id), &sealed)
+            .map_err(|e| Error::integrity(obj(), e))?;
+        let data = decode_payload(&payload, loc.raw_len as usize)
+            .map_err(|e| Error::integrity(obj(), e))?;
+        if self.idk.id(&data) != id.0 {
+            return Err(Error::integrity(obj(), "content does not match its id"));
+        }
+        Ok(data)
+    }
+}
+
+/// Reads a point's file index.
+pub fn read_tree(reader: &mut ChunkReader<'_>, body: &PointBody) -> Result<Vec<TreeEntry>> {
+    let mut bytes = Vec::with_capacity(body.tree_bytes as usize);
+    for id in &body.tree {
+        bytes.extend_from_slice(&reader.read(id)?);
+    }
+    decode_tree(&bytes).map_err(|e| Error::integrity("file index", e))
+}
+
+/// Points of `job` in chain `chain_id`, oldest first.
+pub fn chain_points(repo: &Repository, job_id: &Id16, chain_id: &Id16) -> Result<Vec<PointRecord>> {
+    Ok(repo
+        .list_points(job_id)?
+        .into_iter()
+        .filter(|p| p.chain_id == *chain_id)
+        .collect())
+}
+
+/// Everything needed to read one recovery point.
+pub struct OpenPoint {
+    pub record: PointRecord,
+    pub body: PointBody,
+    pub index: ChainIndex,
+}
+
+impl OpenPoint {
+    pub fn open(repo: &Repository, oc: &OpenChain, record: PointRecord) -> Result<OpenPoint> {
+        let (_, body) = open_point(oc, &record)?;
+        let pts = chain_points(repo, &record.job_id, &record.chain_id)?;
+        let index = ChainIndex::load(repo, oc, &pts)?;
+        Ok(OpenPoint {
+            record,
+            body,
+            index,
+        })
+    }
+
+    pub fn tree(&self, repo: &Repository, oc: &OpenChain) -> Result<Vec<TreeEntry>> {
+        read_tree(
+            &mut ChunkReader::new(repo, &self.index, &oc.idk),
+            &self.body,
+        )
+    }
+}
+
+/// Shared, thread-safe sealers of a point being written.
+pub struct PointSealers {
+    pub keys: PointKeys,
+    pub chunks: Arc<Sealer>,
+    pub pack_headers: Arc<Sealer>,
+}
+
+impl PointSealers {
+    pub fn new(keys: PointKeys) -> Self {
+        let chunks = Arc::new(Sealer::new(&keys.chunks));
+        let pack_headers = Arc::new(Sealer::new(&keys.pack_headers));
+        PointSealers {
+            keys,
+            chunks,
+            pack_headers,
+        }
+    }
+}

@@ -1,0 +1,99 @@
+//! Errors of the library and their stable exit codes.
+//!
+//! Rules: every message says what went wrong, where, and what to do next. Crypto failures are
+//! coarse ("wrong passphrase", "integrity error in <object>"), never which byte failed.
+//! Secrets never appear in a message.
+
+use std::path::Path;
+
+/// Exit codes (documented in README.md; stable).
+pub mod exit {
+    pub const OK: i32 = 0;
+    pub const ERROR: i32 = 1;
+    pub const USAGE: i32 = 2;
+    pub const PARTIAL: i32 = 3;
+    pub const KEYS: i32 = 12;
+    pub const INTEGRITY: i32 = 13;
+}
+
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    #[error("{context}: {source}")]
+    Io {
+        context: String,
+        #[source]
+        source: std::io::Error,
+    },
+    /// The request does not make sense as given.
+    #[error("{0}")]
+    Usage(String),
+    #[error("{0}")]
+    NotFound(String),
+    #[error(
+        "wrong passphrase for job '{job}' (password '{password}'): it does not open the job's key. \
+         Check the passphrase (ARCA_PASSPHRASE, --passphrase-file or the prompt) and try again"
+    )]
+    WrongPassphrase { job: String, password: String },
+    #[error("wrong key for job '{job}': {detail}")]
+    WrongKey { job: String, detail: String },
+    /// Keys could not be resolved for a reason other than a wrong secret.
+    #[error("keys for job '{job}' could not be resolved: {detail}")]
+    KeysUnavailable { job: String, detail: String },
+    /// Repository data is corrupted or was tampered with.
+    #[error("integrity error in {object}: {detail}. Run `arca check --read-data` to find every damaged object")]
+    Integrity { object: String, detail: String },
+    #[error("catalog {path}: {detail}")]
+    Catalog { path: String, detail: String },
+    #[error(
+        "repository {path} is locked by another arca process ({detail}); wait for it to finish"
+    )]
+    Locked { path: String, detail: String },
+    #[error("{0}")]
+    Other(String),
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+impl Error {
+    pub fn exit_code(&self) -> i32 {
+        match self {
+            Error::Usage(_) => exit::USAGE,
+            Error::WrongPassphrase { .. }
+            | Error::WrongKey { .. }
+            | Error::KeysUnavailable { .. } => exit::KEYS,
+            Error::Integrity { .. } => exit::INTEGRITY,
+            _ => exit::ERROR,
+        }
+    }
+
+    pub fn io(context: impl Into<String>, source: std::io::Error) -> Self {
+        Error::Io {
+            context: context.into(),
+            source,
+        }
+    }
+
+    pub fn integrity(object: impl Into<String>, detail: impl std::fmt::Display) -> Self {
+        Error::Integrity {
+            object: object.into(),
+            detail: detail.to_string(),
+        }
+    }
+
+    /// True if the underlying cause is "no space left on device".
+    pub fn is_disk_full(&self) -> bool {
+        matches!(self, Error::Io { source, .. } if source.raw_os_error() == Some(28))
+    }
+}
+
+/// `io::Result` → [`Error::Io`] with the path it concerned.
+pub trait IoContext<T> {
+    fn ctx(self, what: &str, path: &Path) -> Result<T>;
+}
+
+impl<T> IoContext<T> for std::io::Result<T> {
+    fn ctx(self, what: &str, path: &Path) -> Result<T> {
+        self.map_err(|e| Error::io(format!("{what} {}", path.display()), e))
+    }
+}

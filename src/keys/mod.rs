@@ -1,0 +1,167 @@
+//! Key providers: things that wrap and unwrap a chain key into a keyslot (envelope).
+//!
+//! The seam follows age: [`KeyProvider::unwrap`] returns `None` for "not my envelope" and
+//! `Some(Err(..))` for "mine, but it failed". The restore resolver uses that distinction to
+//! explain what it tried. A provider never changes any state when it fails.
+
+pub mod none;
+pub mod passphrase;
+pub mod raw;
+
+use async_trait::async_trait;
+
+use crate::crypto::{CryptoError, SecretKey};
+use crate::repo::format::{ChainRecord, Id16, Keyslot};
+
+/// Where an envelope belongs: it is bound to the repository, job and chain.
+#[derive(Clone, Debug)]
+pub struct SlotContext {
+    pub repo_id: Id16,
+    pub job_id: Id16,
+    pub chain_id: Id16,
+    pub job_name: String,
+}
+
+impl SlotContext {
+    pub fn of_chain(chain: &ChainRecord, job_name: &str) -> Self {
+        SlotContext {
+            repo_id: chain.repo_id,
+            job_id: chain.job_id,
+            chain_id: chain.chain_id,
+            job_name: job_name.to_string(),
+        }
+    }
+
+    /// Associated data binding a keyslot to its place (docs/FORMAT.md).
+    pub fn aad(&self, slot_id: &Id16) -> Vec<u8> {
+        crate::crypto::aad(
+            crate::repo::format::label::KEYSLOT,
+            &[
+                &self.repo_id.0,
+                &self.job_id.0,
+                &self.chain_id.0,
+                &slot_id.0,
+            ],
+        )
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum KeyError {
+    /// The secret is not the one that made this envelope.
+    #[error("wrong {what}")]
+    WrongKey { what: String },
+    /// The envelope was modified.
+    #[error("the keyslot was modified or moved ({0})")]
+    Tampered(String),
+    /// The provider could not be reached or refused (a KMS outage, access denied...).
+    #[error("{0}")]
+    Unavailable(String),
+    #[error("malformed keyslot: {0}")]
+    Malformed(String),
+}
+
+impl KeyError {
+    pub(crate) fn from_crypto(e: CryptoError, what: &str) -> Self {
+        match e {
+            CryptoError::WrongKey => KeyError::WrongKey {
+                what: what.to_string(),
+            },
+            CryptoError::Tampered => KeyError::Tampered("authentication failed".into()),
+            other => KeyError::Malformed(other.to_string()),
+        }
+    }
+}
+
+/// Wraps and unwraps chain keys. Object-safe and async, because some providers are network
+/// services (AWS KMS, KMIP).
+#[async_trait]
+pub trait KeyProvider: Send + Sync {
+    /// A human-readable description, e.g. "password 'ops-2026'". Never contains a secret.
+    fn describe(&self) -> String;
+
+    /// Wraps `chain_key` into a new keyslot bound to `ctx`.
+    async fn wrap(&self, chain_key: &SecretKey, ctx: &SlotContext) -> Result<Keyslot, KeyError>;
+
+    /// `None`: not this provider's envelope. `Some(Err)`: it is, but unwrapping failed.
+    async fn unwrap(
+        &self,
+        slot: &Keyslot,
+        ctx: &SlotContext,
+    ) -> Option<Result<SecretKey, KeyError>>;
+}
+
+/// Tries every keyslot with one provider: the first that opens wins. Returns `None` if the
+/// provider claims none of them, otherwise the first success or the last failure.
+pub async fn unwrap_any(
+    provider: &dyn KeyProvider,
+    slots: &[Keyslot],
+    ctx: &SlotContext,
+) -> Option<Result<SecretKey, KeyError>> {
+    let mut last = None;
+    for s in slots {
+        match provider.unwrap(s, ctx).await {
+            None => continue,
+            Some(Ok(k)) => return Some(Ok(k)),
+            Some(Err(e)) => last = Some(Err(e)),
+        }
+    }
+    last
+}
+
+#[cfg(test)]
+pub(crate) mod suite {
+    //! The shared test suite every key provider passes.
+    use super::*;
+
+    pub fn ctx() -> SlotContext {
+        SlotContext {
+            repo_id: Id16([1; 16]),
+            job_id: Id16([2; 16]),
+            chain_id: Id16([3; 16]),
+            job_name: "nightly".into(),
+        }
+    }
+
+    /// `good` and `wrong` are the same kind of provider with different secrets; `other` is
+    /// a different kind.
+    pub async fn run(good: &dyn KeyProvider, wrong: &dyn KeyProvider, other: &dyn KeyProvider) {
+        let ck = SecretKey::random();
+        let c = ctx();
+        let slot = good.wrap(&ck, &c).await.expect("wrap");
+        // Round trip.
+        let back = good
+            .unwrap(&slot, &c)
+            .await
+            .expect("claims own slot")
+            .expect("unwraps");
+        assert_eq!(back.expose(), ck.expose());
+        // Wrong secret: claimed, and reported as a wrong key.
+        match wrong.unwrap(&slot, &c).await {
+            Some(Err(KeyError::WrongKey { .. })) => {}
+            other => panic!("wrong secret gave {:?}", other.map(|r| r.map(|_| ()))),
+        }
+        // Another kind of provider: not its envelope.
+        assert!(
+            other.unwrap(&slot, &c).await.is_none(),
+            "foreign provider claimed the slot"
+        );
+        // Context binding: the same slot in another chain does not open.
+        let mut moved = c.clone();
+        moved.chain_id = Id16([9; 16]);
+        assert!(
+            matches!(good.unwrap(&slot, &moved).await, Some(Err(_))),
+            "slot opened in another chain"
+        );
+        // A modified wrapped key is "mine but failed", not garbage.
+        let mut t = slot.clone();
+        if let Some(w) = t.wrapped.as_mut() {
+            w.ciphertext[0] ^= 1;
+            assert!(matches!(
+                good.unwrap(&t, &c).await,
+                Some(Err(KeyError::Tampered(_)))
+            ));
+        }
+    }
+}

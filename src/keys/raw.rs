@@ -1,0 +1,113 @@
+//! Raw-key keyslots: a 32-byte key supplied by the user (base64 in a file or `ARCA_KEY`)
+//! wraps the chain key.
+
+use async_trait::async_trait;
+use base64::Engine;
+
+use super::{KeyError, KeyProvider, SlotContext};
+use crate::crypto::{self, SecretKey, WrappedKey};
+use crate::repo::format::{Id16, Keyslot, SlotParams, WrappedKeyJson};
+use crate::repo::now_rfc3339;
+
+pub struct RawKeyProvider {
+    key: SecretKey,
+}
+
+impl RawKeyProvider {
+    pub fn new(key: SecretKey) -> Self {
+        RawKeyProvider { key }
+    }
+
+    /// Parses base64 text (surrounding whitespace ignored) holding exactly 32 bytes.
+    pub fn from_base64(text: &str) -> Result<Self, KeyError> {
+        let mut bytes = base64::engine::general_purpose::STANDARD
+            .decode(text.trim())
+            .map_err(|_| KeyError::Malformed("the key is not valid base64".into()))?;
+        let k = SecretKey::from_slice(&bytes).map_err(|_| {
+            KeyError::Malformed(format!("the key must be 32 bytes, it has {}", bytes.len()))
+        });
+        zeroize::Zeroize::zeroize(&mut bytes);
+        Ok(RawKeyProvider { key: k? })
+    }
+
+    pub fn fingerprint(&self) -> String {
+        self.key.fingerprint()
+    }
+}
+
+/// A fresh random key as base64 text (for `arca key generate` and the quickstart).
+pub fn generate_base64() -> zeroize::Zeroizing<String> {
+    let k = SecretKey::random();
+    zeroize::Zeroizing::new(base64::engine::general_purpose::STANDARD.encode(k.expose()))
+}
+
+#[async_trait]
+impl KeyProvider for RawKeyProvider {
+    fn describe(&self) -> String {
+        format!("raw key {}", self.fingerprint())
+    }
+
+    async fn wrap(&self, chain_key: &SecretKey, ctx: &SlotContext) -> Result<Keyslot, KeyError> {
+        let slot_id = Id16::random();
+        let w = crypto::wrap_key(&self.key, chain_key, &ctx.aad(&slot_id));
+        Ok(Keyslot {
+            slot_id,
+            created: now_rfc3339(),
+            params: SlotParams::Raw {
+                fingerprint: self.fingerprint(),
+            },
+            wrapped: Some(WrappedKeyJson::from(&w)),
+        })
+    }
+
+    async fn unwrap(
+        &self,
+        slot: &Keyslot,
+        ctx: &SlotContext,
+    ) -> Option<Result<SecretKey, KeyError>> {
+        let SlotParams::Raw { fingerprint } = &slot.params else {
+            return None;
+        };
+        let Some(w) = slot.wrapped.as_ref() else {
+            return Some(Err(KeyError::Malformed(
+                "raw slot without wrapped key".into(),
+            )));
+        };
+        let w = match WrappedKey::try_from(w) {
+            Ok(w) => w,
+            Err(e) => return Some(Err(KeyError::Malformed(e.0))),
+        };
+        Some(
+            crypto::unwrap_key(&self.key, &w, &ctx.aad(&slot.slot_id)).map_err(|e| {
+                KeyError::from_crypto(
+                    e,
+                    &format!(
+                        "key (the slot expects key {fingerprint}, this is key {})",
+                        self.fingerprint()
+                    ),
+                )
+            }),
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::keys::{none::NoneProvider, suite};
+
+    #[tokio::test]
+    async fn shared_suite_raw() {
+        let good = RawKeyProvider::new(SecretKey::random());
+        let wrong = RawKeyProvider::new(SecretKey::random());
+        suite::run(&good, &wrong, &NoneProvider).await;
+    }
+
+    #[test]
+    fn base64_parsing() {
+        let t = generate_base64();
+        assert!(RawKeyProvider::from_base64(&format!("  {}\n", t.as_str())).is_ok());
+        assert!(RawKeyProvider::from_base64("aGVsbG8=").is_err());
+        assert!(RawKeyProvider::from_base64("!!!").is_err());
+    }
+}

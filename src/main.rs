@@ -1,0 +1,25 @@
+#![forbid(unsafe_code)]
+
+use clap::Parser;
+
+fn main() {
+    let cli = arca::cli::Cli::parse();
+    arca::ui::init_logging(cli.quiet, cli.verbose);
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
+    let code = match rt.block_on(arca::cli::run(cli)) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e}");
+            let mut src = std::error::Error::source(&e);
+            while let Some(s) = src {
+                eprintln!("  caused by: {s}");
+                src = s.source();
+            }
+            e.exit_code()
+        }
+    };
+    std::process::exit(code);
+}

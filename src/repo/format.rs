@@ -1,0 +1,782 @@
+//! Format objects: each one's serializer and parser side by side. docs/FORMAT.md is the spec.
+
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+
+use crate::crypto::{self, KdfParams, WrappedKey, NONCE_LEN};
+
+pub const FORMAT_VERSION: u32 = 1;
+
+/// AAD labels (docs/FORMAT.md, "Associated data").
+pub mod label {
+    pub const KEYSLOT: &str = "arca-keyslot-v1";
+    pub const DATA_KEY: &str = "arca-data-key-v1";
+    pub const POINT_BODY: &str = "arca-point-body-v1";
+    pub const CHUNK: &str = "arca-chunk-v1";
+    pub const PACK_HEADER: &str = "arca-pack-header-v1";
+    pub const INDEX: &str = "arca-index-v1";
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct ParseError(pub String);
+
+fn perr<T>(msg: impl Into<String>) -> Result<T, ParseError> {
+    Err(ParseError(msg.into()))
+}
+
+/// A 16-byte random identifier (repository, job, chain, point, keyslot), hex on disk.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Id16(pub [u8; 16]);
+
+impl Id16 {
+    pub fn random() -> Self {
+        Id16(crypto::random_bytes())
+    }
+    pub fn hex(&self) -> String {
+        hex::encode(self.0)
+    }
+    pub fn parse(s: &str) -> Result<Self, ParseError> {
+        let mut b = [0u8; 16];
+        hex::decode_to_slice(s, &mut b).map_err(|_| ParseError(format!("bad id {s:?}")))?;
+        Ok(Id16(b))
+    }
+    pub fn short(&self) -> String {
+        self.hex()[..8].to_string()
+    }
+}
+
+impl fmt::Debug for Id16 {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.hex())
+    }
+}
+
+impl fmt::Display for Id16 {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.hex())
+    }
+}
+
+impl Serialize for Id16 {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.hex())
+    }
+}
+
+impl<'de> Deserialize<'de> for Id16 {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        Id16::parse(&s).map_err(serde::de::Error::custom)
+    }
+}
+
+/// A 32-byte chunk or pack id, hex on disk.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Id32(pub [u8; 32]);
+
+impl Id32 {
+    pub fn hex(&self) -> String {
+        hex::encode(self.0)
+    }
+    pub fn parse(s: &str) -> Result<Self, ParseError> {
+        let mut b = [0u8; 32];
+        hex::decode_to_slice(s, &mut b).map_err(|_| ParseError(format!("bad id {s:?}")))?;
+        Ok(Id32(b))
+    }
+}
+
+impl fmt::Debug for Id32 {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.hex())
+    }
+}
+
+impl fmt::Display for Id32 {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.hex())
+    }
+}
+
+impl Serialize for Id32 {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.hex())
+    }
+}
+
+impl<'de> Deserialize<'de> for Id32 {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        Id32::parse(&s).map_err(serde::de::Error::custom)
+    }
+}
+
+/// Base64 (standard, padded) for byte fields in JSON objects.
+pub mod b64 {
+    use base64::Engine;
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn encode(b: &[u8]) -> String {
+        base64::engine::general_purpose::STANDARD.encode(b)
+    }
+    pub fn decode(s: &str) -> Result<Vec<u8>, base64::DecodeError> {
+        base64::engine::general_purpose::STANDARD.decode(s.trim())
+    }
+    pub fn serialize<S: Serializer>(b: &[u8], s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&encode(b))
+    }
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<u8>, D::Error> {
+        let s = String::deserialize(d)?;
+        decode(&s).map_err(serde::de::Error::custom)
+    }
+}
+
+/// `repository/config`: plaintext, written once by `arca init`.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct RepoConfig {
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub version: u32,
+    pub repo_id: Id16,
+    pub created: String,
+}
+
+impl RepoConfig {
+    pub const KIND: &'static str = "arca-repository";
+}
+
+/// How a chain's key is protected. Fixed for the life of a chain.
+#[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq, Hash)]
+#[serde(rename_all = "lowercase")]
+pub enum EncryptionMode {
+    Passphrase,
+    Key,
+    None,
+}
+
+impl EncryptionMode {
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            EncryptionMode::Passphrase => "passphrase",
+            EncryptionMode::Key => "key",
+            EncryptionMode::None => "none",
+        }
+    }
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "passphrase" => Some(Self::Passphrase),
+            "key" => Some(Self::Key),
+            "none" => Some(Self::None),
+            _ => None,
+        }
+    }
+}
+
+/// `repository/jobs/<job_id>.json`: the job definition, so a reinstall can find its jobs.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct JobRecord {
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub version: u32,
+    pub repo_id: Id16,
+    pub job_id: Id16,
+    pub name: String,
+    pub source: String,
+    pub created: String,
+    /// The chain new recovery points go into.
+    pub chain_id: Id16,
+}
+
+impl JobRecord {
+    pub const KIND: &'static str = "arca-job";
+}
+
+/// The JSON form of a [`WrappedKey`].
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct WrappedKeyJson {
+    #[serde(with = "b64")]
+    pub nonce: Vec<u8>,
+    #[serde(with = "b64")]
+    pub commitment: Vec<u8>,
+    #[serde(with = "b64")]
+    pub ciphertext: Vec<u8>,
+}
+
+impl From<&WrappedKey> for WrappedKeyJson {
+    fn from(w: &WrappedKey) -> Self {
+        WrappedKeyJson {
+            nonce: w.nonce.to_vec(),
+            commitment: w.commitment.to_vec(),
+            ciphertext: w.ciphertext.clone(),
+        }
+    }
+}
+
+impl TryFrom<&WrappedKeyJson> for WrappedKey {
+    type Error = ParseError;
+    fn try_from(j: &WrappedKeyJson) -> Result<Self, ParseError> {
+        let nonce: [u8; NONCE_LEN] = j
+            .nonce
+            .as_slice()
+            .try_into()
+            .map_err(|_| ParseError("nonce must be 12 bytes".into()))?;
+        let commitment: [u8; 32] = j
+            .commitment
+            .as_slice()
+            .try_into()
+            .map_err(|_| ParseError("commitment must be 32 bytes".into()))?;
+        if j.ciphertext.len() != 48 {
+            return perr("wrapped key ciphertext must be 48 bytes");
+        }
+        Ok(WrappedKey {
+            nonce,
+            commitment,
+            ciphertext: j.ciphertext.clone(),
+        })
+    }
+}
+
+/// Salt and parameters of a password (recorded in keyslots and in every recovery point).
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct KdfRecord {
+    /// The password's name in the password manager.
+    pub password: String,
+    pub algorithm: String,
+    #[serde(with = "b64")]
+    pub salt: Vec<u8>,
+    pub m_kib: u32,
+    pub t: u32,
+    pub p: u32,
+}
+
+impl KdfRecord {
+    pub const ARGON2ID: &'static str = "argon2id-v19";
+
+    pub fn params(&self) -> KdfParams {
+        KdfParams {
+            m_kib: self.m_kib,
+            t: self.t,
+            p: self.p,
+        }
+    }
+}
+
+/// Provider-specific, public parameters of an envelope.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(tag = "provider", rename_all = "lowercase")]
+pub enum SlotParams {
+    /// Wrapped by the password hash.
+    Passphrase { kdf: KdfRecord },
+    /// Wrapped by a raw 32-byte key; `fingerprint` names it without revealing it.
+    Raw { fingerprint: String },
+    /// No encryption: the chain key is stored in clear.
+    None {
+        #[serde(with = "b64")]
+        chain_key: Vec<u8>,
+    },
+}
+
+impl SlotParams {
+    pub fn provider(&self) -> &'static str {
+        match self {
+            SlotParams::Passphrase { .. } => "passphrase",
+            SlotParams::Raw { .. } => "raw",
+            SlotParams::None { .. } => "none",
+        }
+    }
+}
+
+/// One envelope (keyslot): one wrapping of the chain key by one provider.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Keyslot {
+    pub slot_id: Id16,
+    pub created: String,
+    #[serde(flatten)]
+    pub params: SlotParams,
+    /// Absent for provider "none".
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub wrapped: Option<WrappedKeyJson>,
+}
+
+/// `repository/chains/<chain_id>.json`: a chain's encryption settings and envelopes.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ChainRecord {
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub version: u32,
+    pub repo_id: Id16,
+    pub job_id: Id16,
+    pub chain_id: Id16,
+    pub created: String,
+    pub encryption: EncryptionMode,
+    pub keyslots: Vec<Keyslot>,
+}
+
+impl ChainRecord {
+    pub const KIND: &'static str = "arca-chain";
+
+    pub fn keyslot_aad(&self, slot_id: &Id16) -> Vec<u8> {
+        crypto::aad(
+            label::KEYSLOT,
+            &[
+                &self.repo_id.0,
+                &self.job_id.0,
+                &self.chain_id.0,
+                &slot_id.0,
+            ],
+        )
+    }
+}
+
+/// The place a recovery point's objects are bound to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PointPlace {
+    pub repo_id: Id16,
+    pub job_id: Id16,
+    pub chain_id: Id16,
+    pub point_id: Id16,
+}
+
+impl PointPlace {
+    fn fields(&self) -> [&[u8]; 4] {
+        [
+            &self.repo_id.0,
+            &self.job_id.0,
+            &self.chain_id.0,
+            &self.point_id.0,
+        ]
+    }
+    pub fn data_key_aad(&self) -> Vec<u8> {
+        crypto::aad(label::DATA_KEY, &self.fields())
+    }
+    pub fn body_aad(&self) -> Vec<u8> {
+        crypto::aad(label::POINT_BODY, &self.fields())
+    }
+    pub fn index_aad(&self) -> Vec<u8> {
+        crypto::aad(label::INDEX, &self.fields())
+    }
+    pub fn chunk_aad(&self, chunk_id: &Id32) -> Vec<u8> {
+        let f = self.fields();
+        crypto::aad(label::CHUNK, &[f[0], f[1], f[2], f[3], &chunk_id.0])
+    }
+    pub fn pack_header_aad(&self) -> Vec<u8> {
+        crypto::aad(label::PACK_HEADER, &self.fields())
+    }
+}
+
+/// `repository/points/<point_id>.json`: one recovery point.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct PointRecord {
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub version: u32,
+    pub repo_id: Id16,
+    pub job_id: Id16,
+    pub job: String,
+    pub chain_id: Id16,
+    pub point_id: Id16,
+    pub time: String,
+    #[serde(default)]
+    pub parent: Option<Id16>,
+    /// Salt and parameters of the password whose hash wraps the chain key (passphrase chains).
+    #[serde(default)]
+    pub kdf: Option<KdfRecord>,
+    /// This point's data key, wrapped under the chain key.
+    pub data_key: WrappedKeyJson,
+    /// [`PointBody`] as JSON, sealed under the point-body subkey of the data key.
+    #[serde(with = "b64")]
+    pub body: Vec<u8>,
+}
+
+impl PointRecord {
+    pub const KIND: &'static str = "arca-point";
+
+    pub fn place(&self) -> PointPlace {
+        PointPlace {
+            repo_id: self.repo_id,
+            job_id: self.job_id,
+            chain_id: self.chain_id,
+            point_id: self.point_id,
+        }
+    }
+}
+
+/// What a backup run saw.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct PointStats {
+    pub files: u64,
+    pub dirs: u64,
+    pub symlinks: u64,
+    /// Bytes of file content in the point.
+    pub bytes_total: u64,
+    /// Bytes actually read from the source this run (unchanged files are not re-read).
+    pub bytes_read: u64,
+    /// Chunks new to the chain, their plaintext bytes, and bytes written to packs.
+    pub chunks_new: u64,
+    pub bytes_new: u64,
+    pub bytes_stored: u64,
+    pub files_unchanged: u64,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct SourceError {
+    pub path: String,
+    pub error: String,
+}
+
+/// The decrypted body of a recovery point.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct PointBody {
+    /// "tree" or "stdin".
+    pub kind: String,
+    pub source: String,
+    pub hostname: String,
+    pub stats: PointStats,
+    /// The file index (JSON lines of [`TreeEntry`]) as a list of chunk ids.
+    pub tree: Vec<Id32>,
+    pub tree_bytes: u64,
+    /// Files that could not be read.
+    #[serde(default)]
+    pub errors: Vec<SourceError>,
+}
+
+#[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum EntryType {
+    File,
+    Dir,
+    Symlink,
+}
+
+/// One line of a recovery point's file index.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct TreeEntry {
+    /// Path relative to the source root, '/'-separated. Non-UTF-8 names are stored as
+    /// `path_b64` instead, with `path` empty.
+    pub path: String,
+    #[serde(default, skip_serializing_if = "Option::is_none", with = "opt_b64")]
+    pub path_b64: Option<Vec<u8>>,
+    #[serde(rename = "type")]
+    pub kind: EntryType,
+    pub mode: u32,
+    pub uid: u32,
+    pub gid: u32,
+    pub mtime_ns: i128,
+    #[serde(default)]
+    pub size: u64,
+    #[serde(default)]
+    pub inode: u64,
+    #[serde(default)]
+    pub ctime_ns: i128,
+    #[serde(default, skip_serializing_if = "Option::is_none", with = "opt_b64")]
+    pub target: Option<Vec<u8>>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub chunks: Vec<Id32>,
+}
+
+mod opt_b64 {
+    use serde::{Deserialize, Deserializer, Serializer};
+    pub fn serialize<S: Serializer>(b: &Option<Vec<u8>>, s: S) -> Result<S::Ok, S::Error> {
+        match b {
+            Some(b) => s.serialize_str(&super::b64::encode(b)),
+            None => s.serialize_none(),
+        }
+    }
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Vec<u8>>, D::Error> {
+        let s: Option<String> = Option::deserialize(d)?;
+        s.map(|s| super::b64::decode(&s).map_err(serde::de::Error::custom))
+            .transpose()
+    }
+}
+
+impl TreeEntry {
+    /// The path as raw bytes.
+    pub fn path_bytes(&self) -> Vec<u8> {
+        match &self.path_b64 {
+            Some(b) => b.clone(),
+            None => self.path.as_bytes().to_vec(),
+        }
+    }
+
+    pub fn display_path(&self) -> String {
+        String::from_utf8_lossy(&self.path_bytes()).into_owned()
+    }
+}
+
+/// Serializes a file index as JSON lines.
+pub fn encode_tree(entries: &[TreeEntry]) -> Vec<u8> {
+    let mut out = Vec::new();
+    for e in entries {
+        serde_json::to_writer(&mut out, e).expect("tree entry serializes");
+        out.push(b'\n');
+    }
+    out
+}
+
+pub fn decode_tree(bytes: &[u8]) -> Result<Vec<TreeEntry>, ParseError> {
+    bytes
+        .split(|b| *b == b'\n')
+        .filter(|l| !l.is_empty())
+        .map(|l| {
+            serde_json::from_slice(l).map_err(|e| ParseError(format!("file index entry: {e}")))
+        })
+        .collect()
+}
+
+/// Where a chunk is stored.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct IndexEntry {
+    pub chunk_id: Id32,
+    pub pack_id: Id32,
+    pub offset: u64,
+    /// Sealed length in the pack (nonce + ciphertext + tag).
+    pub length: u32,
+    /// Plaintext length of the chunk.
+    pub raw_len: u32,
+}
+
+pub const INDEX_MAGIC: &[u8; 8] = b"ARCAIDX\x01";
+pub const INDEX_RECORD_LEN: usize = 32 + 32 + 8 + 4 + 4;
+
+/// Plaintext of an index file: `count u32 LE || records`.
+pub fn encode_index(entries: &[IndexEntry]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(4 + entries.len() * INDEX_RECORD_LEN);
+    out.extend_from_slice(&(entries.len() as u32).to_le_bytes());
+    for e in entries {
+        out.extend_from_slice(&e.chunk_id.0);
+        out.extend_from_slice(&e.pack_id.0);
+        out.extend_from_slice(&e.offset.to_le_bytes());
+        out.extend_from_slice(&e.length.to_le_bytes());
+        out.extend_from_slice(&e.raw_len.to_le_bytes());
+    }
+    out
+}
+
+pub fn decode_index(b: &[u8]) -> Result<Vec<IndexEntry>, ParseError> {
+    if b.len() < 4 {
+        return perr("index too short");
+    }
+    let n = u32::from_le_bytes(b[..4].try_into().unwrap()) as usize;
+    let body = &b[4..];
+    if body.len()
+        != n.checked_mul(INDEX_RECORD_LEN)
+            .ok_or(ParseError("index count".into()))?
+    {
+        return perr("index length does not match its count");
+    }
+    Ok(body
+        .chunks_exact(INDEX_RECORD_LEN)
+        .map(|r| IndexEntry {
+            chunk_id: Id32(r[0..32].try_into().unwrap()),
+            pack_id: Id32(r[32..64].try_into().unwrap()),
+            offset: u64::from_le_bytes(r[64..72].try_into().unwrap()),
+            length: u32::from_le_bytes(r[72..76].try_into().unwrap()),
+            raw_len: u32::from_le_bytes(r[76..80].try_into().unwrap()),
+        })
+        .collect())
+}
+
+pub const PACK_MAGIC: &[u8; 8] = b"ARCAPCK\x01";
+/// magic (8) || point_id (16)
+pub const PACK_PREFIX_LEN: usize = 8 + 16;
+pub const PACK_HEADER_RECORD_LEN: usize = 32 + 8 + 4 + 4;
+
+/// One entry of a pack's (sealed) header.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PackHeaderEntry {
+    pub chunk_id: Id32,
+    pub offset: u64,
+    pub length: u32,
+    pub raw_len: u32,
+}
+
+pub fn encode_pack_header(entries: &[PackHeaderEntry]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(4 + entries.len() * PACK_HEADER_RECORD_LEN);
+    out.extend_from_slice(&(entries.len() as u32).to_le_bytes());
+    for e in entries {
+        out.extend_from_slice(&e.chunk_id.0);
+        out.extend_from_slice(&e.offset.to_le_bytes());
+        out.extend_from_slice(&e.length.to_le_bytes());
+        out.extend_from_slice(&e.raw_len.to_le_bytes());
+    }
+    out
+}
+
+pub fn decode_pack_header(b: &[u8]) -> Result<Vec<PackHeaderEntry>, ParseError> {
+    if b.len() < 4 {
+        return perr("pack header too short");
+    }
+    let n = u32::from_le_bytes(b[..4].try_into().unwrap()) as usize;
+    let body = &b[4..];
+    if Some(body.len()) != n.checked_mul(PACK_HEADER_RECORD_LEN) {
+        return perr("pack header length does not match its count");
+    }
+    Ok(body
+        .chunks_exact(PACK_HEADER_RECORD_LEN)
+        .map(|r| PackHeaderEntry {
+            chunk_id: Id32(r[0..32].try_into().unwrap()),
+            offset: u64::from_le_bytes(r[32..40].try_into().unwrap()),
+            length: u32::from_le_bytes(r[40..44].try_into().unwrap()),
+            raw_len: u32::from_le_bytes(r[44..48].try_into().unwrap()),
+        })
+        .collect())
+}
+
+/// Chunk payload before sealing: `0x00 || raw` or `0x01 || zstd frame`.
+pub const PAYLOAD_RAW: u8 = 0;
+pub const PAYLOAD_ZSTD: u8 = 1;
+
+/// Compresses with zstd unless that does not save at least 1/32 of the size.
+pub fn encode_payload(data: &[u8], level: i32) -> Vec<u8> {
+    if data.len() >= 64 {
+        if let Ok(c) = zstd::bulk::compress(data, level) {
+            if c.len() + data.len() / 32 < data.len() {
+                let mut out = Vec::with_capacity(c.len() + 1);
+                out.push(PAYLOAD_ZSTD);
+                out.extend_from_slice(&c);
+                return out;
+            }
+        }
+    }
+    let mut out = Vec::with_capacity(data.len() + 1);
+    out.push(PAYLOAD_RAW);
+    out.extend_from_slice(data);
+    out
+}
+
+pub fn decode_payload(p: &[u8], raw_len: usize) -> Result<Vec<u8>, ParseError> {
+    match p.split_first() {
+        Some((&PAYLOAD_RAW, rest)) => Ok(rest.to_vec()),
+        Some((&PAYLOAD_ZSTD, rest)) => {
+            let out = zstd::bulk::decompress(rest, raw_len)
+                .map_err(|e| ParseError(format!("zstd: {e}")))?;
+            if out.len() != raw_len {
+                return perr("decompressed length differs from the index");
+            }
+            Ok(out)
+        }
+        Some((t, _)) => perr(format!("unknown payload type {t}")),
+        None => perr("empty payload"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn arb_id32() -> impl Strategy<Value = Id32> {
+        any::<[u8; 32]>().prop_map(Id32)
+    }
+    fn arb_id16() -> impl Strategy<Value = Id16> {
+        any::<[u8; 16]>().prop_map(Id16)
+    }
+
+    proptest! {
+        #[test]
+        fn index_roundtrip(v in proptest::collection::vec(
+            (arb_id32(), arb_id32(), any::<u64>(), any::<u32>(), any::<u32>()), 0..50)) {
+            let entries: Vec<IndexEntry> = v.into_iter().map(|(c, p, o, l, r)| IndexEntry {
+                chunk_id: c, pack_id: p, offset: o, length: l, raw_len: r }).collect();
+            let enc = encode_index(&entries);
+            prop_assert_eq!(decode_index(&enc).unwrap(), entries);
+            if !enc.is_empty() {
+                prop_assert!(decode_index(&enc[..enc.len() - 1]).is_err());
+            }
+        }
+
+        #[test]
+        fn pack_header_roundtrip(v in proptest::collection::vec(
+            (arb_id32(), any::<u64>(), any::<u32>(), any::<u32>()), 0..50)) {
+            let entries: Vec<PackHeaderEntry> = v.into_iter().map(|(c, o, l, r)| PackHeaderEntry {
+                chunk_id: c, offset: o, length: l, raw_len: r }).collect();
+            prop_assert_eq!(decode_pack_header(&encode_pack_header(&entries)).unwrap(), entries);
+        }
+
+        #[test]
+        fn payload_roundtrip(data in proptest::collection::vec(any::<u8>(), 0..20000), rep in 0usize..4) {
+            let mut d = data.clone();
+            for _ in 0..rep { d.extend_from_slice(&data); }
+            let p = encode_payload(&d, 3);
+            prop_assert_eq!(decode_payload(&p, d.len()).unwrap(), d);
+        }
+
+        #[test]
+        fn tree_roundtrip(paths in proptest::collection::vec("[a-z/ é\"\\\\]{0,20}", 0..20),
+                          raw in proptest::collection::vec(any::<u8>(), 0..10),
+                          chunks in proptest::collection::vec(arb_id32(), 0..4),
+                          mtime in any::<i64>(), mode in any::<u32>()) {
+            let mut entries: Vec<TreeEntry> = paths.into_iter().map(|p| TreeEntry {
+                path: p, path_b64: None, kind: EntryType::File, mode, uid: 1, gid: 2,
+                mtime_ns: mtime as i128 * 7, size: 3, inode: 4, ctime_ns: -5,
+                target: None, chunks: chunks.clone() }).collect();
+            entries.push(TreeEntry { path: String::new(), path_b64: Some(raw.clone()),
+                kind: EntryType::Symlink, mode, uid: 0, gid: 0, mtime_ns: 0, size: 0, inode: 0,
+                ctime_ns: 0, target: Some(raw), chunks: vec![] });
+            prop_assert_eq!(decode_tree(&encode_tree(&entries)).unwrap(), entries);
+        }
+
+        #[test]
+        fn point_record_roundtrip(ids in (arb_id16(), arb_id16(), arb_id16(), arb_id16()),
+                                  body in proptest::collection::vec(any::<u8>(), 0..100),
+                                  salt in proptest::collection::vec(any::<u8>(), 16..17),
+                                  job in "[a-zA-Z0-9_-]{1,20}") {
+            let rec = PointRecord {
+                kind: PointRecord::KIND.into(), version: FORMAT_VERSION,
+                repo_id: ids.0, job_id: ids.1, job, chain_id: ids.2, point_id: ids.3,
+                time: "2026-11-23T11:00:00Z".into(), parent: Some(ids.0),
+                kdf: Some(KdfRecord { password: "p".into(), algorithm: KdfRecord::ARGON2ID.into(),
+                    salt, m_kib: 65536, t: 3, p: 2 }),
+                data_key: WrappedKeyJson { nonce: vec![1; 12], commitment: vec![2; 32],
+                    ciphertext: vec![3; 48] },
+                body,
+            };
+            let s = serde_json::to_string(&rec).unwrap();
+            prop_assert_eq!(serde_json::from_str::<PointRecord>(&s).unwrap(), rec);
+        }
+
+        #[test]
+        fn chain_record_roundtrip(ids in (arb_id16(), arb_id16(), arb_id16(), arb_id16()),
+                                  fp in "[0-9a-f]{16}") {
+            let rec = ChainRecord {
+                kind: ChainRecord::KIND.into(), version: FORMAT_VERSION, repo_id: ids.0,
+                job_id: ids.1, chain_id: ids.2, created: "t".into(), encryption: EncryptionMode::Key,
+                keyslots: vec![Keyslot { slot_id: ids.3, created: "t".into(),
+                    params: SlotParams::Raw { fingerprint: fp },
+                    wrapped: Some(WrappedKeyJson { nonce: vec![0; 12], commitment: vec![0; 32],
+                        ciphertext: vec![0; 48] }) }],
+            };
+            let s = serde_json::to_string(&rec).unwrap();
+            prop_assert_eq!(serde_json::from_str::<ChainRecord>(&s).unwrap(), rec);
+        }
+    }
+
+    #[test]
+    fn wrapped_key_json_checks_lengths() {
+        let j = WrappedKeyJson {
+            nonce: vec![0; 11],
+            commitment: vec![0; 32],
+            ciphertext: vec![0; 48],
+        };
+        assert!(WrappedKey::try_from(&j).is_err());
+        let j = WrappedKeyJson {
+            nonce: vec![0; 12],
+            commitment: vec![0; 32],
+            ciphertext: vec![0; 47],
+        };
+        assert!(WrappedKey::try_from(&j).is_err());
+    }
+
+    #[test]
+    fn incompressible_payload_stored_raw() {
+        let data: Vec<u8> = (0..10000u32)
+            .map(|i| (i.wrapping_mul(2654435761) >> 13) as u8)
+            .collect();
+        let random = crypto::random_bytes::<4096>();
+        assert_eq!(encode_payload(&random, 3)[0], PAYLOAD_RAW);
+        let zeros = vec![0u8; 4096];
+        assert_eq!(encode_payload(&zeros, 3)[0], PAYLOAD_ZSTD);
+        let _ = data;
+    }
+}
