@@ -400,7 +400,7 @@ impl Catalog {
     ) -> Result<()> {
         self.conn
             .execute(
-                "UPDATE jobs SET encryption = ?2, password = ?3, key_file = ?4, chain_id = ?5 WHERE name = ?1",
+                "UPDATE jobs SET encryption = ?2, password = COALESCE(?3, password), key_file = COALESCE(?4, key_file), chain_id = ?5 WHERE name = ?1",
                 params![name, enc.as_str(), password, key_file, chain_id.hex()],
             )
             .map_err(|e| self.err(e))?;

@@ -20,9 +20,9 @@ use std::sync::Arc;
 use std::thread;
 
 use crossbeam_channel::{bounded, Receiver, Sender};
-use fastcdc::v2020::{FastCDC, StreamCDC};
 use indicatif::ProgressBar;
 
+use super::chunker::{stream_chunks, CdcParams};
 use super::*;
 use crate::repo::now_rfc3339;
 use crate::repo::pack::PackBuilder;
@@ -81,6 +81,8 @@ struct WriterResult {
 /// Sink for chunks: dedups, and hands new ones to the workers.
 struct Chunker<'a> {
     idk: &'a ChunkIdKey,
+    cdc: CdcParams,
+    buf: Vec<u8>,
     known: HashSet<Id32>,
     tx: Sender<Work>,
     stats: PointStats,
@@ -89,13 +91,25 @@ struct Chunker<'a> {
 
 impl Chunker<'_> {
     /// Returns false if the pipeline has stopped (the writer failed).
-    fn put(&mut self, data: Vec<u8>, out: &mut Vec<Id32>) -> bool {
-        let id = Id32(self.idk.id(&data));
+    fn put(
+        idk: &ChunkIdKey,
+        known: &mut HashSet<Id32>,
+        tx: &Sender<Work>,
+        stats: &mut PointStats,
+        data: &[u8],
+        out: &mut Vec<Id32>,
+    ) -> bool {
+        let id = Id32(idk.id(data));
         out.push(id);
-        if self.known.insert(id) {
-            self.stats.chunks_new += 1;
-            self.stats.bytes_new += data.len() as u64;
-            return self.tx.send(Work { id, data }).is_ok();
+        if known.insert(id) {
+            stats.chunks_new += 1;
+            stats.bytes_new += data.len() as u64;
+            return tx
+                .send(Work {
+                    id,
+                    data: data.to_vec(),
+                })
+                .is_ok();
         }
         true
     }
@@ -103,15 +117,25 @@ impl Chunker<'_> {
     /// Chunks a stream; returns ids and bytes read, or the read error.
     fn stream(&mut self, r: impl Read) -> std::result::Result<(Vec<Id32>, u64), String> {
         let mut ids = Vec::new();
-        let mut n = 0u64;
-        for c in StreamCDC::new(r, CHUNK_MIN, CHUNK_AVG, CHUNK_MAX) {
-            let c = c.map_err(|e| e.to_string())?;
-            n += c.length as u64;
-            self.stats.bytes_read += c.length as u64;
-            self.progress.inc(c.length as u64);
-            if !self.put(c.data, &mut ids) {
-                return Err("pipeline stopped".into());
-            }
+        let mut alive = true;
+        let Chunker {
+            idk,
+            cdc,
+            buf,
+            known,
+            tx,
+            stats,
+            progress,
+        } = self;
+        let n = stream_chunks(r, cdc, buf, |c| {
+            stats.bytes_read += c.len() as u64;
+            progress.inc(c.len() as u64);
+            alive = Self::put(idk, known, tx, stats, c, &mut ids);
+            alive
+        })
+        .map_err(|e| e.to_string())?;
+        if !alive {
+            return Err("pipeline stopped".into());
         }
         Ok((ids, n))
     }
@@ -273,8 +297,9 @@ fn run_workers(
             thread::Builder::new()
                 .name(format!("arca-seal-{i}"))
                 .spawn(move || {
+                    let mut z = zstd::bulk::Compressor::new(level).expect("zstd context");
                     for w in rx {
-                        let payload = encode_payload(&w.data, level);
+                        let payload = encode_payload_with(&mut z, &w.data);
                         let sealed = sealer.seal(&place.chunk_aad(&w.id), &payload);
                         let c = SealedChunk {
                             id: w.id,
@@ -391,6 +416,8 @@ pub fn run(
 
     let chunker = Chunker {
         idk: &oc.idk,
+        cdc: CdcParams::new(CHUNK_MIN, CHUNK_AVG, CHUNK_MAX),
+        buf: Vec::new(),
         known,
         tx: work_tx,
         stats: PointStats::default(),
@@ -466,9 +493,18 @@ pub fn run(
     let tree_bytes = encode_tree(&w.entries);
     let mut tree_ids = Vec::new();
     if !w.stopped {
-        for c in FastCDC::new(&tree_bytes, TREE_CHUNK_MIN, TREE_CHUNK_AVG, TREE_CHUNK_MAX) {
-            let data = tree_bytes[c.offset..c.offset + c.length].to_vec();
-            if !w.chunker.put(data, &mut tree_ids) {
+        let c = &mut w.chunker;
+        for data in
+            CdcParams::new(TREE_CHUNK_MIN, TREE_CHUNK_AVG, TREE_CHUNK_MAX).split(&tree_bytes)
+        {
+            if !Chunker::put(
+                c.idk,
+                &mut c.known,
+                &c.tx,
+                &mut c.stats,
+                data,
+                &mut tree_ids,
+            ) {
                 break;
             }
         }

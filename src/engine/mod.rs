@@ -3,6 +3,7 @@
 
 pub mod backup;
 pub mod check;
+pub mod chunker;
 pub mod restore;
 
 use std::collections::HashMap;

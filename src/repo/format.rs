@@ -629,8 +629,14 @@ pub const PAYLOAD_ZSTD: u8 = 1;
 
 /// Compresses with zstd unless that does not save at least 1/32 of the size.
 pub fn encode_payload(data: &[u8], level: i32) -> Vec<u8> {
+    let mut c = zstd::bulk::Compressor::new(level).expect("zstd context");
+    encode_payload_with(&mut c, data)
+}
+
+/// [`encode_payload`] with a reusable compression context.
+pub fn encode_payload_with(z: &mut zstd::bulk::Compressor<'_>, data: &[u8]) -> Vec<u8> {
     if data.len() >= 64 {
-        if let Ok(c) = zstd::bulk::compress(data, level) {
+        if let Ok(c) = z.compress(data) {
             if c.len() + data.len() / 32 < data.len() {
                 let mut out = Vec::with_capacity(c.len() + 1);
                 out.push(PAYLOAD_ZSTD);
@@ -647,7 +653,8 @@ pub fn encode_payload(data: &[u8], level: i32) -> Vec<u8> {
 
 pub fn decode_payload(p: &[u8], raw_len: usize) -> Result<Vec<u8>, ParseError> {
     match p.split_first() {
-        Some((&PAYLOAD_RAW, rest)) => Ok(rest.to_vec()),
+        Some((&PAYLOAD_RAW, rest)) if rest.len() == raw_len => Ok(rest.to_vec()),
+        Some((&PAYLOAD_RAW, _)) => perr("stored length differs from the index"),
         Some((&PAYLOAD_ZSTD, rest)) => {
             let out = zstd::bulk::decompress(rest, raw_len)
                 .map_err(|e| ParseError(format!("zstd: {e}")))?;

@@ -1,0 +1,229 @@
+//! Helpers for tests that drive the real `arca` binary.
+#![allow(dead_code)]
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::io::Write;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+
+pub struct Env {
+    pub dir: tempfile::TempDir,
+    pub catalog: PathBuf,
+}
+
+pub struct Run {
+    pub code: i32,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl Run {
+    pub fn ok(self) -> Run {
+        assert_eq!(
+            self.code, 0,
+            "expected success\nstdout:\n{}\nstderr:\n{}",
+            self.stdout, self.stderr
+        );
+        self
+    }
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_str(&self.stdout)
+            .unwrap_or_else(|e| panic!("not JSON ({e}): {}", self.stdout))
+    }
+}
+
+impl From<Output> for Run {
+    fn from(o: Output) -> Run {
+        Run {
+            code: o.status.code().unwrap_or(-1),
+            stdout: String::from_utf8_lossy(&o.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&o.stderr).into_owned(),
+        }
+    }
+}
+
+impl Env {
+    pub fn new() -> Env {
+        let dir = tempfile::tempdir().unwrap();
+        let catalog = dir.path().join("catalog/catalog.db");
+        Env { dir, catalog }
+    }
+
+    pub fn path(&self, p: &str) -> PathBuf {
+        self.dir.path().join(p)
+    }
+
+    pub fn cmd(&self, args: &[&str]) -> Command {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_arca"));
+        c.args(args)
+            .env("ARCA_CATALOG", &self.catalog)
+            .env("ARCA_INSECURE_TEST_KDF", "1")
+            .env_remove("ARCA_PASSPHRASE")
+            .env_remove("ARCA_KEY")
+            .env_remove("ARCA_LOG")
+            .stdin(Stdio::null());
+        c
+    }
+
+    pub fn run(&self, args: &[&str]) -> Run {
+        self.cmd(args).output().unwrap().into()
+    }
+
+    pub fn run_env(&self, args: &[&str], env: &[(&str, &str)]) -> Run {
+        let mut c = self.cmd(args);
+        for (k, v) in env {
+            c.env(k, v);
+        }
+        c.output().unwrap().into()
+    }
+
+    pub fn run_stdin(&self, args: &[&str], env: &[(&str, &str)], input: &[u8]) -> Run {
+        let mut c = self.cmd(args);
+        for (k, v) in env {
+            c.env(k, v);
+        }
+        let mut child = c
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut stdin = child.stdin.take().unwrap();
+        let data = input.to_vec();
+        let w = std::thread::spawn(move || {
+            let _ = stdin.write_all(&data);
+        });
+        let out = child.wait_with_output().unwrap();
+        w.join().unwrap();
+        out.into()
+    }
+
+    /// init + job create with a passphrase.
+    pub fn passphrase_job(&self, name: &str, source: &Path, pass: &str) -> PathBuf {
+        let repo = self.path("repo");
+        if !repo.join("config").exists() {
+            self.run(&["init", repo.to_str().unwrap()]).ok();
+        }
+        self.run_env(
+            &[
+                "job",
+                "create",
+                name,
+                "--repo",
+                repo.to_str().unwrap(),
+                "--source",
+                source.to_str().unwrap(),
+                "--encryption",
+                "passphrase",
+            ],
+            &[("ARCA_PASSPHRASE", pass)],
+        )
+        .ok();
+        repo
+    }
+}
+
+/// Deterministic pseudo-random bytes (xorshift), optionally half compressible.
+pub fn pseudo_random(len: usize, seed: u64, compressible: bool) -> Vec<u8> {
+    let mut x = seed | 1;
+    let mut out = Vec::with_capacity(len);
+    while out.len() < len {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        let b = x.to_le_bytes();
+        if compressible && (out.len() / 4096) % 2 == 0 {
+            out.extend_from_slice(b"backup! ");
+        } else {
+            out.extend_from_slice(&b);
+        }
+    }
+    out.truncate(len);
+    out
+}
+
+pub fn write(p: &Path, data: &[u8]) {
+    fs::create_dir_all(p.parent().unwrap()).unwrap();
+    fs::write(p, data).unwrap();
+}
+
+/// Everything a restore must reproduce, per path: type, mode, mtime, content hash or target.
+pub fn snapshot(root: &Path) -> BTreeMap<String, String> {
+    let mut out = BTreeMap::new();
+    fn walk(root: &Path, dir: &Path, out: &mut BTreeMap<String, String>) {
+        let mut names: Vec<_> = fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .collect();
+        names.sort();
+        for p in names {
+            let m = fs::symlink_metadata(&p).unwrap();
+            let rel = p.strip_prefix(root).unwrap().to_string_lossy().into_owned();
+            let ft = m.file_type();
+            let desc = if ft.is_symlink() {
+                format!(
+                    "link {:?} mtime={}.{}",
+                    fs::read_link(&p).unwrap(),
+                    m.mtime(),
+                    m.mtime_nsec()
+                )
+            } else if ft.is_dir() {
+                format!(
+                    "dir mode={:o} mtime={}.{}",
+                    m.permissions().mode() & 0o7777,
+                    m.mtime(),
+                    m.mtime_nsec()
+                )
+            } else {
+                let data = fs::read(&p).unwrap();
+                format!(
+                    "file mode={:o} mtime={}.{} size={} blake3={}",
+                    m.permissions().mode() & 0o7777,
+                    m.mtime(),
+                    m.mtime_nsec(),
+                    data.len(),
+                    blake3::hash(&data).to_hex()
+                )
+            };
+            out.insert(rel, desc);
+            if ft.is_dir() {
+                walk(root, &p, out);
+            }
+        }
+    }
+    walk(root, root, &mut out);
+    out
+}
+
+/// Total bytes of all files below `p`.
+pub fn du(p: &Path) -> u64 {
+    let mut n = 0;
+    for e in fs::read_dir(p).unwrap() {
+        let e = e.unwrap();
+        let m = e.metadata().unwrap();
+        if m.is_dir() {
+            n += du(&e.path());
+        } else {
+            n += m.len();
+        }
+    }
+    n
+}
+
+pub fn is_empty_or_missing(p: &Path) -> bool {
+    !p.exists() || fs::read_dir(p).unwrap().next().is_none()
+}
+
+/// All pack files of a repository.
+pub fn packs(repo: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    for sub in fs::read_dir(repo.join("packs")).unwrap() {
+        for e in fs::read_dir(sub.unwrap().path()).unwrap() {
+            out.push(e.unwrap().path());
+        }
+    }
+    out.sort();
+    out
+}
