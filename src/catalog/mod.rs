@@ -588,9 +588,9 @@ mod tests {
         assert_eq!(r, rec);
         drop(c);
         let mut all = std::fs::read(&p).unwrap();
-        for ext in ["-wal"] {
+        {
             let mut w = p.as_os_str().to_owned();
-            w.push(ext);
+            w.push("-wal");
             if let Ok(b) = std::fs::read(PathBuf::from(w)) {
                 all.extend(b);
             }

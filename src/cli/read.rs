@@ -106,12 +106,9 @@ pub async fn points(ctx: &Ctx, a: PointsArgs) -> Result<i32> {
     for p in &recs {
         let mut row = cached.get(&p.point_id).cloned();
         if row.as_ref().and_then(|r| r.stats.as_ref()).is_none() {
-            if !opened.contains_key(&p.chain_id) {
-                let oc = open_chain(ctx, &cat, &h, &p.chain_id, None, false)
-                    .await
-                    .ok()
-                    .map(|x| x.0);
-                opened.insert(p.chain_id, oc);
+            if let std::collections::hash_map::Entry::Vacant(v) = opened.entry(p.chain_id) {
+                let oc = open_chain(ctx, &cat, &h, &p.chain_id, None, false).await.ok().map(|x| x.0);
+                v.insert(oc);
             }
             if let Some(Some(oc)) = opened.get(&p.chain_id) {
                 if let Ok((_, body)) = open_point(oc, p) {

@@ -32,7 +32,7 @@ impl CheckReport {
         });
     }
 
-    fn from_err(&mut self, e: Error) {
+    fn add_error(&mut self, e: Error) {
         match e {
             Error::Integrity { object, detail } => self.problem(object, detail),
             other => self.problem("repository", other),
@@ -61,7 +61,7 @@ pub fn check_chain(
     let idx = match ChainIndex::load(repo, oc, points) {
         Ok(i) => i,
         Err(e @ Error::Integrity { .. }) => {
-            report.from_err(e);
+            report.add_error(e);
             return Ok(());
         }
         Err(e) => return Err(e),
@@ -74,7 +74,7 @@ pub fn check_chain(
         let body = match open_point(oc, p) {
             Ok((_, b)) => b,
             Err(e) => {
-                report.from_err(e);
+                report.add_error(e);
                 continue;
             }
         };
@@ -83,7 +83,7 @@ pub fn check_chain(
         let tree = match read_tree(&mut reader, &body) {
             Ok(t) => t,
             Err(e) => {
-                report.from_err(e);
+                report.add_error(e);
                 continue;
             }
         };
@@ -140,7 +140,7 @@ fn read_packs(
         let bytes = match repo.read_pack(&pack_id) {
             Ok(b) => b,
             Err(e) => {
-                report.from_err(e);
+                report.add_error(e);
                 continue;
             }
         };

@@ -172,7 +172,7 @@ pub fn run(
                         return;
                     };
                     let dest = opts.target.join(rel);
-                    match restore_file(&mut reader, &dest, e, chown, &opts.progress) {
+                    match restore_file(&mut reader, &dest, e, chown, opts.overwrite, &opts.progress) {
                         Ok(n) => {
                             bytes.fetch_add(n, Ordering::Relaxed);
                         }
@@ -241,48 +241,67 @@ fn restore_file(
     dest: &Path,
     e: &TreeEntry,
     chown: bool,
+    overwrite: bool,
     progress: &ProgressBar,
 ) -> Result<u64> {
-    let parent = dest.parent().unwrap_or(Path::new("."));
-    fs::create_dir_all(parent)
-        .map_err(|err| Error::io(format!("create {}", parent.display()), err))?;
-    let tmp = parent.join(format!(".arca-restore-{}", Id16::random().short()));
+    let create = |p: &Path| {
+        let mut o = OpenOptions::new();
+        o.write(true);
+        if overwrite {
+            o.create(true).truncate(true);
+        } else {
+            o.create_new(true);
+        }
+        o.open(p)
+    };
+    // Parent directories were created before the files; only an --include of a single file
+    // below unlisted directories needs this fallback.
+    let mut f = match create(dest) {
+        Err(err) if err.kind() == std::io::ErrorKind::NotFound => {
+            if let Some(parent) = dest.parent() {
+                fs::create_dir_all(parent).map_err(|err| Error::io(format!("create {}", parent.display()), err))?;
+            }
+            create(dest)
+        }
+        r => r,
+    }
+    .map_err(|err| Error::io(format!("create {}", dest.display()), err))?;
     let res = (|| -> Result<u64> {
-        let mut f = OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .open(&tmp)
-            .map_err(|err| Error::io(format!("create {}", tmp.display()), err))?;
         let mut n = 0u64;
         for id in &e.chunks {
             let data = reader.read(id)?;
-            f.write_all(&data)
-                .map_err(|err| Error::io(format!("write {}", dest.display()), err))?;
+            f.write_all(&data).map_err(|err| Error::io(format!("write {}", dest.display()), err))?;
             n += data.len() as u64;
             progress.inc(data.len() as u64);
         }
         if n != e.size {
-            return Err(Error::integrity(
-                format!("file {}", e.display_path()),
-                "restored size differs from the index",
-            ));
+            return Err(Error::integrity(format!("file {}", e.display_path()), "restored size differs from the index"));
         }
-        drop(f);
-        if chown {
-            let _ = std::os::unix::fs::chown(&tmp, Some(e.uid), Some(e.gid));
+        if chown && (e.uid != 0 || e.gid != 0) {
+            let _ = std::os::unix::fs::fchown(&f, Some(e.uid), Some(e.gid));
         }
-        fs::set_permissions(&tmp, fs::Permissions::from_mode(e.mode))
+        f.set_permissions(fs::Permissions::from_mode(e.mode))
             .map_err(|err| Error::io(format!("set mode of {}", dest.display()), err))?;
-        set_times(&tmp, e, false)
+        let t = mtime(e);
+        f.set_times(fs::FileTimes::new().set_modified(t).set_accessed(t))
             .map_err(|err| Error::io(format!("set times of {}", dest.display()), err))?;
-        fs::rename(&tmp, dest)
-            .map_err(|err| Error::io(format!("rename into {}", dest.display()), err))?;
         Ok(n)
     })();
     if res.is_err() {
-        let _ = fs::remove_file(&tmp);
+        // Never leave a damaged file looking complete.
+        drop(f);
+        let _ = fs::remove_file(dest);
     }
     res
+}
+
+fn mtime(e: &TreeEntry) -> std::time::SystemTime {
+    let d = std::time::Duration::new(e.mtime_ns.unsigned_abs().div_euclid(1_000_000_000) as u64, (e.mtime_ns.unsigned_abs() % 1_000_000_000) as u32);
+    if e.mtime_ns >= 0 {
+        std::time::UNIX_EPOCH + d
+    } else {
+        std::time::UNIX_EPOCH - d
+    }
 }
 
 #[cfg(test)]
