@@ -26,7 +26,8 @@ command -v /usr/bin/time >/dev/null || { echo "needs /usr/bin/time (apt-get inst
 ARCA=$ROOT/target/release/arca
 [ -d "$SRC" ] || $GEN generate --out "$SRC" --size-mb "$SIZE_MB" --seed "$SEED"
 BYTES=$(find "$SRC" -type f -printf '%s\n' | awk '{s+=$1} END{printf "%d", s}')
-WORK=$(mktemp -d "${TMPDIR:-/tmp}/arca-bench.XXXXXX")
+mkdir -p "$DATA"
+WORK=$(mktemp -d "$DATA/arca-bench.XXXXXX") # beside the peers' repositories and restore targets
 trap '[ -f "$MSTATE/undo.json" ] && $GEN undo --state "$MSTATE" >/dev/null; rm -rf "$WORK"' EXIT
 
 timed() { # timed NAME cmd... -> WALL RSS_MB

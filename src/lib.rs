@@ -8,10 +8,12 @@
 
 pub mod catalog;
 pub mod cli;
+pub mod config;
 pub mod crypto;
 pub mod engine;
 pub mod error;
 pub mod keys;
+pub mod passwords;
 pub mod repo;
 pub mod resolve;
 pub mod ui;

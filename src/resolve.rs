@@ -1,11 +1,15 @@
 //! The restore resolver: finds a chain's key and explains how.
 //!
-//! Passphrase chains: tier 1, the password hash stored in the catalog → tier 2, KMS (escrow
-//! records and KMS keyslots; none exist yet in this version, and the tier says so) → tier 3,
-//! a passphrase from `ARCA_PASSPHRASE`, `--passphrase-file` or the prompt, with the salt
-//! stored in the recovery point → otherwise the point is reported corrupted (no salt, or no
-//! keyslot for that salt). Raw-key chains use the key file or `ARCA_KEY`; "none" chains open
-//! directly. After tier 3 opens a chain, the password hash is stored in the catalog again.
+//! Tiers, in order, each tried only if the chain has keyslots it can use:
+//! 1. `catalog`: the password hash stored in the catalog (passphrase keyslots);
+//!    `key`: a raw key from `--key-file`, `ARCA_KEY` or the job's recorded key file;
+//! 2. `kms`: AWS KMS keyslots, and escrow records of password hashes in the repository;
+//! 3. `passphrase`: from `ARCA_PASSPHRASE`, `--passphrase-file` or a prompt, with the salt
+//!    stored in the recovery point;
+//!
+//! otherwise the point is reported corrupted when it lacks what a passphrase needs (no salt,
+//! no keyslot for that salt), or the keys are reported unavailable with every tier's reason.
+//! After tier 2 or 3 opens a passphrase chain, the password hash is stored in the catalog again.
 
 use std::io::IsTerminal;
 use std::path::PathBuf;
@@ -17,11 +21,12 @@ use crate::catalog::Catalog;
 use crate::crypto::{Passphrase, SecretKey};
 use crate::engine::OpenChain;
 use crate::error::{Error, Result};
+use crate::keys::aws_kms::{KmsClient, KmsProvider, KmsSettings};
 use crate::keys::none::NoneProvider;
 use crate::keys::passphrase::{PassphraseProvider, PasswordHashProvider};
 use crate::keys::raw::RawKeyProvider;
 use crate::keys::{unwrap_any, KeyError, KeyProvider, SlotContext};
-use crate::repo::format::{ChainRecord, EncryptionMode, KdfRecord, Keyslot, SlotParams};
+use crate::repo::format::{ChainRecord, EscrowRecord, KdfRecord, Keyslot, SlotParams};
 
 /// Where secrets may come from. Nothing is read or prompted until a tier needs it.
 pub struct Credentials {
@@ -29,7 +34,10 @@ pub struct Credentials {
     pub key_file: Option<PathBuf>,
     /// May prompt on the terminal.
     pub interactive: bool,
+    /// How to reach AWS KMS (config file and flags; the AWS environment fills the rest).
+    pub kms: KmsSettings,
     passphrase: OnceLock<Option<Arc<PassphraseProvider>>>,
+    kms_client: tokio::sync::OnceCell<std::result::Result<Arc<KmsClient>, String>>,
 }
 
 impl Credentials {
@@ -38,8 +46,29 @@ impl Credentials {
             passphrase_file,
             key_file,
             interactive: std::io::stdin().is_terminal() && std::io::stderr().is_terminal(),
+            kms: KmsSettings::default(),
             passphrase: OnceLock::new(),
+            kms_client: tokio::sync::OnceCell::new(),
         }
+    }
+
+    pub fn with_kms(mut self, kms: KmsSettings) -> Self {
+        self.kms = kms;
+        self
+    }
+
+    /// The KMS client, created on first use (loading AWS credentials can take a moment).
+    pub async fn kms_client(&self) -> std::result::Result<Arc<KmsClient>, KeyError> {
+        self.kms_client
+            .get_or_init(|| async {
+                KmsClient::new(&self.kms)
+                    .await
+                    .map(Arc::new)
+                    .map_err(|e| e.to_string())
+            })
+            .await
+            .clone()
+            .map_err(KeyError::Unavailable)
     }
 
     /// Reads a passphrase: `ARCA_PASSPHRASE`, else `--passphrase-file`, else a no-echo prompt.
@@ -139,6 +168,24 @@ pub struct ResolveFailure {
     pub error: Error,
 }
 
+/// Which tiers may be tried (the recovery drill tries them one at a time).
+#[derive(Clone, Copy, Debug)]
+pub struct Tiers {
+    pub catalog: bool,
+    pub key: bool,
+    pub kms: bool,
+    pub passphrase: bool,
+}
+
+impl Tiers {
+    pub const ALL: Tiers = Tiers {
+        catalog: true,
+        key: true,
+        kms: true,
+        passphrase: true,
+    };
+}
+
 pub struct Request<'a> {
     pub job_name: &'a str,
     pub chain: ChainRecord,
@@ -148,6 +195,9 @@ pub struct Request<'a> {
     pub catalog: Option<&'a Catalog>,
     pub creds: &'a Credentials,
     pub job_key_file: Option<&'a str>,
+    /// Escrow records of this job (from its repository).
+    pub escrow: &'a [EscrowRecord],
+    pub tiers: Tiers,
 }
 
 fn passphrase_slots(chain: &ChainRecord) -> Vec<(&Keyslot, &KdfRecord)> {
@@ -161,285 +211,354 @@ fn passphrase_slots(chain: &ChainRecord) -> Vec<(&Keyslot, &KdfRecord)> {
         .collect()
 }
 
-/// Resolves the chain key for `req`, trying each tier in order.
-pub async fn resolve(req: Request<'_>) -> std::result::Result<Resolution, ResolveFailure> {
-    let mut attempts = Vec::new();
-    let ctx = SlotContext::of_chain(&req.chain, req.job_name);
-    let job = req.job_name.to_string();
-    let fail = |attempts: Vec<Attempt>, error: Error| Err(ResolveFailure { attempts, error });
-    let done = |key: SecretKey, tier: &'static str, attempts: Vec<Attempt>, chain: ChainRecord| {
-        Ok(Resolution {
-            chain: OpenChain::new(chain, key, &job),
-            tier,
-            attempts,
-        })
-    };
+struct State<'a> {
+    req: &'a Request<'a>,
+    ctx: SlotContext,
+    attempts: Vec<Attempt>,
+    wrong_passphrase: Option<String>,
+    wrong_key: Option<String>,
+}
 
-    match req.chain.encryption {
-        EncryptionMode::None => match unwrap_any(&NoneProvider, &req.chain.keyslots, &ctx).await {
-            Some(Ok(k)) => {
-                attempts.push(Attempt {
-                    tier: "none",
-                    ok: true,
-                    detail: "chain is not encrypted".into(),
-                });
-                done(k, "none", attempts, req.chain)
-            }
-            other => {
-                let d = other
-                    .map(|r| r.err().map(|e| e.to_string()).unwrap_or_default())
-                    .unwrap_or("no keyslot".into());
-                fail(
-                    attempts,
-                    Error::integrity(format!("chain {}", req.chain.chain_id), d),
-                )
-            }
-        },
-        EncryptionMode::Key => {
-            let (p, from) = match req.creds.raw_key(req.job_key_file) {
-                Ok(Some(x)) => x,
-                Ok(None) => {
-                    attempts.push(Attempt {
-                        tier: "key",
-                        ok: false,
-                        detail: "no key given".into(),
-                    });
-                    return fail(
-                        attempts,
-                        Error::KeysUnavailable {
-                            job,
-                            detail: "this job is encrypted with a raw key: pass --key-file FILE or set ARCA_KEY".into(),
-                        },
-                    );
-                }
-                Err(e) => return fail(attempts, e),
-            };
-            match unwrap_any(&p, &req.chain.keyslots, &ctx).await {
-                Some(Ok(k)) => {
-                    attempts.push(Attempt {
-                        tier: "key",
-                        ok: true,
-                        detail: format!("{from} (key {})", p.fingerprint()),
-                    });
-                    done(k, "key", attempts, req.chain)
-                }
-                Some(Err(KeyError::WrongKey { what })) => {
-                    attempts.push(Attempt {
-                        tier: "key",
-                        ok: false,
-                        detail: format!("{from}: wrong {what}"),
-                    });
-                    fail(
-                        attempts,
-                        Error::WrongKey {
-                            job,
-                            detail: format!("{from} does not open it: wrong {what}"),
-                        },
-                    )
-                }
-                Some(Err(e)) => {
-                    attempts.push(Attempt {
-                        tier: "key",
-                        ok: false,
-                        detail: e.to_string(),
-                    });
-                    fail(
-                        attempts,
-                        Error::integrity(format!("keyslot of chain {}", req.chain.chain_id), e),
-                    )
-                }
-                None => fail(
-                    attempts,
-                    Error::integrity(
-                        format!("chain {}", req.chain.chain_id),
-                        "no raw-key keyslot (corrupted)",
-                    ),
-                ),
+impl State<'_> {
+    fn fail(&mut self, tier: &'static str, detail: impl Into<String>) {
+        self.attempts.push(Attempt {
+            tier,
+            ok: false,
+            detail: detail.into(),
+        });
+    }
+    fn ok(&mut self, tier: &'static str, detail: impl Into<String>) {
+        self.attempts.push(Attempt {
+            tier,
+            ok: true,
+            detail: detail.into(),
+        });
+    }
+    fn restore_hash(&self, rec: &KdfRecord, hash: &SecretKey) {
+        if let Some(cat) = self.req.catalog {
+            if cat.create_password(rec, "", hash).is_ok() {
+                tracing::info!(
+                    "stored the hash of password '{}' in the catalog again",
+                    rec.password
+                );
             }
         }
-        EncryptionMode::Passphrase => resolve_passphrase(req, ctx, attempts).await,
     }
 }
 
-async fn resolve_passphrase(
-    req: Request<'_>,
-    ctx: SlotContext,
-    mut attempts: Vec<Attempt>,
-) -> std::result::Result<Resolution, ResolveFailure> {
+/// Resolves the chain key for `req`, trying each tier in order.
+pub async fn resolve(req: Request<'_>) -> std::result::Result<Resolution, ResolveFailure> {
+    let ctx = SlotContext::of_chain(&req.chain, req.job_name);
+    let mut st = State {
+        req: &req,
+        ctx,
+        attempts: Vec::new(),
+        wrong_passphrase: None,
+        wrong_key: None,
+    };
+    let found = try_tiers(&mut st).await;
+    let State {
+        attempts,
+        wrong_passphrase,
+        wrong_key,
+        ..
+    } = st;
     let job = req.job_name.to_string();
-    let slots = passphrase_slots(&req.chain);
+    match found {
+        Some((key, tier)) => Ok(Resolution {
+            chain: OpenChain::new(req.chain, key, &job),
+            tier,
+            attempts,
+        }),
+        None => {
+            let what = req
+                .point_label
+                .clone()
+                .unwrap_or_else(|| format!("chain {}", req.chain.chain_id));
+            let has_pass = !passphrase_slots(&req.chain).is_empty();
+            let error = if let Some(password) = wrong_passphrase {
+                Error::WrongPassphrase { job, password }
+            } else if let Some(detail) = wrong_key {
+                Error::WrongKey { job, detail }
+            } else if req.chain.keyslots.is_empty() {
+                Error::integrity(what, "corrupted: its chain has no key envelope")
+            } else if has_pass && req.tiers.passphrase && matches!(req.point_kdf, Some(None)) {
+                Error::integrity(what, "corrupted: no salt in its metadata, so no passphrase can open it, and no other key source did")
+            } else if let Some(e) = attempts.iter().find(|a| a.detail.starts_with("corrupted:")) {
+                Error::integrity(what, e.detail.clone())
+            } else {
+                let tried: Vec<String> = attempts
+                    .iter()
+                    .map(|a| format!("{}: {}", a.tier, a.detail))
+                    .collect();
+                Error::KeysUnavailable {
+                    job,
+                    detail: format!(
+                        "no key source opened {what} ({}). {}",
+                        tried.join("; "),
+                        if has_pass {
+                            "Give the passphrase (ARCA_PASSPHRASE, --passphrase-file, or a terminal prompt), or fix KMS access"
+                        } else {
+                            "Give the key (--key-file or ARCA_KEY) or fix KMS access"
+                        }
+                    ),
+                }
+            };
+            Err(ResolveFailure { attempts, error })
+        }
+    }
+}
+
+async fn try_tiers(st: &mut State<'_>) -> Option<(SecretKey, &'static str)> {
+    let req = st.req;
+    let slots = &req.chain.keyslots;
+    if slots
+        .iter()
+        .any(|s| matches!(s.params, SlotParams::None { .. }))
+    {
+        return match unwrap_any(&NoneProvider, slots, &st.ctx).await {
+            Some(Ok(k)) => {
+                st.ok("none", "the chain is not encrypted");
+                Some((k, "none"))
+            }
+            other => {
+                let d = other
+                    .and_then(|r| r.err())
+                    .map(|e| e.to_string())
+                    .unwrap_or_default();
+                st.fail("none", format!("corrupted: unreadable keyslot {d}"));
+                None
+            }
+        };
+    }
+    let pslots = passphrase_slots(&req.chain);
+
+    // Tier 1: the catalog's stored password hash.
+    if req.tiers.catalog && !pslots.is_empty() {
+        if let Some(k) = tier_catalog(st, &pslots).await {
+            return Some((k, "catalog"));
+        }
+    }
+    // A raw key, if the chain has raw keyslots.
+    if req.tiers.key
+        && slots
+            .iter()
+            .any(|s| matches!(s.params, SlotParams::Raw { .. }))
+    {
+        match req.creds.raw_key(req.job_key_file) {
+            Ok(Some((p, from))) => match unwrap_any(&p, slots, &st.ctx).await {
+                Some(Ok(k)) => {
+                    st.ok("key", format!("{from} (key {})", p.fingerprint()));
+                    return Some((k, "key"));
+                }
+                Some(Err(KeyError::WrongKey { what })) => {
+                    st.fail("key", format!("{from}: wrong {what}"));
+                    st.wrong_key = Some(format!("{from} does not open it: wrong {what}"));
+                }
+                Some(Err(e)) => st.fail("key", format!("corrupted: {e}")),
+                None => {}
+            },
+            Ok(None) => st.fail("key", "no key given (--key-file or ARCA_KEY)"),
+            Err(e) => st.fail("key", e.to_string()),
+        }
+    }
+    // Tier 2: KMS keyslots and escrow records.
+    if req.tiers.kms {
+        if let Some(k) = tier_kms(st, &pslots).await {
+            return Some((k, "kms"));
+        }
+    }
+    // Tier 3: a passphrase with the salt stored in the recovery point.
+    if req.tiers.passphrase && !pslots.is_empty() {
+        if let Some(k) = tier_passphrase(st, &pslots).await {
+            return Some((k, "passphrase"));
+        }
+    }
+    None
+}
+
+async fn tier_catalog(st: &mut State<'_>, pslots: &[(&Keyslot, &KdfRecord)]) -> Option<SecretKey> {
+    let Some(cat) = st.req.catalog else {
+        st.fail("catalog", "no catalog");
+        return None;
+    };
+    let mut why = Vec::new();
+    for (_, kdf) in pslots {
+        match cat.password_hash(&kdf.password) {
+            Ok(None) => why.push(format!("no stored hash for password '{}'", kdf.password)),
+            Err(e) => why.push(e.to_string()),
+            Ok(Some((rec, _))) if rec.salt != kdf.salt => why.push(format!(
+                "the stored hash of password '{}' has another salt (the password was changed)",
+                kdf.password
+            )),
+            Ok(Some((rec, hash))) => match unwrap_any(
+                &PasswordHashProvider::new(rec, hash),
+                &st.req.chain.keyslots,
+                &st.ctx,
+            )
+            .await
+            {
+                Some(Ok(k)) => {
+                    st.ok(
+                        "catalog",
+                        format!("stored hash of password '{}'", kdf.password),
+                    );
+                    return Some(k);
+                }
+                Some(Err(e)) => {
+                    why.push(format!("stored hash of password '{}': {e}", kdf.password))
+                }
+                None => why.push(format!("no keyslot for password '{}'", kdf.password)),
+            },
+        }
+    }
+    st.fail("catalog", why.join("; "));
+    None
+}
+
+async fn tier_kms(st: &mut State<'_>, pslots: &[(&Keyslot, &KdfRecord)]) -> Option<SecretKey> {
+    let req = st.req;
+    let kms_slots: Vec<&Keyslot> = req
+        .chain
+        .keyslots
+        .iter()
+        .filter(|s| matches!(s.params, SlotParams::Kms { .. }))
+        .collect();
+    let escrows: Vec<&EscrowRecord> = req
+        .escrow
+        .iter()
+        .filter(|e| e.job_id == req.chain.job_id && e.repo_id == req.chain.repo_id)
+        .filter(|e| pslots.iter().any(|(_, k)| k.salt == e.kdf.salt))
+        .collect();
+    if kms_slots.is_empty() && escrows.is_empty() {
+        st.fail("kms", "no KMS keyslot or escrow record for this chain");
+        return None;
+    }
+    let client = match req.creds.kms_client().await {
+        Ok(c) => c,
+        Err(e) => {
+            st.fail("kms", e.to_string());
+            return None;
+        }
+    };
+    let provider = KmsProvider::new(client.clone(), None);
+    for s in kms_slots {
+        let SlotParams::Kms { key_arn, .. } = &s.params else {
+            continue;
+        };
+        match provider.unwrap(s, &st.ctx).await {
+            Some(Ok(k)) => {
+                st.ok("kms", format!("KMS keyslot, key {key_arn}"));
+                return Some(k);
+            }
+            Some(Err(e)) => st.fail("kms", format!("KMS keyslot: {e}")),
+            None => {}
+        }
+    }
+    for e in escrows {
+        match crate::passwords::open_escrow(&client, e).await {
+            Ok(hash) => {
+                let p = PasswordHashProvider::new(e.kdf.clone(), hash.duplicate());
+                match unwrap_any(&p, &req.chain.keyslots, &st.ctx).await {
+                    Some(Ok(k)) => {
+                        st.ok(
+                            "kms",
+                            format!(
+                                "escrow record of password '{}', key {}",
+                                e.kdf.password, e.key_arn
+                            ),
+                        );
+                        st.restore_hash(&e.kdf, &hash);
+                        return Some(k);
+                    }
+                    Some(Err(err)) => st.fail(
+                        "kms",
+                        format!("escrowed hash of password '{}': {err}", e.kdf.password),
+                    ),
+                    None => st.fail(
+                        "kms",
+                        format!("no keyslot for escrowed password '{}'", e.kdf.password),
+                    ),
+                }
+            }
+            Err(err) => st.fail(
+                "kms",
+                format!("escrow record of password '{}': {err}", e.kdf.password),
+            ),
+        }
+    }
+    None
+}
+
+async fn tier_passphrase(
+    st: &mut State<'_>,
+    pslots: &[(&Keyslot, &KdfRecord)],
+) -> Option<SecretKey> {
+    let req = st.req;
     let what = req
         .point_label
         .clone()
         .unwrap_or_else(|| format!("chain {}", req.chain.chain_id));
-
-    // Tier 1: the catalog's stored password hash.
-    let mut tier1 = Vec::new();
-    match req.catalog {
-        None => tier1.push("no catalog".to_string()),
-        Some(cat) => {
-            for (_, kdf) in &slots {
-                match cat.password_hash(&kdf.password) {
-                    Ok(None) => {
-                        tier1.push(format!("no stored hash for password '{}'", kdf.password))
-                    }
-                    Err(e) => tier1.push(e.to_string()),
-                    Ok(Some((rec, hash))) => {
-                        if rec.salt != kdf.salt {
-                            tier1.push(format!(
-                                "the stored hash of password '{}' has another salt (the password was changed)",
-                                kdf.password
-                            ));
-                            continue;
-                        }
-                        let p = PasswordHashProvider::new(rec, hash);
-                        match unwrap_any(&p, &req.chain.keyslots, &ctx).await {
-                            Some(Ok(k)) => {
-                                attempts.push(Attempt {
-                                    tier: "catalog",
-                                    ok: true,
-                                    detail: format!("stored hash of password '{}'", kdf.password),
-                                });
-                                return Ok(Resolution {
-                                    chain: OpenChain::new(req.chain, k, &job),
-                                    tier: "catalog",
-                                    attempts,
-                                });
-                            }
-                            Some(Err(e)) => tier1
-                                .push(format!("stored hash of password '{}': {e}", kdf.password)),
-                            None => {
-                                tier1.push(format!("no keyslot for password '{}'", kdf.password))
-                            }
-                        }
-                    }
-                }
-            }
-        }
-    }
-    if slots.is_empty() {
-        tier1.push("the chain has no passphrase keyslot".into());
-    }
-    attempts.push(Attempt {
-        tier: "catalog",
-        ok: false,
-        detail: tier1.join("; "),
-    });
-
-    // Tier 2: KMS.
-    attempts.push(Attempt {
-        tier: "kms",
-        ok: false,
-        detail: "no KMS keyslot or escrow record for this chain".into(),
-    });
-
-    // Tier 3: a passphrase with the salt stored in the recovery point.
     let records: Vec<&KdfRecord> = match req.point_kdf {
         Some(None) => {
-            attempts.push(Attempt {
-                tier: "passphrase",
-                ok: false,
-                detail: format!("{what} stores no salt"),
-            });
-            return Err(ResolveFailure {
-                attempts,
-                error: Error::integrity(
-                    what,
-                    "corrupted: no salt in its metadata, so no passphrase can open it",
-                ),
-            });
+            st.fail("passphrase", format!("{what} stores no salt"));
+            return None;
         }
         Some(Some(k)) => vec![k],
-        None => slots.iter().map(|(_, k)| *k).collect(),
+        None => pslots.iter().map(|(_, k)| *k).collect(),
     };
     let provider = match req.creds.passphrase_provider(req.job_name) {
         Ok(Some(p)) => p,
         Ok(None) => {
-            attempts.push(Attempt {
-                tier: "passphrase",
-                ok: false,
-                detail:
-                    "no passphrase given (ARCA_PASSPHRASE, --passphrase-file, or a terminal prompt)"
-                        .into(),
-            });
-            return Err(ResolveFailure {
-                attempts,
-                error: Error::KeysUnavailable {
-                    job,
-                    detail: "no stored password hash opens it and no passphrase was given; set ARCA_PASSPHRASE, pass --passphrase-file FILE, or run on a terminal to be asked".into(),
-                },
-            });
+            st.fail(
+                "passphrase",
+                "no passphrase given (ARCA_PASSPHRASE, --passphrase-file, or a terminal prompt)",
+            );
+            return None;
         }
-        Err(e) => return Err(ResolveFailure { attempts, error: e }),
+        Err(e) => {
+            st.fail("passphrase", e.to_string());
+            return None;
+        }
     };
-    let mut wrong = None;
     for rec in records {
-        let Some((slot, _)) = slots.iter().find(|(_, k)| k.salt == rec.salt) else {
-            attempts.push(Attempt {
-                tier: "passphrase",
-                ok: false,
-                detail: format!(
-                    "no keyslot for the salt of password '{}' stored in {what}",
+        let Some((slot, _)) = pslots.iter().find(|(_, k)| k.salt == rec.salt) else {
+            st.fail(
+                "passphrase",
+                format!(
+                    "corrupted: no key envelope for the salt of password '{}' stored in {what}",
                     rec.password
                 ),
-            });
-            return Err(ResolveFailure {
-                attempts,
-                error: Error::integrity(
-                    what,
-                    format!("corrupted: no key envelope for password '{}'", rec.password),
-                ),
-            });
+            );
+            return None;
         };
-        match provider.unwrap(slot, &ctx).await {
+        match provider.unwrap(slot, &st.ctx).await {
             Some(Ok(k)) => {
-                attempts.push(Attempt {
-                    tier: "passphrase",
-                    ok: true,
-                    detail: format!(
+                st.ok(
+                    "passphrase",
+                    format!(
                         "passphrase for password '{}' with the stored salt",
                         rec.password
                     ),
-                });
-                if let (Some(cat), Ok(hash)) = (req.catalog, provider.hash_for(rec)) {
-                    if cat.create_password(rec, "", &hash).is_ok() {
-                        tracing::info!(
-                            "stored the hash of password '{}' in the catalog again",
-                            rec.password
-                        );
-                    }
+                );
+                if let Ok(hash) = provider.hash_for(rec) {
+                    st.restore_hash(rec, &hash);
                 }
-                return Ok(Resolution {
-                    chain: OpenChain::new(req.chain, k, &job),
-                    tier: "passphrase",
-                    attempts,
-                });
+                return Some(k);
             }
             Some(Err(KeyError::WrongKey { .. })) => {
-                attempts.push(Attempt {
-                    tier: "passphrase",
-                    ok: false,
-                    detail: format!("wrong passphrase for password '{}'", rec.password),
-                });
-                wrong.get_or_insert(rec.password.clone());
+                st.fail(
+                    "passphrase",
+                    format!("wrong passphrase for password '{}'", rec.password),
+                );
+                st.wrong_passphrase.get_or_insert(rec.password.clone());
             }
-            Some(Err(e)) => {
-                attempts.push(Attempt {
-                    tier: "passphrase",
-                    ok: false,
-                    detail: e.to_string(),
-                });
-                return Err(ResolveFailure {
-                    attempts,
-                    error: Error::integrity(format!("keyslot of password '{}'", rec.password), e),
-                });
-            }
+            Some(Err(e)) => st.fail(
+                "passphrase",
+                format!("corrupted: keyslot of password '{}': {e}", rec.password),
+            ),
             None => {}
         }
     }
-    let password = wrong.unwrap_or_default();
-    Err(ResolveFailure {
-        attempts,
-        error: Error::WrongPassphrase { job, password },
-    })
+    None
 }

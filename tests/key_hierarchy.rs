@@ -16,17 +16,37 @@ fn setup() -> (Env, std::path::PathBuf, String) {
     let env = Env::new();
     let src = env.path("src");
     for i in 0..30 {
-        write(&src.join(format!("f{i}")), &pseudo_random(700_000 + i * 1000, i as u64, i % 2 == 0));
+        write(
+            &src.join(format!("f{i}")),
+            &pseudo_random(700_000 + i * 1000, i as u64, i % 2 == 0),
+        );
     }
     let repo = env.path("repo");
     env.run(&["init", repo.to_str().unwrap()]).ok();
     let kf = env.path("k.key");
-    env.run(&["key", "generate", "--out", kf.to_str().unwrap()]).ok();
+    env.run(&["key", "generate", "--out", kf.to_str().unwrap()])
+        .ok();
     let k = kf.to_str().unwrap();
-    env.run(&["--key-file", k, "job", "create", "j", "--repo", repo.to_str().unwrap(), "--source", src.to_str().unwrap(), "--encryption", "key"]).ok();
+    env.run(&[
+        "--key-file",
+        k,
+        "job",
+        "create",
+        "j",
+        "--repo",
+        repo.to_str().unwrap(),
+        "--source",
+        src.to_str().unwrap(),
+        "--encryption",
+        "key",
+    ])
+    .ok();
     env.run(&["backup", "j"]).ok();
     for i in 0..5 {
-        write(&src.join(format!("new{i}")), &pseudo_random(900_000, 100 + i, false));
+        write(
+            &src.join(format!("new{i}")),
+            &pseudo_random(900_000, 100 + i, false),
+        );
         env.run(&["backup", "j"]).ok();
     }
     let text = fs::read_to_string(&kf).unwrap();
@@ -38,7 +58,10 @@ async fn open(repo: &Repository, key: &str) -> OpenChain {
     let chain = repo.read_chain(&job.chain_id).unwrap();
     let ctx = SlotContext::of_chain(&chain, "j");
     let p = RawKeyProvider::from_base64(key).unwrap();
-    let k = unwrap_any(&p, &chain.keyslots, &ctx).await.unwrap().unwrap();
+    let k = unwrap_any(&p, &chain.keyslots, &ctx)
+        .await
+        .unwrap()
+        .unwrap();
     OpenChain::new(chain, k, "j")
 }
 
@@ -52,7 +75,10 @@ async fn data_keys_single_use_and_nonces_unique() {
     assert_eq!(points.len(), 6);
     let mut keys = HashSet::new();
     for p in &points {
-        assert!(keys.insert(oc.data_key(p).unwrap().expose().to_vec()), "two points share a data key");
+        assert!(
+            keys.insert(oc.data_key(p).unwrap().expose().to_vec()),
+            "two points share a data key"
+        );
     }
     let idx = ChainIndex::load(&repo, &oc, &points).unwrap();
     // Under each point's chunk key, every sealed chunk has its own nonce.
@@ -60,11 +86,22 @@ async fn data_keys_single_use_and_nonces_unique() {
     let mut files = HashMap::new();
     for loc in idx.map.values() {
         let pack = idx.packs[loc.pack as usize];
-        let f = files.entry(loc.pack).or_insert_with(|| repo.open_pack(&pack).unwrap());
+        let f = files
+            .entry(loc.pack)
+            .or_insert_with(|| repo.open_pack(&pack).unwrap());
         let sealed = Repository::read_pack_range(f, &pack, loc.offset, loc.length).unwrap();
-        assert!(nonces.entry(loc.point).or_default().insert(sealed[..12].to_vec()), "nonce reused under one key");
+        assert!(
+            nonces
+                .entry(loc.point)
+                .or_default()
+                .insert(sealed[..12].to_vec()),
+            "nonce reused under one key"
+        );
     }
-    assert_eq!(nonces.values().map(|s| s.len()).sum::<usize>(), idx.map.len());
+    assert_eq!(
+        nonces.values().map(|s| s.len()).sum::<usize>(),
+        idx.map.len()
+    );
     assert!(nonces.len() >= 6, "every point wrote new chunks");
 }
 

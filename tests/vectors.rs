@@ -25,32 +25,60 @@ fn compute() -> Value {
     // 1. Argon2id password hash.
     let pass = Passphrase::new("correct horse battery staple".into());
     let salt: Vec<u8> = (0u8..16).collect();
-    let params = KdfParams { m_kib: 1024, t: 2, p: 1 };
+    let params = KdfParams {
+        m_kib: 1024,
+        t: 2,
+        p: 1,
+    };
     let ph = crypto::derive_password_hash(&pass, &salt, &params).unwrap();
-    v.insert("argon2id", json!({
-        "passphrase": "correct horse battery staple", "salt": h(&salt),
-        "m_kib": params.m_kib, "t": params.t, "p": params.p, "password_hash": h(ph.expose()),
-    }));
+    v.insert(
+        "argon2id",
+        json!({
+            "passphrase": "correct horse battery staple", "salt": h(&salt),
+            "m_kib": params.m_kib, "t": params.t, "p": params.p, "password_hash": h(ph.expose()),
+        }),
+    );
     // 2. Subkey derivations from a fixed key.
     let k = key(0x11);
     let mut d = BTreeMap::new();
-    for c in [context::WRAP, context::COMMIT, context::CHUNK_ID, context::POINT_CHUNKS, context::POINT_PACK_HEADERS,
-              context::POINT_INDEX, context::POINT_BODY, context::KEY_FINGERPRINT] {
+    for c in [
+        context::WRAP,
+        context::COMMIT,
+        context::CHUNK_ID,
+        context::POINT_CHUNKS,
+        context::POINT_PACK_HEADERS,
+        context::POINT_INDEX,
+        context::POINT_BODY,
+        context::KEY_FINGERPRINT,
+    ] {
         d.insert(c.to_string(), h(k.derive(c).expose()));
     }
     v.insert("derive_key", json!({"key": h(k.expose()), "subkeys": d}));
     // 3. A keyslot: the chain key wrapped by the password hash.
-    let (repo_id, job_id, chain_id, slot_id, point_id) =
-        (Id16([0xa1; 16]), Id16([0xb2; 16]), Id16([0xc3; 16]), Id16([0xd4; 16]), Id16([0xe5; 16]));
+    let (repo_id, job_id, chain_id, slot_id, point_id) = (
+        Id16([0xa1; 16]),
+        Id16([0xb2; 16]),
+        Id16([0xc3; 16]),
+        Id16([0xd4; 16]),
+        Id16([0xe5; 16]),
+    );
     let chain_key = key(0x22);
-    let slot_aad = crypto::aad(label::KEYSLOT, &[&repo_id.0, &job_id.0, &chain_id.0, &slot_id.0]);
+    let slot_aad = crypto::aad(
+        label::KEYSLOT,
+        &[&repo_id.0, &job_id.0, &chain_id.0, &slot_id.0],
+    );
     let w = crypto::wrap_key_with_nonce(&ph, &chain_key, &slot_aad, [7; 12]);
     v.insert("keyslot_wrap", json!({
         "kek": "argon2id.password_hash", "key": h(chain_key.expose()), "aad": h(&slot_aad), "nonce": h(&w.nonce),
         "commitment": h(&w.commitment), "ciphertext": h(&w.ciphertext),
     }));
     // 4. A data key wrapped by the chain key.
-    let place = PointPlace { repo_id, job_id, chain_id, point_id };
+    let place = PointPlace {
+        repo_id,
+        job_id,
+        chain_id,
+        point_id,
+    };
     let data_key = key(0x33);
     let dw = crypto::wrap_key_with_nonce(&chain_key, &data_key, &place.data_key_aad(), [9; 12]);
     v.insert("data_key_wrap", json!({
@@ -77,11 +105,25 @@ fn compute() -> Value {
         "sealed_raw": h(&sealed_raw), "sealed_zstd": h(&sealed_z),
     }));
     // 6. Index and pack-header plaintext encodings.
-    let e = IndexEntry { chunk_id: cid, pack_id: Id32([0x44; 32]), offset: 24, length: 300, raw_len: 284 };
-    let ph_e = PackHeaderEntry { chunk_id: cid, offset: 24, length: 300, raw_len: 284 };
-    v.insert("encodings", json!({
-        "index": h(&encode_index(&[e])), "pack_header": h(&encode_pack_header(&[ph_e])),
-    }));
+    let e = IndexEntry {
+        chunk_id: cid,
+        pack_id: Id32([0x44; 32]),
+        offset: 24,
+        length: 300,
+        raw_len: 284,
+    };
+    let ph_e = PackHeaderEntry {
+        chunk_id: cid,
+        offset: 24,
+        length: 300,
+        raw_len: 284,
+    };
+    v.insert(
+        "encodings",
+        json!({
+            "index": h(&encode_index(&[e])), "pack_header": h(&encode_pack_header(&[ph_e])),
+        }),
+    );
     serde_json::to_value(v).unwrap()
 }
 
@@ -93,10 +135,17 @@ fn vectors_path() -> std::path::PathBuf {
 fn vectors_match() {
     let got = compute();
     if std::env::var_os("ARCA_UPDATE_VECTORS").is_some() {
-        std::fs::write(vectors_path(), serde_json::to_string_pretty(&got).unwrap() + "\n").unwrap();
+        std::fs::write(
+            vectors_path(),
+            serde_json::to_string_pretty(&got).unwrap() + "\n",
+        )
+        .unwrap();
     }
     let want: Value = serde_json::from_slice(&std::fs::read(vectors_path()).unwrap()).unwrap();
-    assert_eq!(got, want, "format drift: the code no longer produces tests/vectors/v1.json");
+    assert_eq!(
+        got, want,
+        "format drift: the code no longer produces tests/vectors/v1.json"
+    );
 }
 
 /// The pinned vectors decode: the chunk opens under the pinned keys and both payloads
@@ -110,7 +159,10 @@ fn vectors_decode() {
     let ck = dk.derive(context::POINT_CHUNKS);
     for f in ["sealed_raw", "sealed_zstd"] {
         let p = crypto::open(&ck, &b(&c["aad"]), &b(&c[f])).unwrap();
-        assert_eq!(decode_payload(&p, b(&c["plaintext"]).len()).unwrap(), b(&c["plaintext"]));
+        assert_eq!(
+            decode_payload(&p, b(&c["plaintext"]).len()).unwrap(),
+            b(&c["plaintext"])
+        );
     }
     let w = &want["data_key_wrap"];
     let wk = crypto::WrappedKey {
@@ -119,8 +171,17 @@ fn vectors_decode() {
         ciphertext: b(&w["ciphertext"]),
     };
     let kek = SecretKey::from_slice(&b(&w["kek"])).unwrap();
-    assert_eq!(crypto::unwrap_key(&kek, &wk, &b(&w["aad"])).unwrap().expose().to_vec(), b(&w["key"]));
-    assert_eq!(crypto::unwrap_key(&key(0x99), &wk, &b(&w["aad"])).unwrap_err(), crypto::CryptoError::WrongKey);
+    assert_eq!(
+        crypto::unwrap_key(&kek, &wk, &b(&w["aad"]))
+            .unwrap()
+            .expose()
+            .to_vec(),
+        b(&w["key"])
+    );
+    assert_eq!(
+        crypto::unwrap_key(&key(0x99), &wk, &b(&w["aad"])).unwrap_err(),
+        crypto::CryptoError::WrongKey
+    );
 }
 
 /// A whole repository written by arca 0.1 (tests/vectors/repo-v1/repo, passphrase "vector",
@@ -132,14 +193,48 @@ fn fixture_repository_restores() {
     let env = common::Env::new();
     let t = env.path("t");
     let pass = [("ARCA_PASSPHRASE", "vector")];
-    env.run_env(&["restore", "fixture", "--repo", repo.to_str().unwrap(), "--target", t.to_str().unwrap()], &pass).ok();
+    env.run_env(
+        &[
+            "restore",
+            "fixture",
+            "--repo",
+            repo.to_str().unwrap(),
+            "--target",
+            t.to_str().unwrap(),
+        ],
+        &pass,
+    )
+    .ok();
     for f in ["one.txt", "sub/two.bin", "sub/three.csv"] {
-        assert_eq!(std::fs::read(t.join(f)).unwrap(), std::fs::read(fixture.join("expected").join(f)).unwrap(), "{f}");
+        assert_eq!(
+            std::fs::read(t.join(f)).unwrap(),
+            std::fs::read(fixture.join("expected").join(f)).unwrap(),
+            "{f}"
+        );
     }
-    env.run_env(&["check", "fixture", "--read-data", "--repo", repo.to_str().unwrap()], &pass).ok();
+    env.run_env(
+        &[
+            "check",
+            "fixture",
+            "--read-data",
+            "--repo",
+            repo.to_str().unwrap(),
+        ],
+        &pass,
+    )
+    .ok();
     // A fresh catalog (the one above now holds the password hash again).
     let env = common::Env::new();
-    let r = env.run_env(&["restore", "fixture", "--repo", repo.to_str().unwrap(), "--target", env.path("u").to_str().unwrap()],
-        &[("ARCA_PASSPHRASE", "not it")]);
+    let r = env.run_env(
+        &[
+            "restore",
+            "fixture",
+            "--repo",
+            repo.to_str().unwrap(),
+            "--target",
+            env.path("u").to_str().unwrap(),
+        ],
+        &[("ARCA_PASSPHRASE", "not it")],
+    );
     assert_eq!(r.code, 12);
 }

@@ -17,7 +17,7 @@ use rusqlite::{params, Connection, OptionalExtension};
 
 use crate::crypto::{self, SecretKey};
 use crate::error::{Error, Result};
-use crate::repo::format::{EncryptionMode, Id16, KdfRecord, PointStats};
+use crate::repo::format::{EncryptionMode, EscrowRecord, Id16, KdfRecord, PointStats};
 
 /// Schema migrations, applied in order; `PRAGMA user_version` records how many ran.
 const MIGRATIONS: &[&str] = &[
@@ -59,6 +59,20 @@ const MIGRATIONS: &[&str] = &[
         errors INTEGER NOT NULL DEFAULT 0
      );
      CREATE INDEX points_by_job ON points(job_id, time);",
+    // 2: KMS escrow
+    "CREATE TABLE settings (
+        key TEXT PRIMARY KEY,
+        value TEXT NOT NULL
+     );
+     CREATE TABLE escrow (
+        job_id TEXT NOT NULL,
+        password TEXT NOT NULL,
+        repo_id TEXT NOT NULL,
+        key_arn TEXT NOT NULL,
+        created TEXT NOT NULL,
+        record TEXT NOT NULL,
+        PRIMARY KEY (job_id, password)
+     );",
 ];
 
 pub struct Catalog {
@@ -359,6 +373,86 @@ impl Catalog {
         let k = SecretKey::from_slice(&pt).map_err(|e| self.err(e));
         zeroize::Zeroize::zeroize(&mut pt);
         Ok(Some((pw.kdf, k?)))
+    }
+
+    pub fn delete_password(&self, name: &str) -> Result<bool> {
+        let jobs = self.jobs_using_password(name)?;
+        if !jobs.is_empty() {
+            return Err(Error::Usage(format!(
+                "password '{name}' is used by job(s) {}; change their encryption first (`arca job encryption`)",
+                jobs.join(", ")
+            )));
+        }
+        self.conn
+            .execute("DELETE FROM escrow WHERE password = ?1", [name])
+            .map_err(|e| self.err(e))?;
+        let n = self
+            .conn
+            .execute("DELETE FROM passwords WHERE name = ?1", [name])
+            .map_err(|e| self.err(e))?;
+        Ok(n > 0)
+    }
+
+    // --- settings ---
+
+    pub fn setting(&self, key: &str) -> Result<Option<String>> {
+        self.conn
+            .query_row("SELECT value FROM settings WHERE key = ?1", [key], |r| {
+                r.get(0)
+            })
+            .optional()
+            .map_err(|e| self.err(e))
+    }
+
+    pub fn set_setting(&self, key: &str, value: Option<&str>) -> Result<()> {
+        match value {
+            Some(v) => self.conn.execute(
+                "INSERT INTO settings (key, value) VALUES (?1, ?2) ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+                [key, v],
+            ),
+            None => self.conn.execute("DELETE FROM settings WHERE key = ?1", [key]),
+        }
+        .map_err(|e| self.err(e))?;
+        Ok(())
+    }
+
+    // --- escrow ---
+
+    pub fn upsert_escrow(&self, e: &EscrowRecord) -> Result<()> {
+        self.conn
+            .execute(
+                "INSERT INTO escrow (job_id, password, repo_id, key_arn, created, record) VALUES (?1, ?2, ?3, ?4, ?5, ?6)
+                 ON CONFLICT(job_id, password) DO UPDATE SET key_arn = excluded.key_arn, created = excluded.created, record = excluded.record",
+                params![e.job_id.hex(), e.kdf.password, e.repo_id.hex(), e.key_arn, e.created, serde_json::to_string(e).expect("serializes")],
+            )
+            .map_err(|e| self.err(e))?;
+        Ok(())
+    }
+
+    pub fn escrow_records(&self, password: Option<&str>) -> Result<Vec<EscrowRecord>> {
+        let mut st = self
+            .conn
+            .prepare("SELECT record FROM escrow WHERE ?1 IS NULL OR password = ?1 ORDER BY password, job_id")
+            .map_err(|e| self.err(e))?;
+        let rows = st
+            .query_map([password], |r| r.get::<_, String>(0))
+            .map_err(|e| self.err(e))?;
+        let mut out = Vec::new();
+        for r in rows {
+            let r = r.map_err(|e| self.err(e))?;
+            out.push(serde_json::from_str(&r).map_err(|e| self.err(e))?);
+        }
+        Ok(out)
+    }
+
+    pub fn delete_escrow(&self, job_id: &Id16, password: &str) -> Result<()> {
+        self.conn
+            .execute(
+                "DELETE FROM escrow WHERE job_id = ?1 AND password = ?2",
+                params![job_id.hex(), password],
+            )
+            .map_err(|e| self.err(e))?;
+        Ok(())
     }
 
     // --- jobs ---

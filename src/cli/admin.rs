@@ -248,6 +248,7 @@ pub async fn quickstart(ctx: &Ctx, a: QuickstartArgs) -> Result<i32> {
                 source,
                 encryption: mode.as_str().into(),
                 password: None,
+                kms_key: None,
             },
         )
         .await?;

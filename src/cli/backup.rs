@@ -44,6 +44,8 @@ struct Summary<'a> {
     bytes_stored: u64,
     chunks_new: u64,
     seconds: f64,
+    /// KMS requests this run made (retries included).
+    kms_requests: u64,
     errors: &'a [SourceError],
 }
 
@@ -124,6 +126,7 @@ pub async fn run(ctx: &Ctx, a: BackupArgs) -> Result<i32> {
             bytes_stored: s.bytes_stored,
             chunks_new: s.chunks_new,
             seconds: secs,
+            kms_requests: crate::keys::aws_kms::process_requests(),
             errors: &out.body.errors,
         });
     } else {

@@ -24,6 +24,29 @@ pub enum JobCmd {
     /// Change a job's encryption. The active chain's settings never change: this starts a
     /// new chain, and the next backup is a full backup that reuses nothing from the old one.
     Encryption(EncryptionArgs),
+    /// The keyslots (envelopes) of a job's active chain: any one opens it.
+    #[command(subcommand)]
+    Keys(KeysCmd),
+}
+
+#[derive(Subcommand, Debug)]
+pub enum KeysCmd {
+    /// List the keyslots of the job's active chain.
+    List { name: String },
+    /// Add a keyslot: a KMS key (--kms-key), a named password (--password), or a raw key
+    /// (--key-file / ARCA_KEY). The chain's keys must resolve first.
+    Add {
+        name: String,
+        #[arg(long, group = "kind")]
+        kms_key: Option<String>,
+        #[arg(long, group = "kind")]
+        password: Option<String>,
+        /// Add the raw key given by --key-file or ARCA_KEY.
+        #[arg(long, group = "kind")]
+        raw_key: bool,
+    },
+    /// Remove a keyslot by id (prefix). The last keyslot is never removed.
+    Remove { name: String, slot: String },
 }
 
 #[derive(Args, Debug)]
@@ -35,21 +58,27 @@ pub struct CreateArgs {
     /// The directory or file to back up.
     #[arg(long)]
     pub source: PathBuf,
-    /// passphrase (Argon2id), key (a raw 32-byte key: --key-file or ARCA_KEY), or none.
-    #[arg(long, value_parser = ["passphrase", "key", "none"])]
+    /// passphrase (Argon2id), key (a raw 32-byte key: --key-file or ARCA_KEY), kms (AWS KMS,
+    /// --kms-key), or none.
+    #[arg(long, value_parser = ["passphrase", "key", "kms", "none"])]
     pub encryption: String,
     /// The named password to use (created if new) [default: the job's name].
     #[arg(long)]
     pub password: Option<String>,
+    /// The KMS key for --encryption kms: key id, ARN, alias name or alias ARN.
+    #[arg(long)]
+    pub kms_key: Option<String>,
 }
 
 #[derive(Args, Debug)]
 pub struct EncryptionArgs {
     pub name: String,
-    #[arg(long, value_parser = ["passphrase", "key", "none"])]
+    #[arg(long, value_parser = ["passphrase", "key", "kms", "none"])]
     pub encryption: String,
     #[arg(long)]
     pub password: Option<String>,
+    #[arg(long)]
+    pub kms_key: Option<String>,
 }
 
 pub async fn run(ctx: &Ctx, cmd: JobCmd) -> Result<i32> {
@@ -58,18 +87,84 @@ pub async fn run(ctx: &Ctx, cmd: JobCmd) -> Result<i32> {
         JobCmd::List => list(ctx),
         JobCmd::Show { name } => show(ctx, &name),
         JobCmd::Encryption(a) => change_encryption(ctx, a).await,
+        JobCmd::Keys(c) => keys(ctx, c).await,
     }
 }
 
+/// A KMS keyslot provider for `key`, after DescribeKey confirmed the key is usable.
+async fn kms_provider(
+    ctx: &Ctx,
+    job: &str,
+    key: &str,
+) -> Result<crate::keys::aws_kms::KmsProvider> {
+    let unavailable = |e: crate::keys::KeyError| Error::KeysUnavailable {
+        job: job.to_string(),
+        detail: e.to_string(),
+    };
+    let client = ctx.creds.kms_client().await.map_err(unavailable)?;
+    let info = client.check_key(key).await.map_err(unavailable)?;
+    ctx.note(format!("using KMS key {}", info.arn));
+    Ok(crate::keys::aws_kms::KmsProvider::new(
+        client,
+        Some(info.arn),
+    ))
+}
+
+/// If KMS escrow is enabled, escrows the password hash of `password` for this job.
+pub async fn escrow_if_enabled(
+    ctx: &Ctx,
+    cat: &Catalog,
+    repo: &Repository,
+    job_id: &Id16,
+    job: &str,
+    password: &str,
+) -> Result<()> {
+    let Some(key) = cat.setting(crate::passwords::ESCROW_KEY_SETTING)? else {
+        return Ok(());
+    };
+    let (rec, hash) = cat.password_hash(password)?.ok_or_else(|| {
+        Error::NotFound(format!(
+            "password '{password}' has no stored hash in this catalog"
+        ))
+    })?;
+    let client = ctx
+        .creds
+        .kms_client()
+        .await
+        .map_err(|e| Error::KeysUnavailable {
+            job: job.into(),
+            detail: e.to_string(),
+        })?;
+    let e = crate::passwords::escrow(&client, &key, &repo.id(), job_id, job, &rec, &hash)
+        .await
+        .map_err(|e| Error::KeysUnavailable {
+            job: job.into(),
+            detail: format!("escrow of password '{password}' failed: {e}"),
+        })?;
+    repo.write_escrow(&e)?;
+    cat.upsert_escrow(&e)?;
+    ctx.note(format!(
+        "escrowed the hash of password '{password}' for job '{job}' with KMS key {}",
+        e.key_arn
+    ));
+    Ok(())
+}
+
 /// A new chain with one keyslot, for a job. Returns it, the password name and key file.
+/// What a new chain's encryption is made of.
+pub struct ChainSpec<'a> {
+    pub mode: EncryptionMode,
+    pub password: Option<&'a str>,
+    pub kms_key: Option<&'a str>,
+}
+
 pub async fn new_chain(
     ctx: &Ctx,
     cat: &Catalog,
     repo: &Repository,
     job_id: Id16,
     job_name: &str,
-    mode: EncryptionMode,
-    password: Option<&str>,
+    spec: ChainSpec<'_>,
 ) -> Result<(ChainRecord, Option<String>, Option<String>)> {
     let mut chain = ChainRecord {
         kind: ChainRecord::KIND.into(),
@@ -78,15 +173,25 @@ pub async fn new_chain(
         job_id,
         chain_id: Id16::random(),
         created: now_rfc3339(),
-        encryption: mode,
+        encryption: spec.mode,
         keyslots: Vec::new(),
     };
+    let ChainSpec {
+        mode,
+        password,
+        kms_key,
+    } = spec;
     let sctx = SlotContext::of_chain(&chain, job_name);
     let chain_key = SecretKey::random();
     let mut password_name = None;
     let mut key_file = None;
     let slot = match mode {
         EncryptionMode::None => NoneProvider.wrap(&chain_key, &sctx).await,
+        EncryptionMode::Kms => {
+            let key = kms_key.ok_or_else(|| Error::Usage("--encryption kms needs --kms-key KEY (key id, ARN or alias)".into()))?;
+            // Fail closed: if KMS cannot be reached, no chain is created.
+            kms_provider(ctx, job_name, key).await?.wrap(&chain_key, &sctx).await
+        }
         EncryptionMode::Key => {
             let (p, from) = ctx.creds.raw_key(None)?.ok_or_else(|| {
                 Error::Usage("--encryption key needs a key: --key-file FILE (base64 of 32 bytes; `arca key generate` makes one) or ARCA_KEY".into())
@@ -105,7 +210,7 @@ pub async fn new_chain(
             provider.wrap(&chain_key, &sctx).await
         }
     }
-    .map_err(|e| Error::Other(format!("creating the keyslot failed: {e}")))?;
+    .map_err(|e| Error::KeysUnavailable { job: job_name.to_string(), detail: format!("creating the keyslot failed: {e}") })?;
     chain.keyslots.push(slot);
     Ok((chain, password_name, key_file))
 }
@@ -180,8 +285,11 @@ pub async fn create(ctx: &Ctx, a: CreateArgs) -> Result<i32> {
         &repo,
         job_id,
         &a.name,
-        mode,
-        a.password.as_deref(),
+        ChainSpec {
+            mode,
+            password: a.password.as_deref(),
+            kms_key: a.kms_key.as_deref(),
+        },
     )
     .await?;
     let job = JobRecord {
@@ -208,6 +316,9 @@ pub async fn create(ctx: &Ctx, a: CreateArgs) -> Result<i32> {
         chain_id: chain.chain_id,
         created: job.created.clone(),
     })?;
+    if let Some(pw) = cat.job(&a.name)?.and_then(|r| r.password) {
+        escrow_if_enabled(ctx, &cat, &repo, &job_id, &a.name, &pw).await?;
+    }
     if ctx.json {
         crate::ui::print_json(&JobView::of(&cat.job(&a.name)?.expect("just created")));
     } else {
@@ -305,8 +416,11 @@ async fn change_encryption(ctx: &Ctx, a: EncryptionArgs) -> Result<i32> {
         &h.repo,
         h.job.job_id,
         &a.name,
-        mode,
-        a.password.as_deref(),
+        ChainSpec {
+            mode,
+            password: a.password.as_deref(),
+            kms_key: a.kms_key.as_deref(),
+        },
     )
     .await?;
     h.repo.write_chain(&chain)?;
@@ -328,4 +442,139 @@ async fn change_encryption(ctx: &Ctx, a: EncryptionArgs) -> Result<i32> {
         mode.as_str()
     ));
     Ok(0)
+}
+
+fn describe_slot(s: &crate::repo::format::Keyslot) -> String {
+    use crate::repo::format::SlotParams;
+    match &s.params {
+        SlotParams::Passphrase { kdf } => format!(
+            "password '{}' (Argon2id {} KiB, t={}, p={})",
+            kdf.password, kdf.m_kib, kdf.t, kdf.p
+        ),
+        SlotParams::Raw { fingerprint } => format!("raw key {fingerprint}"),
+        SlotParams::Kms { key_arn, .. } => format!("AWS KMS key {key_arn}"),
+        SlotParams::None { .. } => "no encryption".into(),
+    }
+}
+
+async fn keys(ctx: &Ctx, cmd: KeysCmd) -> Result<i32> {
+    let cat = ctx.catalog()?;
+    match cmd {
+        KeysCmd::List { name } => {
+            let h = locate_job(&cat, &name, None)?;
+            let chain = h.repo.read_chain(&h.job.chain_id)?;
+            let rows: Vec<serde_json::Value> = chain
+                .keyslots
+                .iter()
+                .map(|s| serde_json::json!({"slot_id": s.slot_id.hex(), "provider": s.params.provider(), "description": describe_slot(s), "created": s.created}))
+                .collect();
+            if ctx.json {
+                crate::ui::print_json(&rows);
+            } else {
+                ctx.say(format!(
+                    "keyslots of job '{name}' (chain {}, encryption {}):",
+                    chain.chain_id.short(),
+                    chain.encryption.as_str()
+                ));
+                for s in &chain.keyslots {
+                    ctx.say(format!(
+                        "  {}  {:<10} {}",
+                        s.slot_id.short(),
+                        s.params.provider(),
+                        describe_slot(s)
+                    ));
+                }
+            }
+            Ok(0)
+        }
+        KeysCmd::Add {
+            name,
+            kms_key,
+            password,
+            raw_key,
+        } => {
+            let h = locate_job(&cat, &name, None)?;
+            let _lock = h.repo.lock()?;
+            let (oc, _) = open_chain(ctx, &cat, &h, &h.job.chain_id, None, false).await?;
+            if oc.chain.encryption == EncryptionMode::None {
+                return Err(Error::Usage(format!("job '{name}' is not encrypted; use `arca job encryption` to start an encrypted chain")));
+            }
+            let slot = if let Some(k) = kms_key {
+                kms_provider(ctx, &name, &k)
+                    .await?
+                    .wrap(&oc.chain_key, &oc.ctx)
+                    .await
+            } else if let Some(pw) = &password {
+                validate_job_name(pw)?;
+                password_provider(ctx, &cat, pw)
+                    .await?
+                    .wrap(&oc.chain_key, &oc.ctx)
+                    .await
+            } else if raw_key {
+                let (p, _) = ctx.creds.raw_key(None)?.ok_or_else(|| {
+                    Error::Usage("--raw-key needs --key-file FILE or ARCA_KEY".into())
+                })?;
+                p.wrap(&oc.chain_key, &oc.ctx).await
+            } else {
+                return Err(Error::Usage(
+                    "give one of --kms-key KEY, --password NAME, --raw-key".into(),
+                ));
+            }
+            .map_err(|e| Error::KeysUnavailable {
+                job: name.clone(),
+                detail: e.to_string(),
+            })?;
+            let mut chain = oc.chain.clone();
+            let desc = describe_slot(&slot);
+            let id = slot.slot_id;
+            chain.keyslots.push(slot);
+            h.repo.write_chain(&chain)?;
+            if let Some(pw) = password {
+                escrow_if_enabled(ctx, &cat, &h.repo, &h.job.job_id, &name, &pw).await?;
+            }
+            ctx.say(format!(
+                "added keyslot {} to job '{name}': {desc}",
+                id.short()
+            ));
+            Ok(0)
+        }
+        KeysCmd::Remove { name, slot } => {
+            let h = locate_job(&cat, &name, None)?;
+            let _lock = h.repo.lock()?;
+            let mut chain = h.repo.read_chain(&h.job.chain_id)?;
+            let matches: Vec<usize> = chain
+                .keyslots
+                .iter()
+                .enumerate()
+                .filter(|(_, s)| s.slot_id.hex().starts_with(&slot.to_ascii_lowercase()))
+                .map(|(i, _)| i)
+                .collect();
+            let i = match matches.as_slice() {
+                [i] => *i,
+                [] => {
+                    return Err(Error::NotFound(format!(
+                    "job '{name}' has no keyslot {slot}; `arca job keys list {name}` shows them"
+                )))
+                }
+                _ => {
+                    return Err(Error::Usage(format!(
+                        "several keyslots start with {slot}; give more digits"
+                    )))
+                }
+            };
+            if chain.keyslots.len() == 1 {
+                return Err(Error::Usage(format!(
+                    "keyslot {slot} is the last one of job '{name}': removing it would make every recovery point of the chain unreadable"
+                )));
+            }
+            let removed = chain.keyslots.remove(i);
+            h.repo.write_chain(&chain)?;
+            ctx.say(format!(
+                "removed keyslot {} ({}) from job '{name}'",
+                removed.slot_id.short(),
+                describe_slot(&removed)
+            ));
+            Ok(0)
+        }
+    }
 }

@@ -2,7 +2,9 @@
 
 mod admin;
 mod backup;
+mod drill;
 mod job;
+mod password;
 mod read;
 
 use std::path::{Path, PathBuf};
@@ -45,6 +47,15 @@ pub struct Cli {
     /// A raw 32-byte key, base64, in this file (encryption "key"). Else ARCA_KEY.
     #[arg(long, global = true, value_name = "FILE")]
     pub key_file: Option<PathBuf>,
+    /// The config file [default: ~/.config/arca/config.toml, or ARCA_CONFIG].
+    #[arg(long, global = true, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// KMS endpoint URL (LocalStack, an emulator); else AWS_ENDPOINT_URL, the config file, or AWS.
+    #[arg(long, global = true, value_name = "URL")]
+    pub kms_endpoint: Option<String>,
+    /// AWS region for KMS; else AWS_REGION, the profile, or the config file.
+    #[arg(long, global = true)]
+    pub kms_region: Option<String>,
     #[command(subcommand)]
     pub command: Command,
 }
@@ -75,6 +86,15 @@ pub enum Command {
     /// Generate a raw key file for `--encryption key`.
     #[command(subcommand)]
     Key(admin::KeyCmd),
+    /// Named passwords: create, list, show, delete.
+    #[command(subcommand)]
+    Password(password::PasswordCmd),
+    /// AWS KMS: escrow of password hashes.
+    #[command(subcommand)]
+    Kms(password::KmsCmd),
+    /// Prove, ignoring the catalog (as after a reinstall), that every recovery point's keys
+    /// can be recovered through KMS and/or a passphrase. Writes nothing.
+    Drill(drill::DrillArgs),
     /// Back up a directory with no setup: creates a local repository, a job and a key on
     /// first use, runs the job and shows its recovery points.
     Quickstart(admin::QuickstartArgs),
@@ -108,11 +128,19 @@ impl Ctx {
 }
 
 pub async fn run(cli: Cli) -> Result<i32> {
+    let mut config = crate::config::Config::load(cli.config.as_deref())?;
+    if cli.kms_endpoint.is_some() {
+        config.kms.endpoint = cli.kms_endpoint.clone();
+    }
+    if cli.kms_region.is_some() {
+        config.kms.region = cli.kms_region.clone();
+    }
     let ctx = Ctx {
         catalog_path: cli.catalog.clone().unwrap_or_else(Catalog::default_path),
         json: cli.json,
         quiet: cli.quiet,
-        creds: Credentials::new(cli.passphrase_file.clone(), cli.key_file.clone()),
+        creds: Credentials::new(cli.passphrase_file.clone(), cli.key_file.clone())
+            .with_kms(config.kms),
     };
     match cli.command {
         Command::Init { dir } => admin::init(&ctx, &dir),
@@ -125,6 +153,9 @@ pub async fn run(cli: Cli) -> Result<i32> {
         Command::Keys(c) => read::keys(&ctx, c).await,
         Command::Catalog(c) => admin::catalog(&ctx, c).await,
         Command::Key(c) => admin::key(&ctx, c),
+        Command::Password(c) => password::run(&ctx, c).await,
+        Command::Kms(c) => password::kms(&ctx, c).await,
+        Command::Drill(a) => drill::run(&ctx, a).await,
         Command::Quickstart(a) => admin::quickstart(&ctx, a).await,
     }
 }
@@ -198,6 +229,7 @@ pub async fn open_chain(
     explain: bool,
 ) -> Result<(OpenChain, &'static str)> {
     let chain = h.repo.read_chain(chain_id)?;
+    let escrow = h.repo.list_escrow(Some(&h.job.job_id))?;
     let req = resolve::Request {
         job_name: &h.job.name,
         chain,
@@ -206,6 +238,8 @@ pub async fn open_chain(
         catalog: Some(cat),
         creds: &ctx.creds,
         job_key_file: h.row.as_ref().and_then(|r| r.key_file.as_deref()),
+        escrow: &escrow,
+        tiers: resolve::Tiers::ALL,
     };
     let print = |attempts: &[resolve::Attempt]| {
         if explain {

@@ -107,7 +107,10 @@ pub async fn points(ctx: &Ctx, a: PointsArgs) -> Result<i32> {
         let mut row = cached.get(&p.point_id).cloned();
         if row.as_ref().and_then(|r| r.stats.as_ref()).is_none() {
             if let std::collections::hash_map::Entry::Vacant(v) = opened.entry(p.chain_id) {
-                let oc = open_chain(ctx, &cat, &h, &p.chain_id, None, false).await.ok().map(|x| x.0);
+                let oc = open_chain(ctx, &cat, &h, &p.chain_id, None, false)
+                    .await
+                    .ok()
+                    .map(|x| x.0);
                 v.insert(oc);
             }
             if let Some(Some(oc)) = opened.get(&p.chain_id) {
@@ -289,6 +292,7 @@ pub async fn restore(ctx: &Ctx, a: RestoreArgs) -> Result<i32> {
             point_id: String,
             keys: &'a str,
             target: String,
+            kms_requests: u64,
             #[serde(flatten)]
             stats: &'a restore::RestoreStats,
         }
@@ -296,6 +300,7 @@ pub async fn restore(ctx: &Ctx, a: RestoreArgs) -> Result<i32> {
             point_id: op.record.point_id.hex(),
             keys: tier,
             target: a.target.display().to_string(),
+            kms_requests: crate::keys::aws_kms::process_requests(),
             stats: &stats,
         });
     } else {

@@ -172,7 +172,8 @@ pub fn run(
                         return;
                     };
                     let dest = opts.target.join(rel);
-                    match restore_file(&mut reader, &dest, e, chown, opts.overwrite, &opts.progress) {
+                    match restore_file(&mut reader, &dest, e, chown, opts.overwrite, &opts.progress)
+                    {
                         Ok(n) => {
                             bytes.fetch_add(n, Ordering::Relaxed);
                         }
@@ -259,7 +260,8 @@ fn restore_file(
     let mut f = match create(dest) {
         Err(err) if err.kind() == std::io::ErrorKind::NotFound => {
             if let Some(parent) = dest.parent() {
-                fs::create_dir_all(parent).map_err(|err| Error::io(format!("create {}", parent.display()), err))?;
+                fs::create_dir_all(parent)
+                    .map_err(|err| Error::io(format!("create {}", parent.display()), err))?;
             }
             create(dest)
         }
@@ -270,12 +272,16 @@ fn restore_file(
         let mut n = 0u64;
         for id in &e.chunks {
             let data = reader.read(id)?;
-            f.write_all(&data).map_err(|err| Error::io(format!("write {}", dest.display()), err))?;
+            f.write_all(&data)
+                .map_err(|err| Error::io(format!("write {}", dest.display()), err))?;
             n += data.len() as u64;
             progress.inc(data.len() as u64);
         }
         if n != e.size {
-            return Err(Error::integrity(format!("file {}", e.display_path()), "restored size differs from the index"));
+            return Err(Error::integrity(
+                format!("file {}", e.display_path()),
+                "restored size differs from the index",
+            ));
         }
         if chown && (e.uid != 0 || e.gid != 0) {
             let _ = std::os::unix::fs::fchown(&f, Some(e.uid), Some(e.gid));
@@ -296,7 +302,10 @@ fn restore_file(
 }
 
 fn mtime(e: &TreeEntry) -> std::time::SystemTime {
-    let d = std::time::Duration::new(e.mtime_ns.unsigned_abs().div_euclid(1_000_000_000) as u64, (e.mtime_ns.unsigned_abs() % 1_000_000_000) as u32);
+    let d = std::time::Duration::new(
+        e.mtime_ns.unsigned_abs().div_euclid(1_000_000_000) as u64,
+        (e.mtime_ns.unsigned_abs() % 1_000_000_000) as u32,
+    );
     if e.mtime_ns >= 0 {
         std::time::UNIX_EPOCH + d
     } else {

@@ -4,6 +4,7 @@
 //! `Some(Err(..))` for "mine, but it failed". The restore resolver uses that distinction to
 //! explain what it tried. A provider never changes any state when it fails.
 
+pub mod aws_kms;
 pub mod none;
 pub mod passphrase;
 pub mod raw;

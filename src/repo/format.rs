@@ -16,6 +16,7 @@ pub mod label {
     pub const CHUNK: &str = "arca-chunk-v1";
     pub const PACK_HEADER: &str = "arca-pack-header-v1";
     pub const INDEX: &str = "arca-index-v1";
+    pub const ESCROW: &str = "arca-escrow-v1";
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -152,6 +153,7 @@ impl RepoConfig {
 pub enum EncryptionMode {
     Passphrase,
     Key,
+    Kms,
     None,
 }
 
@@ -160,6 +162,7 @@ impl EncryptionMode {
         match self {
             EncryptionMode::Passphrase => "passphrase",
             EncryptionMode::Key => "key",
+            EncryptionMode::Kms => "kms",
             EncryptionMode::None => "none",
         }
     }
@@ -167,6 +170,7 @@ impl EncryptionMode {
         match s {
             "passphrase" => Some(Self::Passphrase),
             "key" => Some(Self::Key),
+            "kms" => Some(Self::Kms),
             "none" => Some(Self::None),
             _ => None,
         }
@@ -270,6 +274,15 @@ pub enum SlotParams {
     Passphrase { kdf: KdfRecord },
     /// Wrapped by a raw 32-byte key; `fingerprint` names it without revealing it.
     Raw { fingerprint: String },
+    /// Encrypted by AWS KMS under `key_arn` with the chain-key encryption context;
+    /// `key_check` commits to the chain key.
+    Kms {
+        key_arn: String,
+        #[serde(with = "b64")]
+        ciphertext: Vec<u8>,
+        #[serde(with = "b64")]
+        key_check: Vec<u8>,
+    },
     /// No encryption: the chain key is stored in clear.
     None {
         #[serde(with = "b64")]
@@ -282,6 +295,7 @@ impl SlotParams {
         match self {
             SlotParams::Passphrase { .. } => "passphrase",
             SlotParams::Raw { .. } => "raw",
+            SlotParams::Kms { .. } => "kms",
             SlotParams::None { .. } => "none",
         }
     }
@@ -326,6 +340,43 @@ impl ChainRecord {
                 &slot_id.0,
             ],
         )
+    }
+}
+
+/// `repository/escrow/<job_id>.<password>.json`: a password hash encrypted by a KMS, so
+/// that a reinstalled product can restore without the passphrase.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct EscrowRecord {
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub version: u32,
+    pub repo_id: Id16,
+    pub job_id: Id16,
+    pub job: String,
+    /// The password, with the salt and parameters its hash was derived with.
+    pub kdf: KdfRecord,
+    /// "aws-kms" (or "kmip" later).
+    pub provider: String,
+    pub key_arn: String,
+    /// The exact encryption context given to KMS.
+    pub context: std::collections::BTreeMap<String, String>,
+    #[serde(with = "b64")]
+    pub ciphertext: Vec<u8>,
+    /// keyed(derive(password hash, COMMIT), escrow AAD): detects a wrong plaintext.
+    #[serde(with = "b64")]
+    pub key_check: Vec<u8>,
+    pub created: String,
+}
+
+impl EscrowRecord {
+    pub const KIND: &'static str = "arca-escrow";
+
+    pub fn aad(&self) -> Vec<u8> {
+        crypto::aad(label::ESCROW, &[&self.repo_id.0, &self.job_id.0])
+    }
+
+    pub fn file_name(job_id: &Id16, password: &str) -> String {
+        format!("{job_id}.{password}.json")
     }
 }
 

@@ -4,6 +4,7 @@
 //! config                      RepoConfig (JSON, plaintext)
 //! jobs/<job_id>.json          JobRecord
 //! chains/<chain_id>.json      ChainRecord (keyslots)
+//! escrow/<job_id>.<pw>.json   EscrowRecord (password hash encrypted by KMS)
 //! points/<point_id>.json      PointRecord (sealed body)
 //! index/<point_id>            sealed index of the chunks new in that point
 //! packs/<xx>/<pack_id>        packs of sealed chunks, named by BLAKE3 of their bytes
@@ -248,6 +249,54 @@ impl Repository {
             ));
         }
         Ok(c)
+    }
+
+    // --- escrow ---
+
+    pub fn write_escrow(&self, e: &EscrowRecord) -> Result<()> {
+        self.write_json(
+            &format!(
+                "escrow/{}",
+                EscrowRecord::file_name(&e.job_id, &e.kdf.password)
+            ),
+            e,
+        )
+    }
+
+    /// Escrow records of a job (all jobs if `None`).
+    pub fn list_escrow(&self, job_id: Option<&Id16>) -> Result<Vec<EscrowRecord>> {
+        let d = self.root.join("escrow");
+        if !d.exists() {
+            return Ok(Vec::new());
+        }
+        let mut out = Vec::new();
+        for name in self.list_dir_ids("escrow", ".json")? {
+            let e: EscrowRecord =
+                self.read_json(&format!("escrow/{name}.json"), "escrow record")?;
+            if e.kind != EscrowRecord::KIND || e.repo_id != self.id() {
+                return Err(Error::integrity(
+                    format!("escrow record {name}"),
+                    "unknown type or another repository",
+                ));
+            }
+            if job_id.is_none_or(|j| *j == e.job_id) {
+                out.push(e);
+            }
+        }
+        Ok(out)
+    }
+
+    pub fn delete_escrow(&self, job_id: &Id16, password: &str) -> Result<()> {
+        let p = self
+            .root
+            .join("escrow")
+            .join(EscrowRecord::file_name(job_id, password));
+        match fs::remove_file(&p) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                Err(Error::io(format!("remove {}", p.display()), e))
+            }
+            _ => Ok(()),
+        }
     }
 
     // --- points ---

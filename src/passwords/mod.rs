@@ -1,0 +1,62 @@
+//! The password manager's key operations: escrow of password hashes to KMS.
+//!
+//! A password hash is a key: escrow encrypts it with KMS `Encrypt` under the escrow key,
+//! with an encryption context naming repository, job, purpose and password, and writes the
+//! record into the job's repository (so it survives a reinstall) and into the catalog.
+//! The catalog-side commands live in `cli/password.rs`.
+
+use crate::crypto::SecretKey;
+use crate::keys::aws_kms::{escrow_context, key_check, KmsClient};
+use crate::keys::KeyError;
+use crate::repo::format::{EscrowRecord, Id16, KdfRecord, FORMAT_VERSION};
+use crate::repo::now_rfc3339;
+
+/// The catalog setting holding the escrow key (escrow is enabled when it is set).
+pub const ESCROW_KEY_SETTING: &str = "kms.escrow_key";
+
+/// Encrypts `hash` (the hash of password `kdf.password`) for job `job` with KMS.
+pub async fn escrow(
+    kms: &KmsClient,
+    key: &str,
+    repo_id: &Id16,
+    job_id: &Id16,
+    job: &str,
+    kdf: &KdfRecord,
+    hash: &SecretKey,
+) -> Result<EscrowRecord, KeyError> {
+    let context = escrow_context(repo_id, job, &kdf.password);
+    let (arn, ciphertext) = kms.encrypt(key, hash.expose(), &context).await?;
+    let mut rec = EscrowRecord {
+        kind: EscrowRecord::KIND.into(),
+        version: FORMAT_VERSION,
+        repo_id: *repo_id,
+        job_id: *job_id,
+        job: job.to_string(),
+        kdf: kdf.clone(),
+        provider: "aws-kms".into(),
+        key_arn: arn,
+        context,
+        ciphertext,
+        key_check: Vec::new(),
+        created: now_rfc3339(),
+    };
+    rec.key_check = key_check(hash, &rec.aad()).to_vec();
+    Ok(rec)
+}
+
+/// Decrypts an escrow record back into the password hash.
+pub async fn open_escrow(kms: &KmsClient, rec: &EscrowRecord) -> Result<SecretKey, KeyError> {
+    // The context is recomputed, never taken from the record: a record moved to another
+    // repository or job asks KMS for a context it was not made with, and fails.
+    let context = escrow_context(&rec.repo_id, &rec.job, &rec.kdf.password);
+    let hash = kms.decrypt(&rec.key_arn, &rec.ciphertext, &context).await?;
+    let want = blake3::Hash::from_slice(&rec.key_check)
+        .map_err(|_| KeyError::Malformed("escrow check value is not 32 bytes".into()))?;
+    if blake3::Hash::from_bytes(key_check(&hash, &rec.aad())) != want {
+        return Err(KeyError::Tampered(format!(
+            "escrow record of password '{}' decrypted to a value that does not match its check value",
+            rec.kdf.password
+        )));
+    }
+    Ok(hash)
+}
