@@ -2,22 +2,52 @@
 # The whole test suite, on a fresh machine: installs what it needs, then runs every test.
 #   ./scripts/test.sh
 # Needs: the Rust toolchain (cargo). Everything else is installed here: Debian packages with
-# apt-get when missing, Python packages into a venv under target/.
+# apt-get when missing, Python packages into venvs under target/. It starts a real
+# KMS-compatible server (moto) on a free loopback port for the KMS tests and stops it at the end.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+ROOT=$PWD
 
 log() { printf '\n== %s\n' "$*"; }
 
-# Debian packages the tests use (python3-venv for the test servers' venvs).
+# Debian packages the tests use.
 need_apt=()
 command -v python3 >/dev/null || need_apt+=(python3)
 python3 -c 'import venv, ensurepip' 2>/dev/null || need_apt+=(python3-venv)
+command -v curl >/dev/null || need_apt+=(curl)
 command -v openssl >/dev/null || need_apt+=(openssl)
 if [ ${#need_apt[@]} -gt 0 ]; then
   log "installing ${need_apt[*]}"
   if [ "$(id -u)" = 0 ]; then SUDO=""; else SUDO="sudo"; fi
   $SUDO apt-get update -qq && $SUDO apt-get install -y -qq "${need_apt[@]}"
 fi
+mkdir -p target
+
+# moto: a KMS-compatible server, in its own venv.
+MOTO_VENV=$ROOT/target/venv-moto
+if [ ! -x "$MOTO_VENV/bin/moto_server" ]; then
+  log "installing moto[server] into $MOTO_VENV"
+  python3 -m venv "$MOTO_VENV"
+  "$MOTO_VENV/bin/pip" install -q --upgrade pip >/dev/null
+  "$MOTO_VENV/bin/pip" install -q "moto[server]==5.2.5"
+fi
+
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1]); s.close()'; }
+
+PIDS=()
+cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; }
+trap cleanup EXIT
+
+MOTO_PORT=$(free_port)
+log "starting moto_server on 127.0.0.1:$MOTO_PORT"
+"$MOTO_VENV/bin/moto_server" -H 127.0.0.1 -p "$MOTO_PORT" >target/moto.log 2>&1 &
+PIDS+=($!)
+for _ in $(seq 1 100); do
+  curl -fsS "http://127.0.0.1:$MOTO_PORT/moto-api/" >/dev/null 2>&1 && break
+  sleep 0.2
+done
+curl -fsS "http://127.0.0.1:$MOTO_PORT/moto-api/" >/dev/null || { cat target/moto.log; echo "moto_server did not start"; exit 1; }
+export ARCA_TEST_KMS_ENDPOINT="http://127.0.0.1:$MOTO_PORT"
 
 log "cargo fmt --check"
 cargo fmt --all -- --check

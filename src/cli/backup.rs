@@ -9,7 +9,7 @@ use super::*;
 use crate::catalog::PointRow;
 use crate::engine::backup::{self, BackupOptions, Source};
 use crate::error::exit;
-use crate::repo::format::{EncryptionMode, KdfRecord, SlotParams, SourceError};
+use crate::repo::format::{ChainRecord, KdfRecord, SlotParams, SourceError};
 use crate::ui::human_bytes;
 
 #[derive(Args, Debug)]
@@ -54,26 +54,10 @@ pub async fn run(ctx: &Ctx, a: BackupArgs) -> Result<i32> {
     let h = locate_job(&cat, &a.name, None)?;
     let lock = h.repo.lock()?;
     let (oc, tier) = open_chain(ctx, &cat, &h, &h.job.chain_id, None, false).await?;
-    // The password whose salt the point records: the one attached to the job, else the first.
-    let kdf: Option<KdfRecord> = (oc.chain.encryption == EncryptionMode::Passphrase)
-        .then(|| {
-            let want = h.row.as_ref().and_then(|r| r.password.clone());
-            let slots: Vec<&KdfRecord> = oc
-                .chain
-                .keyslots
-                .iter()
-                .filter_map(|s| match &s.params {
-                    SlotParams::Passphrase { kdf } => Some(kdf),
-                    _ => None,
-                })
-                .collect();
-            slots
-                .iter()
-                .find(|k| Some(&k.password) == want.as_ref())
-                .or(slots.first())
-                .map(|k| (*k).clone())
-        })
-        .flatten();
+    // The password whose salt the point records: the one attached to the job, else the
+    // first passphrase keyslot, whatever the chain's mode (a KMS chain may have one too).
+    let want = h.row.as_ref().and_then(|r| r.password.clone());
+    let kdf = point_kdf(&oc.chain, want.as_deref());
     let source = if a.stdin {
         Source::Stdin {
             name: a.stdin_name.clone().expect("clap requires it"),
@@ -159,4 +143,22 @@ pub async fn run(ctx: &Ctx, a: BackupArgs) -> Result<i32> {
         return Ok(exit::PARTIAL);
     }
     Ok(exit::OK)
+}
+
+/// The salt record a new point of `chain` stores: password `want`'s keyslot, else the first
+/// passphrase keyslot, else none.
+pub fn point_kdf(chain: &ChainRecord, want: Option<&str>) -> Option<KdfRecord> {
+    let slots: Vec<&KdfRecord> = chain
+        .keyslots
+        .iter()
+        .filter_map(|s| match &s.params {
+            SlotParams::Passphrase { kdf } => Some(kdf),
+            _ => None,
+        })
+        .collect();
+    slots
+        .iter()
+        .find(|k| Some(k.password.as_str()) == want)
+        .or(slots.first())
+        .map(|k| (*k).clone())
 }

@@ -530,6 +530,18 @@ async fn keys(ctx: &Ctx, cmd: KeysCmd) -> Result<i32> {
             chain.keyslots.push(slot);
             h.repo.write_chain(&chain)?;
             if let Some(pw) = password {
+                // Points made before the chain had a passphrase keyslot record no salt yet:
+                // record it (plaintext metadata only; nothing is re-encrypted).
+                if let Some(kdf) = super::backup::point_kdf(&chain, Some(&pw)) {
+                    for mut p in
+                        crate::engine::chain_points(&h.repo, &h.job.job_id, &chain.chain_id)?
+                    {
+                        if p.kdf.is_none() {
+                            p.kdf = Some(kdf.clone());
+                            h.repo.write_point(&p)?;
+                        }
+                    }
+                }
                 escrow_if_enabled(ctx, &cat, &h.repo, &h.job.job_id, &name, &pw).await?;
             }
             ctx.say(format!(

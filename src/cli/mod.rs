@@ -1,7 +1,7 @@
 //! Command-line interface: parse, call the library, print. One file per command group.
 
 mod admin;
-mod backup;
+pub(crate) mod backup;
 mod drill;
 mod job;
 mod password;

@@ -280,13 +280,20 @@ impl KmsClient {
 
 /// A KMS error → a message naming the key and what to do. Never retried here: the SDK's
 /// retry strategy already retried what is retryable.
-fn classify<E: ProvideErrorMetadata + std::error::Error + 'static, R: std::fmt::Debug>(
-    e: SdkError<E, R>,
+fn classify<E: ProvideErrorMetadata + std::error::Error + 'static>(
+    e: SdkError<E, aws_sdk_kms::config::http::HttpResponse>,
     key: &str,
     endpoint: &str,
 ) -> KeyError {
     let (code, msg) = match &e {
-        SdkError::ServiceError(s) => (s.err().code().unwrap_or("").to_string(), s.err().message().unwrap_or("").to_string()),
+        SdkError::ServiceError(s) => {
+            let status = s.raw().status().as_u16();
+            let code = s.err().code().unwrap_or("").to_string();
+            // A 403 whose body is not KMS JSON comes from the authentication layer.
+            let code = if code.is_empty() && status == 403 { "AccessDeniedException".to_string() } else { code };
+            let code = if code.is_empty() { format!("HTTP {status}") } else { code };
+            (code, s.err().message().unwrap_or("").to_string())
+        }
         SdkError::TimeoutError(_) => {
             return KeyError::Unavailable(format!("KMS ({endpoint}) did not answer in time for key {key}, even after retries; check network access to KMS"))
         }

@@ -277,3 +277,127 @@ pub async fn new_kms_key(c: &aws_sdk_kms::Client) -> String {
         .expect("CreateKey");
     out.key_metadata.unwrap().arn.unwrap()
 }
+
+/// A second moto server that enforces IAM authentication, for "bad credentials" and
+/// "access denied" answers from a real server. It is killed when dropped.
+pub struct AuthKms {
+    child: std::process::Child,
+    pub endpoint: String,
+    /// Credentials of a user allowed kms:*.
+    pub access_key: String,
+    pub secret_key: String,
+    /// Credentials of a user with no permissions at all.
+    pub denied_access_key: String,
+    pub denied_secret_key: String,
+    pub key_arn: String,
+}
+
+const AUTH_SETUP: &str = r#"
+import boto3, json, sys
+ep = sys.argv[1]
+iam = boto3.client("iam", endpoint_url=ep, region_name="us-east-1", aws_access_key_id="setup", aws_secret_access_key="setup")
+iam.create_user(UserName="arca")
+iam.put_user_policy(UserName="arca", PolicyName="kms", PolicyDocument=json.dumps(
+    {"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action": "kms:*", "Resource": "*"}]}))
+k = iam.create_access_key(UserName="arca")["AccessKey"]
+iam.create_user(UserName="nobody")
+d = iam.create_access_key(UserName="nobody")["AccessKey"]
+kms = boto3.client("kms", endpoint_url=ep, region_name="us-east-1",
+                   aws_access_key_id=k["AccessKeyId"], aws_secret_access_key=k["SecretAccessKey"])
+arn = kms.create_key(KeyUsage="ENCRYPT_DECRYPT", KeySpec="SYMMETRIC_DEFAULT")["KeyMetadata"]["Arn"]
+print(json.dumps({"ak": k["AccessKeyId"], "sk": k["SecretAccessKey"], "dak": d["AccessKeyId"], "dsk": d["SecretAccessKey"], "arn": arn}))
+"#;
+
+impl AuthKms {
+    pub fn start() -> AuthKms {
+        let venv = std::env::var("ARCA_TEST_MOTO_VENV")
+            .map(PathBuf::from)
+            .unwrap_or_else(|_| Path::new(env!("CARGO_MANIFEST_DIR")).join("target/venv-moto"));
+        assert!(
+            venv.join("bin/moto_server").exists(),
+            "moto is not installed in {}: run ./scripts/test.sh",
+            venv.display()
+        );
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let child = Command::new(venv.join("bin/moto_server"))
+            .args(["-H", "127.0.0.1", "-p", &port.to_string()])
+            // The setup script's first five IAM calls run unauthenticated; everything after must be signed.
+            .env("INITIAL_NO_AUTH_ACTION_COUNT", "5")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start moto_server");
+        let endpoint = format!("http://127.0.0.1:{port}");
+        let mut guard = AuthKms {
+            child,
+            endpoint: endpoint.clone(),
+            access_key: String::new(),
+            secret_key: String::new(),
+            denied_access_key: String::new(),
+            denied_secret_key: String::new(),
+            key_arn: String::new(),
+        };
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "moto_server did not start"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+        let out = Command::new(venv.join("bin/python"))
+            .args(["-c", AUTH_SETUP, &endpoint])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "auth setup failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        guard.access_key = v["ak"].as_str().unwrap().into();
+        guard.secret_key = v["sk"].as_str().unwrap().into();
+        guard.denied_access_key = v["dak"].as_str().unwrap().into();
+        guard.denied_secret_key = v["dsk"].as_str().unwrap().into();
+        guard.key_arn = v["arn"].as_str().unwrap().into();
+        guard
+    }
+
+    /// Environment for arca as the permitted user.
+    pub fn allowed(&self) -> Vec<(&str, &str)> {
+        vec![
+            ("AWS_ENDPOINT_URL", &self.endpoint),
+            ("AWS_ACCESS_KEY_ID", &self.access_key),
+            ("AWS_SECRET_ACCESS_KEY", &self.secret_key),
+        ]
+    }
+
+    /// Environment for arca with credentials the server does not know.
+    pub fn bogus(&self) -> Vec<(&str, &str)> {
+        vec![
+            ("AWS_ENDPOINT_URL", &self.endpoint),
+            ("AWS_ACCESS_KEY_ID", "AKIABOGUSBOGUSBOGUS1"),
+            ("AWS_SECRET_ACCESS_KEY", "wrong"),
+        ]
+    }
+
+    /// Environment for arca as a known user without KMS permissions.
+    pub fn denied(&self) -> Vec<(&str, &str)> {
+        vec![
+            ("AWS_ENDPOINT_URL", &self.endpoint),
+            ("AWS_ACCESS_KEY_ID", &self.denied_access_key),
+            ("AWS_SECRET_ACCESS_KEY", &self.denied_secret_key),
+        ]
+    }
+}
+
+impl Drop for AuthKms {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
