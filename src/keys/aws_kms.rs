@@ -289,6 +289,11 @@ fn classify<E: ProvideErrorMetadata + std::error::Error + 'static>(
         SdkError::ServiceError(s) => {
             let status = s.raw().status().as_u16();
             let code = s.err().code().unwrap_or("").to_string();
+            if code.is_empty() && (200..300).contains(&status) {
+                return KeyError::Unavailable(format!(
+                    "KMS ({endpoint}) sent an answer that is not a valid KMS response for key {key}; is the endpoint a KMS service?"
+                ));
+            }
             // A 403 whose body is not KMS JSON comes from the authentication layer.
             let code = if code.is_empty() && status == 403 { "AccessDeniedException".to_string() } else { code };
             let code = if code.is_empty() { format!("HTTP {status}") } else { code };
