@@ -64,4 +64,7 @@ AWS_ENDPOINT_URL=$ARCA_TEST_KMS_ENDPOINT AWS_REGION=us-east-1 AWS_ACCESS_KEY_ID=
   AWS_EC2_METADATA_DISABLED=true cargo run --quiet --example kms_escrow -- "$EXAMPLE_KEY"
 
 log "cargo test"
-cargo test --all-targets --no-fail-fast 2>&1 | tee target/test-output.txt
+cargo test --lib --bins --tests --no-fail-fast 2>&1 | tee target/test-output.txt
+# One closing line for the whole run.
+awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($i ~ /^passed/) p += $(i-1); if ($i ~ /^failed/) f += $(i-1) } }
+     END { printf "arca tests: %d passed, %d failed\n", p, f; exit (f > 0) }' target/test-output.txt

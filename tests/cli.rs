@@ -651,3 +651,77 @@ fn quickstart_runs_on_first_use_and_again() {
         .ok();
     assert_eq!(snapshot(&src), snapshot(&t));
 }
+
+#[test]
+fn password_rotation_rewraps_without_touching_data() {
+    let env = Env::new();
+    let src = env.path("src");
+    rich_tree(&src, 2);
+    let repo = env.passphrase_job("j", &src, PASS);
+    env.run(&["backup", "j"]).ok();
+    write(&src.join("later.txt"), b"a second point");
+    env.run(&["backup", "j"]).ok();
+    let packs_before = snapshot(&repo.join("packs"));
+    let index_before = snapshot(&repo.join("index"));
+    let new_pass = "a brand new passphrase";
+    let r = env
+        .run_env(
+            &["--json", "password", "rotate", "j"],
+            &[("ARCA_NEW_PASSPHRASE", new_pass)],
+        )
+        .ok()
+        .json();
+    assert_eq!(r["jobs"][0]["points_updated"], 2);
+    // No data re-encrypted or re-written.
+    assert_eq!(snapshot(&repo.join("packs")), packs_before);
+    assert_eq!(snapshot(&repo.join("index")), index_before);
+    // The next run is an incremental (same chain, dedup) under a fresh data key.
+    let b = env.run(&["--json", "backup", "j"]).ok().json();
+    assert_eq!(b["full"], false);
+    assert_eq!(b["keys"], "catalog", "the catalog holds the new hash");
+    let points = env.run(&["--json", "points", "j"]).ok().json();
+    // After a reinstall: the new passphrase opens every point, the old one none.
+    fs::remove_dir_all(env.catalog.parent().unwrap()).unwrap();
+    for (i, p) in points.as_array().unwrap().iter().enumerate() {
+        let id = p["point_id"].as_str().unwrap();
+        let old_t = env.path(&format!("old{i}"));
+        let r = env.run_env(
+            &[
+                "restore",
+                "j",
+                id,
+                "--repo",
+                repo.to_str().unwrap(),
+                "--target",
+                old_t.to_str().unwrap(),
+            ],
+            &[("ARCA_PASSPHRASE", PASS)],
+        );
+        assert_eq!(
+            r.code, 12,
+            "the old passphrase opened point {id}: {}",
+            r.stderr
+        );
+        assert!(!old_t.exists());
+        fs::remove_dir_all(env.catalog.parent().unwrap()).ok();
+        let t = env.path(&format!("new{i}"));
+        env.run_env(
+            &[
+                "restore",
+                "j",
+                id,
+                "--repo",
+                repo.to_str().unwrap(),
+                "--target",
+                t.to_str().unwrap(),
+            ],
+            &[("ARCA_PASSPHRASE", new_pass)],
+        )
+        .ok();
+        assert_eq!(
+            fs::read(t.join("docs/readme.txt")).unwrap(),
+            b"hello arca\n"
+        );
+        fs::remove_dir_all(env.catalog.parent().unwrap()).ok();
+    }
+}

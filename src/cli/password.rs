@@ -22,6 +22,15 @@ pub enum PasswordCmd {
     Show { name: String },
     /// Delete a password no job uses (its stored hash and escrow records go with it).
     Delete { name: String },
+    /// Change a password's passphrase. Rewraps key material only: no data is re-encrypted or
+    /// re-uploaded. Afterwards the new passphrase opens every recovery point of every job using
+    /// it, the old one opens none, and the next backup is an incremental under fresh data keys.
+    /// The new passphrase comes from ARCA_NEW_PASSPHRASE, --new-passphrase-file, or a prompt.
+    Rotate {
+        name: String,
+        #[arg(long, value_name = "FILE")]
+        new_passphrase_file: Option<std::path::PathBuf>,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -147,6 +156,10 @@ pub async fn run(ctx: &Ctx, cmd: PasswordCmd) -> Result<i32> {
             }
             Ok(0)
         }
+        PasswordCmd::Rotate {
+            name,
+            new_passphrase_file,
+        } => rotate(ctx, &cat, &name, new_passphrase_file).await,
         PasswordCmd::Delete { name } => {
             if !cat.delete_password(&name)? {
                 return Err(Error::NotFound(format!("no password named '{name}'")));
@@ -155,6 +168,171 @@ pub async fn run(ctx: &Ctx, cmd: PasswordCmd) -> Result<i32> {
             Ok(0)
         }
     }
+}
+
+fn new_passphrase(
+    ctx: &Ctx,
+    name: &str,
+    file: Option<std::path::PathBuf>,
+) -> Result<crate::crypto::Passphrase> {
+    if let Ok(v) = std::env::var("ARCA_NEW_PASSPHRASE") {
+        if !v.is_empty() {
+            return Ok(crate::crypto::Passphrase::new(v));
+        }
+    }
+    if file.is_none() && !ctx.creds.interactive {
+        return Err(Error::Usage("the new passphrase is needed: ARCA_NEW_PASSPHRASE, --new-passphrase-file, or a terminal".into()));
+    }
+    // Credentials::read_passphrase prefers ARCA_PASSPHRASE, which holds the *old* one here.
+    if let Some(f) = file {
+        let t = zeroize::Zeroizing::new(
+            std::fs::read_to_string(&f)
+                .map_err(|e| Error::io(format!("read {}", f.display()), e))?,
+        );
+        let t = t.trim_end_matches(['\n', '\r']);
+        if t.is_empty() {
+            return Err(Error::Usage(format!("{} is empty", f.display())));
+        }
+        return Ok(crate::crypto::Passphrase::new(t.to_string()));
+    }
+    let a = rpassword::prompt_password(format!("New passphrase for password '{name}': "))
+        .map_err(|e| Error::io("read passphrase", e))?;
+    let b = rpassword::prompt_password("Repeat the new passphrase: ")
+        .map_err(|e| Error::io("read passphrase", e))?;
+    if a.is_empty() || a != b {
+        return Err(Error::Usage(
+            "the new passphrases are empty or differ; nothing was changed".into(),
+        ));
+    }
+    Ok(crate::crypto::Passphrase::new(a))
+}
+
+async fn rotate(
+    ctx: &Ctx,
+    cat: &Catalog,
+    name: &str,
+    file: Option<std::path::PathBuf>,
+) -> Result<i32> {
+    use crate::keys::passphrase::PasswordHashProvider;
+    use crate::keys::{unwrap_any, KeyProvider, SlotContext};
+    use crate::repo::format::SlotParams;
+
+    let (old, old_hash) = cat.password_hash(name)?.ok_or_else(|| {
+        Error::NotFound(format!(
+            "password '{name}' has no stored hash in this catalog; restore it first (any restore with the passphrase, or `arca catalog rebuild --repo DIR` with ARCA_PASSPHRASE)"
+        ))
+    })?;
+    let pass = new_passphrase(ctx, name, file)?;
+    let params = KdfParams::for_new_password().map_err(|e| Error::Usage(e.to_string()))?;
+    let (new, new_hash) =
+        passphrase::new_password(name, &pass, params).map_err(|e| Error::Other(e.to_string()))?;
+    let old_p = PasswordHashProvider::new(old.clone(), old_hash);
+    let new_p = PasswordHashProvider::new(new.clone(), new_hash.duplicate());
+    let escrow_key = cat.setting(ESCROW_KEY_SETTING)?;
+    let mut report = Vec::new();
+    // Chains whose old keyslot is removed last, once the new hash is stored everywhere.
+    let mut pending: Vec<(std::path::PathBuf, Id16)> = Vec::new();
+    for job_name in cat.jobs_using_password(name)? {
+        let h = locate_job(cat, &job_name, None)?;
+        let _lock = h.repo.lock()?;
+        let mut chain_ids: Vec<Id16> = h
+            .repo
+            .list_points(&h.job.job_id)?
+            .iter()
+            .map(|p| p.chain_id)
+            .collect();
+        chain_ids.push(h.job.chain_id);
+        chain_ids.sort();
+        chain_ids.dedup();
+        let mut points_updated = 0;
+        for chain_id in chain_ids {
+            let mut chain = h.repo.read_chain(&chain_id)?;
+            if !chain.keyslots.iter().any(
+                |s| matches!(&s.params, SlotParams::Passphrase { kdf } if kdf.salt == old.salt),
+            ) {
+                continue;
+            }
+            let sctx = SlotContext::of_chain(&chain, &job_name);
+            let key = match unwrap_any(&old_p, &chain.keyslots, &sctx).await {
+                Some(Ok(k)) => k,
+                Some(Err(e)) => {
+                    return Err(Error::KeysUnavailable {
+                        job: job_name.clone(),
+                        detail: format!(
+                            "the stored hash of '{name}' does not open chain {chain_id}: {e}"
+                        ),
+                    })
+                }
+                None => continue,
+            };
+            // 1. Add the new keyslot (both passwords work if we stop here).
+            let slot = new_p
+                .wrap(&key, &sctx)
+                .await
+                .map_err(|e| Error::Other(e.to_string()))?;
+            chain.keyslots.push(slot);
+            h.repo.write_chain(&chain)?;
+            // 2. Points record the new salt (plaintext metadata; no data is touched).
+            for mut p in crate::engine::chain_points(&h.repo, &h.job.job_id, &chain_id)? {
+                if p.kdf.as_ref().is_some_and(|k| k.salt == old.salt) {
+                    p.kdf = Some(new.clone());
+                    h.repo.write_point(&p)?;
+                    points_updated += 1;
+                }
+            }
+            pending.push((h.repo.root().to_path_buf(), chain_id));
+        }
+        // 3. Escrow follows the new hash; the old record goes.
+        h.repo.delete_escrow(&h.job.job_id, name)?;
+        cat.delete_escrow(&h.job.job_id, name)?;
+        if let Some(key) = &escrow_key {
+            let client = ctx
+                .creds
+                .kms_client()
+                .await
+                .map_err(|e| Error::KeysUnavailable {
+                    job: job_name.clone(),
+                    detail: e.to_string(),
+                })?;
+            let e = crate::passwords::escrow(
+                &client,
+                key,
+                &h.repo.id(),
+                &h.job.job_id,
+                &job_name,
+                &new,
+                &new_hash,
+            )
+            .await
+            .map_err(|e| Error::KeysUnavailable {
+                job: job_name.clone(),
+                detail: format!("escrow of the new hash failed: {e}"),
+            })?;
+            h.repo.write_escrow(&e)?;
+            cat.upsert_escrow(&e)?;
+        }
+        report.push(serde_json::json!({"job": job_name, "points_updated": points_updated}));
+    }
+    cat.create_password(&new, "", &new_hash)?;
+    // 4. Remove the old keyslots: from here on the old passphrase opens nothing.
+    for (root, chain_id) in pending {
+        let repo = Repository::open(&root)?;
+        let _lock = repo.lock()?;
+        let mut chain = repo.read_chain(&chain_id)?;
+        chain.keyslots.retain(
+            |s| !matches!(&s.params, SlotParams::Passphrase { kdf } if kdf.salt == old.salt),
+        );
+        repo.write_chain(&chain)?;
+    }
+    if ctx.json {
+        crate::ui::print_json(&serde_json::json!({"password": name, "jobs": report}));
+    } else {
+        ctx.say(format!(
+            "rotated password '{name}': {} job(s) rewrapped; no data was re-encrypted. The old passphrase opens nothing any more.",
+            report.len()
+        ));
+    }
+    Ok(0)
 }
 
 pub async fn kms(ctx: &Ctx, cmd: KmsCmd) -> Result<i32> {
