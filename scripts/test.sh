@@ -49,6 +49,53 @@ done
 curl -fsS "http://127.0.0.1:$MOTO_PORT/moto-api/" >/dev/null || { cat target/moto.log; echo "moto_server did not start"; exit 1; }
 export ARCA_TEST_KMS_ENDPOINT="http://127.0.0.1:$MOTO_PORT"
 
+# PyKMIP: a real KMIP server with mutual TLS, in its own venv; certificates made here.
+KMIP_VENV=$ROOT/target/venv-kmip
+if [ ! -x "$KMIP_VENV/bin/pykmip-server" ]; then
+  log "installing pykmip==0.11.0 into $KMIP_VENV"
+  python3 -m venv "$KMIP_VENV"
+  "$KMIP_VENV/bin/pip" install -q --upgrade pip >/dev/null
+  "$KMIP_VENV/bin/pip" install -q "pykmip==0.11.0"
+fi
+KMIP_DIR=$ROOT/target/kmip-test
+rm -rf "$KMIP_DIR" && mkdir -p "$KMIP_DIR/policies"
+(
+  cd "$KMIP_DIR"
+  cert() { # cert NAME CN EXT CA
+    openssl req -newkey rsa:2048 -nodes -keyout "$1.key" -out "$1.csr" -subj "/CN=$2" 2>/dev/null
+    printf '%b' "$3" >"$1.ext"
+    openssl x509 -req -in "$1.csr" -CA "$4.crt" -CAkey "$4.key" -CAcreateserial -out "$1.crt" -days 2 -extfile "$1.ext" 2>/dev/null
+  }
+  openssl req -x509 -newkey rsa:2048 -nodes -keyout ca.key -out ca.crt -days 2 -subj "/CN=arca test CA" 2>/dev/null
+  openssl req -x509 -newkey rsa:2048 -nodes -keyout other-ca.key -out other-ca.crt -days 2 -subj "/CN=another CA" 2>/dev/null
+  cert server localhost 'subjectAltName=DNS:localhost,IP:127.0.0.1\nextendedKeyUsage=serverAuth\n' ca
+  cert client arca-client 'extendedKeyUsage=clientAuth\n' ca
+  cert wrong-client intruder 'extendedKeyUsage=clientAuth\n' other-ca
+)
+KMIP_PORT=$(free_port)
+cat >"$KMIP_DIR/server.conf" <<CONF
+[server]
+hostname=127.0.0.1
+port=$KMIP_PORT
+certificate_path=$KMIP_DIR/server.crt
+key_path=$KMIP_DIR/server.key
+ca_path=$KMIP_DIR/ca.crt
+auth_suite=TLS1.2
+policy_path=$KMIP_DIR/policies
+enable_tls_client_auth=True
+logging_level=INFO
+database_path=$KMIP_DIR/pykmip.db
+CONF
+log "starting pykmip-server on 127.0.0.1:$KMIP_PORT"
+"$KMIP_VENV/bin/pykmip-server" -f "$KMIP_DIR/server.conf" -l "$KMIP_DIR/server.log" >"$KMIP_DIR/stdout.log" 2>&1 &
+PIDS+=($!)
+for _ in $(seq 1 150); do
+  grep -q "Starting connection service" "$KMIP_DIR/server.log" 2>/dev/null && break
+  sleep 0.2
+done
+grep -q "Starting connection service" "$KMIP_DIR/server.log" || { cat "$KMIP_DIR/stdout.log"; echo "pykmip-server did not start"; exit 1; }
+export ARCA_TEST_KMIP_DIR=$KMIP_DIR ARCA_TEST_KMIP_PORT=$KMIP_PORT
+
 log "cargo fmt --check"
 cargo fmt --all -- --check
 

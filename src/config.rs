@@ -8,6 +8,13 @@
 //! profile = "backup"
 //! timeout_seconds = 30                  # one KMS operation, retries included
 //! max_attempts = 4
+//!
+//! [kmip]
+//! host = "kmip.example.com"
+//! port = 5696
+//! ca = "/etc/arca/kmip-ca.pem"
+//! cert = "/etc/arca/kmip-client.pem"
+//! key = "/etc/arca/kmip-client.key"
 //! ```
 
 use std::path::{Path, PathBuf};
@@ -22,6 +29,8 @@ use crate::keys::aws_kms::KmsSettings;
 pub struct Config {
     #[serde(default)]
     pub kms: KmsSettings,
+    #[serde(default)]
+    pub kmip: crate::keys::kmip::KmipSettings,
 }
 
 impl Config {

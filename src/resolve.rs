@@ -36,6 +36,8 @@ pub struct Credentials {
     pub interactive: bool,
     /// How to reach AWS KMS (config file and flags; the AWS environment fills the rest).
     pub kms: KmsSettings,
+    /// How to reach a KMIP server.
+    pub kmip: crate::keys::kmip::KmipSettings,
     passphrase: OnceLock<Option<Arc<PassphraseProvider>>>,
     kms_client: tokio::sync::OnceCell<std::result::Result<Arc<KmsClient>, String>>,
 }
@@ -47,6 +49,7 @@ impl Credentials {
             key_file,
             interactive: std::io::stdin().is_terminal() && std::io::stderr().is_terminal(),
             kms: KmsSettings::default(),
+            kmip: crate::keys::kmip::KmipSettings::default().with_env(),
             passphrase: OnceLock::new(),
             kms_client: tokio::sync::OnceCell::new(),
         }
@@ -55,6 +58,15 @@ impl Credentials {
     pub fn with_kms(mut self, kms: KmsSettings) -> Self {
         self.kms = kms;
         self
+    }
+
+    pub fn with_kmip(mut self, kmip: crate::keys::kmip::KmipSettings) -> Self {
+        self.kmip = kmip.with_env();
+        self
+    }
+
+    pub fn kmip_client(&self) -> std::result::Result<Arc<crate::keys::kmip::KmipClient>, KeyError> {
+        crate::keys::kmip::KmipClient::new(&self.kmip).map(Arc::new)
     }
 
     /// The KMS client, created on first use (loading AWS credentials can take a moment).
@@ -299,7 +311,7 @@ pub async fn resolve(req: Request<'_>) -> std::result::Result<Resolution, Resolv
                         if has_pass {
                             "Give the passphrase (ARCA_PASSPHRASE, --passphrase-file, or a terminal prompt), or fix KMS access"
                         } else {
-                            "Give the key (--key-file or ARCA_KEY) or fix KMS access"
+                            "Give the key (--key-file or ARCA_KEY), or fix access to the key manager (KMS or KMIP)"
                         }
                     ),
                 }
@@ -364,8 +376,43 @@ async fn try_tiers(st: &mut State<'_>) -> Option<(SecretKey, &'static str)> {
     }
     // Tier 2: KMS keyslots and escrow records.
     if req.tiers.kms {
-        if let Some(k) = tier_kms(st, &pslots).await {
-            return Some((k, "kms"));
+        if let Some(found) = tier_kms(st, &pslots).await {
+            return Some(found);
+        }
+    }
+    // Tier 2 too: KMIP keyslots.
+    if req.tiers.kms
+        && slots
+            .iter()
+            .any(|s| matches!(s.params, SlotParams::Kmip { .. }))
+    {
+        match req.creds.kmip_client() {
+            Ok(c) => {
+                let p = crate::keys::kmip::KmipProvider::new(c, None);
+                for s in slots
+                    .iter()
+                    .filter(|s| matches!(s.params, SlotParams::Kmip { .. }))
+                {
+                    let SlotParams::Kmip {
+                        key_uid, server, ..
+                    } = &s.params
+                    else {
+                        continue;
+                    };
+                    match p.unwrap(s, &st.ctx).await {
+                        Some(Ok(k)) => {
+                            st.ok("kmip", format!("KMIP keyslot, key {key_uid} on {server}"));
+                            return Some((k, "kmip"));
+                        }
+                        Some(Err(KeyError::WrongKey { what })) => {
+                            st.fail("kmip", format!("wrong {what}"))
+                        }
+                        Some(Err(e)) => st.fail("kmip", e.to_string()),
+                        None => {}
+                    }
+                }
+            }
+            Err(e) => st.fail("kmip", e.to_string()),
         }
     }
     // Tier 3: a passphrase with the salt stored in the recovery point.
@@ -416,7 +463,10 @@ async fn tier_catalog(st: &mut State<'_>, pslots: &[(&Keyslot, &KdfRecord)]) -> 
     None
 }
 
-async fn tier_kms(st: &mut State<'_>, pslots: &[(&Keyslot, &KdfRecord)]) -> Option<SecretKey> {
+async fn tier_kms(
+    st: &mut State<'_>,
+    pslots: &[(&Keyslot, &KdfRecord)],
+) -> Option<(SecretKey, &'static str)> {
     let req = st.req;
     let kms_slots: Vec<&Keyslot> = req
         .chain
@@ -434,55 +484,60 @@ async fn tier_kms(st: &mut State<'_>, pslots: &[(&Keyslot, &KdfRecord)]) -> Opti
         st.fail("kms", "no KMS keyslot or escrow record for this chain");
         return None;
     }
-    let client = match req.creds.kms_client().await {
-        Ok(c) => c,
-        Err(e) => {
-            st.fail("kms", e.to_string());
-            return None;
+    let client = if kms_slots.is_empty() {
+        None
+    } else {
+        match req.creds.kms_client().await {
+            Ok(c) => Some(c),
+            Err(e) => {
+                st.fail("kms", e.to_string());
+                None
+            }
         }
     };
-    let provider = KmsProvider::new(client.clone(), None);
-    for s in kms_slots {
+    for s in kms_slots.into_iter().filter(|_| client.is_some()) {
+        let provider = KmsProvider::new(client.clone().expect("checked"), None);
         let SlotParams::Kms { key_arn, .. } = &s.params else {
             continue;
         };
         match provider.unwrap(s, &st.ctx).await {
             Some(Ok(k)) => {
                 st.ok("kms", format!("KMS keyslot, key {key_arn}"));
-                return Some(k);
+                return Some((k, "kms"));
             }
             Some(Err(e)) => st.fail("kms", format!("KMS keyslot: {e}")),
             None => {}
         }
     }
     for e in escrows {
-        match crate::passwords::open_escrow(&client, e).await {
+        let tier = if e.provider == "kmip" { "kmip" } else { "kms" };
+        match crate::passwords::open_record(req.creds, e).await {
             Ok(hash) => {
                 let p = PasswordHashProvider::new(e.kdf.clone(), hash.duplicate());
                 match unwrap_any(&p, &req.chain.keyslots, &st.ctx).await {
                     Some(Ok(k)) => {
                         st.ok(
-                            "kms",
+                            tier,
                             format!(
                                 "escrow record of password '{}', key {}",
                                 e.kdf.password, e.key_arn
                             ),
                         );
                         st.restore_hash(&e.kdf, &hash);
-                        return Some(k);
+                        return Some((k, tier));
                     }
                     Some(Err(err)) => st.fail(
-                        "kms",
+                        tier,
                         format!("escrowed hash of password '{}': {err}", e.kdf.password),
                     ),
                     None => st.fail(
-                        "kms",
+                        tier,
                         format!("no keyslot for escrowed password '{}'", e.kdf.password),
                     ),
                 }
             }
             Err(err) => st.fail(
-                "kms",
+                tier,
                 format!("escrow record of password '{}': {err}", e.kdf.password),
             ),
         }

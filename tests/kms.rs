@@ -740,3 +740,33 @@ async fn escrow_disable_removes_records_and_password_commands() {
         false
     );
 }
+
+/// The shared key-provider suite, for the AWS KMS provider.
+#[tokio::test]
+async fn shared_provider_suite_aws_kms() {
+    use arca::keys::aws_kms::{KmsClient, KmsProvider, KmsSettings};
+    let admin = kms_admin();
+    let key = new_kms_key(&admin).await;
+    let settings = |region: &str| KmsSettings {
+        region: Some(region.into()),
+        endpoint: Some(kms_endpoint()),
+        profile: None,
+        timeout_seconds: Some(10.0),
+        max_attempts: Some(2),
+    };
+    // Credentials for the in-process client (children get theirs from Env::cmd).
+    std::env::set_var("AWS_ACCESS_KEY_ID", "testing");
+    std::env::set_var("AWS_SECRET_ACCESS_KEY", "testing");
+    std::env::set_var("AWS_EC2_METADATA_DISABLED", "true");
+    let good = KmsProvider::new(
+        std::sync::Arc::new(KmsClient::new(&settings("us-east-1")).await.unwrap()),
+        Some(key),
+    );
+    // The same kind of provider, refused: in another region the key does not exist.
+    let wrong = KmsProvider::new(
+        std::sync::Arc::new(KmsClient::new(&settings("eu-west-3")).await.unwrap()),
+        None,
+    );
+    let other = arca::keys::raw::RawKeyProvider::new(arca::crypto::SecretKey::random());
+    arca::keys::provider_suite::run(&good, &wrong, &other).await;
+}

@@ -249,6 +249,7 @@ pub async fn quickstart(ctx: &Ctx, a: QuickstartArgs) -> Result<i32> {
                 encryption: mode.as_str().into(),
                 password: None,
                 kms_key: None,
+                kmip_key: None,
             },
         )
         .await?;

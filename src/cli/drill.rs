@@ -97,7 +97,11 @@ async fn drill_point(
     for (name, tiers) in PATHS {
         let applies = match name {
             "kms" => {
-                chain.keyslots.iter().any(|s| s.params.provider() == "kms") || !escrow.is_empty()
+                chain
+                    .keyslots
+                    .iter()
+                    .any(|s| matches!(s.params.provider(), "kms" | "kmip"))
+                    || !escrow.is_empty()
             }
             "key" => chain.keyslots.iter().any(|s| s.params.provider() == "raw"),
             _ => chain

@@ -40,6 +40,8 @@ pub enum KeysCmd {
         #[arg(long, group = "kind")]
         kms_key: Option<String>,
         #[arg(long, group = "kind")]
+        kmip_key: Option<String>,
+        #[arg(long, group = "kind")]
         password: Option<String>,
         /// Add the raw key given by --key-file or ARCA_KEY.
         #[arg(long, group = "kind")]
@@ -60,7 +62,7 @@ pub struct CreateArgs {
     pub source: PathBuf,
     /// passphrase (Argon2id), key (a raw 32-byte key: --key-file or ARCA_KEY), kms (AWS KMS,
     /// --kms-key), or none.
-    #[arg(long, value_parser = ["passphrase", "key", "kms", "none"])]
+    #[arg(long, value_parser = ["passphrase", "key", "kms", "kmip", "none"])]
     pub encryption: String,
     /// The named password to use (created if new) [default: the job's name].
     #[arg(long)]
@@ -68,17 +70,22 @@ pub struct CreateArgs {
     /// The KMS key for --encryption kms: key id, ARN, alias name or alias ARN.
     #[arg(long)]
     pub kms_key: Option<String>,
+    /// The KMIP key for --encryption kmip: its name or unique identifier.
+    #[arg(long)]
+    pub kmip_key: Option<String>,
 }
 
 #[derive(Args, Debug)]
 pub struct EncryptionArgs {
     pub name: String,
-    #[arg(long, value_parser = ["passphrase", "key", "kms", "none"])]
+    #[arg(long, value_parser = ["passphrase", "key", "kms", "kmip", "none"])]
     pub encryption: String,
     #[arg(long)]
     pub password: Option<String>,
     #[arg(long)]
     pub kms_key: Option<String>,
+    #[arg(long)]
+    pub kmip_key: Option<String>,
 }
 
 pub async fn run(ctx: &Ctx, cmd: JobCmd) -> Result<i32> {
@@ -110,7 +117,7 @@ async fn kms_provider(
     ))
 }
 
-/// If KMS escrow is enabled, escrows the password hash of `password` for this job.
+/// If escrow is enabled (AWS KMS or KMIP), escrows the password hash of `password` for this job.
 pub async fn escrow_if_enabled(
     ctx: &Ctx,
     cat: &Catalog,
@@ -119,33 +126,40 @@ pub async fn escrow_if_enabled(
     job: &str,
     password: &str,
 ) -> Result<()> {
-    let Some(key) = cat.setting(crate::passwords::ESCROW_KEY_SETTING)? else {
+    let kms_key = cat.setting(crate::passwords::ESCROW_KEY_SETTING)?;
+    let kmip_key = cat.setting(crate::passwords::KMIP_ESCROW_KEY_SETTING)?;
+    if kms_key.is_none() && kmip_key.is_none() {
         return Ok(());
-    };
+    }
     let (rec, hash) = cat.password_hash(password)?.ok_or_else(|| {
         Error::NotFound(format!(
             "password '{password}' has no stored hash in this catalog"
         ))
     })?;
-    let client = ctx
-        .creds
-        .kms_client()
-        .await
-        .map_err(|e| Error::KeysUnavailable {
-            job: job.into(),
-            detail: e.to_string(),
-        })?;
-    let e = crate::passwords::escrow(&client, &key, &repo.id(), job_id, job, &rec, &hash)
-        .await
-        .map_err(|e| Error::KeysUnavailable {
-            job: job.into(),
-            detail: format!("escrow of password '{password}' failed: {e}"),
-        })?;
+    let unavailable = |e: crate::keys::KeyError| Error::KeysUnavailable {
+        job: job.into(),
+        detail: format!("escrow of password '{password}' failed: {e}"),
+    };
+    let e = match (kms_key, kmip_key) {
+        (Some(key), _) => {
+            let client = ctx.creds.kms_client().await.map_err(unavailable)?;
+            crate::passwords::escrow(&client, &key, &repo.id(), job_id, job, &rec, &hash)
+                .await
+                .map_err(unavailable)?
+        }
+        (None, Some(key)) => {
+            let client = ctx.creds.kmip_client().map_err(unavailable)?;
+            crate::passwords::escrow_kmip(client, &key, &repo.id(), job_id, job, &rec, &hash)
+                .await
+                .map_err(unavailable)?
+        }
+        (None, None) => unreachable!(),
+    };
     repo.write_escrow(&e)?;
     cat.upsert_escrow(&e)?;
     ctx.note(format!(
-        "escrowed the hash of password '{password}' for job '{job}' with KMS key {}",
-        e.key_arn
+        "escrowed the hash of password '{password}' for job '{job}' with {} key {}",
+        e.provider, e.key_arn
     ));
     Ok(())
 }
@@ -156,6 +170,21 @@ pub struct ChainSpec<'a> {
     pub mode: EncryptionMode,
     pub password: Option<&'a str>,
     pub kms_key: Option<&'a str>,
+    pub kmip_key: Option<&'a str>,
+}
+
+fn kmip_provider(ctx: &Ctx, job: &str, key: &str) -> Result<crate::keys::kmip::KmipProvider> {
+    let c = ctx
+        .creds
+        .kmip_client()
+        .map_err(|e| Error::KeysUnavailable {
+            job: job.to_string(),
+            detail: e.to_string(),
+        })?;
+    Ok(crate::keys::kmip::KmipProvider::new(
+        c,
+        Some(key.to_string()),
+    ))
 }
 
 pub async fn new_chain(
@@ -180,6 +209,7 @@ pub async fn new_chain(
         mode,
         password,
         kms_key,
+        kmip_key,
     } = spec;
     let sctx = SlotContext::of_chain(&chain, job_name);
     let chain_key = SecretKey::random();
@@ -187,6 +217,10 @@ pub async fn new_chain(
     let mut key_file = None;
     let slot = match mode {
         EncryptionMode::None => NoneProvider.wrap(&chain_key, &sctx).await,
+        EncryptionMode::Kmip => {
+            let key = kmip_key.ok_or_else(|| Error::Usage("--encryption kmip needs --kmip-key NAME (create one with `arca kmip create-key NAME`)".into()))?;
+            kmip_provider(ctx, job_name, key)?.wrap(&chain_key, &sctx).await
+        }
         EncryptionMode::Kms => {
             let key = kms_key.ok_or_else(|| Error::Usage("--encryption kms needs --kms-key KEY (key id, ARN or alias)".into()))?;
             // Fail closed: if KMS cannot be reached, no chain is created.
@@ -289,6 +323,7 @@ pub async fn create(ctx: &Ctx, a: CreateArgs) -> Result<i32> {
             mode,
             password: a.password.as_deref(),
             kms_key: a.kms_key.as_deref(),
+            kmip_key: a.kmip_key.as_deref(),
         },
     )
     .await?;
@@ -420,6 +455,7 @@ async fn change_encryption(ctx: &Ctx, a: EncryptionArgs) -> Result<i32> {
             mode,
             password: a.password.as_deref(),
             kms_key: a.kms_key.as_deref(),
+            kmip_key: a.kmip_key.as_deref(),
         },
     )
     .await?;
@@ -453,6 +489,16 @@ fn describe_slot(s: &crate::repo::format::Keyslot) -> String {
         ),
         SlotParams::Raw { fingerprint } => format!("raw key {fingerprint}"),
         SlotParams::Kms { key_arn, .. } => format!("AWS KMS key {key_arn}"),
+        SlotParams::Kmip {
+            server,
+            key_uid,
+            key_name,
+        } => {
+            format!(
+                "KMIP key {} (uid {key_uid}) on {server}",
+                key_name.as_deref().unwrap_or("-")
+            )
+        }
         SlotParams::None { .. } => "no encryption".into(),
     }
 }
@@ -490,6 +536,7 @@ async fn keys(ctx: &Ctx, cmd: KeysCmd) -> Result<i32> {
         KeysCmd::Add {
             name,
             kms_key,
+            kmip_key,
             password,
             raw_key,
         } => {
@@ -502,6 +549,10 @@ async fn keys(ctx: &Ctx, cmd: KeysCmd) -> Result<i32> {
             let slot = if let Some(k) = kms_key {
                 kms_provider(ctx, &name, &k)
                     .await?
+                    .wrap(&oc.chain_key, &oc.ctx)
+                    .await
+            } else if let Some(k) = kmip_key {
+                kmip_provider(ctx, &name, &k)?
                     .wrap(&oc.chain_key, &oc.ctx)
                     .await
             } else if let Some(pw) = &password {

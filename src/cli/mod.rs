@@ -56,6 +56,21 @@ pub struct Cli {
     /// AWS region for KMS; else AWS_REGION, the profile, or the config file.
     #[arg(long, global = true)]
     pub kms_region: Option<String>,
+    /// KMIP server host (else ARCA_KMIP_HOST or [kmip] in the config file).
+    #[arg(long, global = true)]
+    pub kmip_host: Option<String>,
+    /// KMIP server port [default: 5696].
+    #[arg(long, global = true)]
+    pub kmip_port: Option<u16>,
+    /// CA certificate (PEM) of the KMIP server.
+    #[arg(long, global = true, value_name = "FILE")]
+    pub kmip_ca: Option<PathBuf>,
+    /// Client certificate (PEM) for mutual TLS with the KMIP server.
+    #[arg(long, global = true, value_name = "FILE")]
+    pub kmip_cert: Option<PathBuf>,
+    /// Client private key (PEM) for mutual TLS with the KMIP server.
+    #[arg(long, global = true, value_name = "FILE")]
+    pub kmip_client_key: Option<PathBuf>,
     #[command(subcommand)]
     pub command: Command,
 }
@@ -92,6 +107,9 @@ pub enum Command {
     /// AWS KMS: escrow of password hashes.
     #[command(subcommand)]
     Kms(password::KmsCmd),
+    /// KMIP: create keys on the key manager.
+    #[command(subcommand)]
+    Kmip(password::KmipCmd),
     /// Prove, ignoring the catalog (as after a reinstall), that every recovery point's keys
     /// can be recovered through KMS and/or a passphrase. Writes nothing.
     Drill(drill::DrillArgs),
@@ -135,12 +153,19 @@ pub async fn run(cli: Cli) -> Result<i32> {
     if cli.kms_region.is_some() {
         config.kms.region = cli.kms_region.clone();
     }
+    let k = &mut config.kmip;
+    k.host = cli.kmip_host.clone().or(k.host.take());
+    k.port = cli.kmip_port.or(k.port);
+    k.ca = cli.kmip_ca.clone().or(k.ca.take());
+    k.cert = cli.kmip_cert.clone().or(k.cert.take());
+    k.key = cli.kmip_client_key.clone().or(k.key.take());
     let ctx = Ctx {
         catalog_path: cli.catalog.clone().unwrap_or_else(Catalog::default_path),
         json: cli.json,
         quiet: cli.quiet,
         creds: Credentials::new(cli.passphrase_file.clone(), cli.key_file.clone())
-            .with_kms(config.kms),
+            .with_kms(config.kms)
+            .with_kmip(config.kmip),
     };
     match cli.command {
         Command::Init { dir } => admin::init(&ctx, &dir),
@@ -155,6 +180,7 @@ pub async fn run(cli: Cli) -> Result<i32> {
         Command::Key(c) => admin::key(&ctx, c),
         Command::Password(c) => password::run(&ctx, c).await,
         Command::Kms(c) => password::kms(&ctx, c).await,
+        Command::Kmip(c) => password::kmip(&ctx, c).await,
         Command::Drill(a) => drill::run(&ctx, a).await,
         Command::Quickstart(a) => admin::quickstart(&ctx, a).await,
     }

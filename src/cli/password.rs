@@ -41,6 +41,45 @@ pub enum KmsCmd {
 }
 
 #[derive(Subcommand, Debug)]
+pub enum KmipCmd {
+    /// Create and activate an AES-256 key with this name on the KMIP server.
+    CreateKey { name: String },
+    /// Escrow password hashes with a KMIP key (name or unique identifier).
+    #[command(subcommand)]
+    Escrow(EscrowCmd),
+}
+
+pub async fn kmip(ctx: &Ctx, cmd: KmipCmd) -> Result<i32> {
+    let name = match cmd {
+        KmipCmd::CreateKey { name } => name,
+        KmipCmd::Escrow(e) => return escrow(ctx, e, Target::Kmip).await,
+    };
+    let client = ctx
+        .creds
+        .kmip_client()
+        .map_err(|e| Error::KeysUnavailable {
+            job: String::new(),
+            detail: e.to_string(),
+        })?;
+    let n = name.clone();
+    let uid = tokio::task::spawn_blocking(move || client.create_key(&n))
+        .await
+        .map_err(|e| Error::Other(e.to_string()))?
+        .map_err(|e| Error::KeysUnavailable {
+            job: String::new(),
+            detail: e.to_string(),
+        })?;
+    if ctx.json {
+        crate::ui::print_json(&serde_json::json!({"name": name, "unique_identifier": uid}));
+    } else {
+        ctx.say(format!(
+            "created and activated KMIP key '{name}' (unique identifier {uid})"
+        ));
+    }
+    Ok(0)
+}
+
+#[derive(Subcommand, Debug)]
 pub enum EscrowCmd {
     /// Escrow every password hash, now and when passwords are attached to jobs later.
     Enable {
@@ -337,25 +376,61 @@ async fn rotate(
 
 pub async fn kms(ctx: &Ctx, cmd: KmsCmd) -> Result<i32> {
     let KmsCmd::Escrow(cmd) = cmd;
+    escrow(ctx, cmd, Target::Kms).await
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Target {
+    Kms,
+    Kmip,
+}
+
+async fn escrow(ctx: &Ctx, cmd: EscrowCmd, target: Target) -> Result<i32> {
     let cat = ctx.catalog()?;
+    let (setting, other) = match target {
+        Target::Kms => (
+            ESCROW_KEY_SETTING,
+            crate::passwords::KMIP_ESCROW_KEY_SETTING,
+        ),
+        Target::Kmip => (
+            crate::passwords::KMIP_ESCROW_KEY_SETTING,
+            ESCROW_KEY_SETTING,
+        ),
+    };
+    let unavailable = |e: crate::keys::KeyError| Error::KeysUnavailable {
+        job: String::new(),
+        detail: e.to_string(),
+    };
     match cmd {
         EscrowCmd::Enable { key } => {
-            let client = ctx
-                .creds
-                .kms_client()
-                .await
-                .map_err(|e| Error::KeysUnavailable {
-                    job: String::new(),
-                    detail: e.to_string(),
-                })?;
-            let info = client
-                .check_key(&key)
-                .await
-                .map_err(|e| Error::KeysUnavailable {
-                    job: String::new(),
-                    detail: e.to_string(),
-                })?;
-            cat.set_setting(ESCROW_KEY_SETTING, Some(&info.arn))?;
+            if cat.setting(other)?.is_some() {
+                return Err(Error::Usage(
+                    "escrow to the other key manager is enabled: disable it first (one escrow target at a time)".into(),
+                ));
+            }
+            let key_id = match target {
+                Target::Kms => {
+                    ctx.creds
+                        .kms_client()
+                        .await
+                        .map_err(unavailable)?
+                        .check_key(&key)
+                        .await
+                        .map_err(unavailable)?
+                        .arn
+                }
+                Target::Kmip => {
+                    let c = ctx.creds.kmip_client().map_err(unavailable)?;
+                    let k = key.clone();
+                    tokio::task::spawn_blocking(move || {
+                        c.resolve(&k).and_then(|uid| c.fetch(&uid).map(|_| uid))
+                    })
+                    .await
+                    .map_err(|e| Error::Other(e.to_string()))?
+                    .map_err(unavailable)?
+                }
+            };
+            cat.set_setting(setting, Some(&key_id))?;
             let mut n = 0;
             for p in cat.list_passwords()? {
                 for j in cat.jobs_using_password(&p.name)? {
@@ -365,7 +440,7 @@ pub async fn kms(ctx: &Ctx, cmd: KmsCmd) -> Result<i32> {
                     n += 1;
                 }
             }
-            ctx.say(format!("KMS escrow enabled with key {}: {n} password hash(es) escrowed; future ones will be too", info.arn));
+            ctx.say(format!("escrow enabled with key {key_id}: {n} password hash(es) escrowed; future ones will be too"));
             Ok(0)
         }
         EscrowCmd::Disable => {
@@ -379,30 +454,30 @@ pub async fn kms(ctx: &Ctx, cmd: KmsCmd) -> Result<i32> {
                 cat.delete_escrow(&r.job_id, &r.kdf.password)?;
                 n += 1;
             }
-            cat.set_setting(ESCROW_KEY_SETTING, None)?;
-            ctx.say(format!("KMS escrow disabled; {n} escrow record(s) deleted"));
+            cat.set_setting(setting, None)?;
+            ctx.say(format!("escrow disabled; {n} escrow record(s) deleted"));
             Ok(0)
         }
         EscrowCmd::Status => {
-            let key = cat.setting(ESCROW_KEY_SETTING)?;
+            let key = cat.setting(setting)?;
             let recs = cat.escrow_records(None)?;
             if ctx.json {
                 let r: Vec<_> = recs
                     .iter()
-                    .map(|r| serde_json::json!({"password": r.kdf.password, "job": r.job, "key_arn": r.key_arn, "created": r.created}))
+                    .map(|r| serde_json::json!({"password": r.kdf.password, "job": r.job, "provider": r.provider, "key": r.key_arn, "created": r.created}))
                     .collect();
                 crate::ui::print_json(
                     &serde_json::json!({"enabled": key.is_some(), "key": key, "records": r}),
                 );
             } else {
                 match &key {
-                    Some(k) => ctx.say(format!("KMS escrow: enabled, key {k}")),
-                    None => ctx.say("KMS escrow: disabled"),
+                    Some(k) => ctx.say(format!("escrow: enabled, key {k}")),
+                    None => ctx.say("escrow: disabled"),
                 }
                 for r in recs {
                     ctx.say(format!(
-                        "  password '{}' for job '{}': key {} ({})",
-                        r.kdf.password, r.job, r.key_arn, r.created
+                        "  password '{}' for job '{}': {} key {} ({})",
+                        r.kdf.password, r.job, r.provider, r.key_arn, r.created
                     ));
                 }
             }

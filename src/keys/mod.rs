@@ -5,6 +5,7 @@
 //! explain what it tried. A provider never changes any state when it fails.
 
 pub mod aws_kms;
+pub mod kmip;
 pub mod none;
 pub mod passphrase;
 pub mod raw;
@@ -64,7 +65,7 @@ pub enum KeyError {
 }
 
 impl KeyError {
-    pub(crate) fn from_crypto(e: CryptoError, what: &str) -> Self {
+    pub fn from_crypto(e: CryptoError, what: &str) -> Self {
         match e {
             CryptoError::WrongKey => KeyError::WrongKey {
                 what: what.to_string(),
@@ -111,9 +112,10 @@ pub async fn unwrap_any(
     last
 }
 
-#[cfg(test)]
-pub(crate) mod suite {
-    //! The shared test suite every key provider passes.
+/// The shared test suite every key provider passes (used by the unit tests and by the
+/// integration tests of the network providers).
+#[doc(hidden)]
+pub mod provider_suite {
     use super::*;
 
     pub fn ctx() -> SlotContext {
@@ -125,8 +127,8 @@ pub(crate) mod suite {
         }
     }
 
-    /// `good` and `wrong` are the same kind of provider with different secrets; `other` is
-    /// a different kind.
+    /// `good` wraps; `wrong` is the same kind of provider with another secret (or a key
+    /// manager that refuses); `other` is a different kind of provider.
     pub async fn run(good: &dyn KeyProvider, wrong: &dyn KeyProvider, other: &dyn KeyProvider) {
         let ck = SecretKey::random();
         let c = ctx();
@@ -138,9 +140,9 @@ pub(crate) mod suite {
             .expect("claims own slot")
             .expect("unwraps");
         assert_eq!(back.expose(), ck.expose());
-        // Wrong secret: claimed, and reported as a wrong key.
+        // Wrong secret: claimed ("mine"), and failed: a wrong key, or a refusal.
         match wrong.unwrap(&slot, &c).await {
-            Some(Err(KeyError::WrongKey { .. })) => {}
+            Some(Err(KeyError::WrongKey { .. })) | Some(Err(KeyError::Unavailable(_))) => {}
             other => panic!("wrong secret gave {:?}", other.map(|r| r.map(|_| ()))),
         }
         // Another kind of provider: not its envelope.
@@ -155,14 +157,17 @@ pub(crate) mod suite {
             matches!(good.unwrap(&slot, &moved).await, Some(Err(_))),
             "slot opened in another chain"
         );
-        // A modified wrapped key is "mine but failed", not garbage.
+        // A modified envelope is "mine but failed", never garbage.
         let mut t = slot.clone();
         if let Some(w) = t.wrapped.as_mut() {
             w.ciphertext[0] ^= 1;
-            assert!(matches!(
-                good.unwrap(&t, &c).await,
-                Some(Err(KeyError::Tampered(_)))
-            ));
+        } else if let crate::repo::format::SlotParams::Kms { ciphertext, .. } = &mut t.params {
+            let n = ciphertext.len() / 2;
+            ciphertext[n] ^= 1;
         }
+        assert!(
+            matches!(good.unwrap(&t, &c).await, Some(Err(_))),
+            "a modified envelope opened"
+        );
     }
 }

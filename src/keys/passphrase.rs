@@ -176,7 +176,7 @@ impl KeyProvider for PassphraseProvider {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::keys::{raw::RawKeyProvider, suite};
+    use crate::keys::{provider_suite as suite, raw::RawKeyProvider};
 
     fn provider(pass: &str) -> PasswordHashProvider {
         let (rec, hash) = new_password(

@@ -94,7 +94,7 @@ impl KeyProvider for RawKeyProvider {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::keys::{none::NoneProvider, suite};
+    use crate::keys::{none::NoneProvider, provider_suite as suite};
 
     #[tokio::test]
     async fn shared_suite_raw() {

@@ -11,8 +11,101 @@ use crate::keys::KeyError;
 use crate::repo::format::{EscrowRecord, Id16, KdfRecord, FORMAT_VERSION};
 use crate::repo::now_rfc3339;
 
-/// The catalog setting holding the escrow key (escrow is enabled when it is set).
+/// The catalog setting holding the AWS KMS escrow key (escrow is enabled when it is set).
 pub const ESCROW_KEY_SETTING: &str = "kms.escrow_key";
+/// The catalog setting holding the KMIP escrow key (name or unique identifier).
+pub const KMIP_ESCROW_KEY_SETTING: &str = "kmip.escrow_key";
+
+/// Escrows with a KMIP key: the key is fetched (Get), the password hash wrapped locally with
+/// AES-256-GCM and a commitment (`ciphertext = nonce || commitment || wrapped`), and the
+/// key dropped.
+pub async fn escrow_kmip(
+    kmip: std::sync::Arc<crate::keys::kmip::KmipClient>,
+    key: &str,
+    repo_id: &Id16,
+    job_id: &Id16,
+    job: &str,
+    kdf: &KdfRecord,
+    hash: &SecretKey,
+) -> Result<EscrowRecord, KeyError> {
+    let k = key.to_string();
+    let c = kmip.clone();
+    let (uid, kek) = tokio::task::spawn_blocking(move || {
+        let uid = c.resolve(&k)?;
+        let kek = c.fetch(&uid)?;
+        Ok::<_, KeyError>((uid, kek))
+    })
+    .await
+    .map_err(|e| KeyError::Unavailable(e.to_string()))??;
+    let mut rec = EscrowRecord {
+        kind: EscrowRecord::KIND.into(),
+        version: FORMAT_VERSION,
+        repo_id: *repo_id,
+        job_id: *job_id,
+        job: job.to_string(),
+        kdf: kdf.clone(),
+        provider: "kmip".into(),
+        key_arn: uid,
+        context: escrow_context(repo_id, job, &kdf.password),
+        ciphertext: Vec::new(),
+        key_check: Vec::new(),
+        created: now_rfc3339(),
+    };
+    let w = crate::crypto::wrap_key(&kek, hash, &rec.aad());
+    rec.ciphertext = [
+        w.nonce.as_slice(),
+        w.commitment.as_slice(),
+        w.ciphertext.as_slice(),
+    ]
+    .concat();
+    rec.key_check = key_check(hash, &rec.aad()).to_vec();
+    Ok(rec)
+}
+
+/// Opens an escrow record with whichever provider made it.
+pub async fn open_record(
+    creds: &crate::resolve::Credentials,
+    rec: &EscrowRecord,
+) -> Result<SecretKey, KeyError> {
+    match rec.provider.as_str() {
+        "aws-kms" => open_escrow(&*creds.kms_client().await?, rec).await,
+        "kmip" => {
+            let c = creds.kmip_client()?;
+            let uid = rec.key_arn.clone();
+            let kek = tokio::task::spawn_blocking(move || c.fetch(&uid))
+                .await
+                .map_err(|e| KeyError::Unavailable(e.to_string()))??;
+            let b = &rec.ciphertext;
+            if b.len() != 12 + 32 + 48 {
+                return Err(KeyError::Malformed(
+                    "KMIP escrow ciphertext has the wrong length".into(),
+                ));
+            }
+            let w = crate::crypto::WrappedKey {
+                nonce: b[..12].try_into().expect("12"),
+                commitment: b[12..44].try_into().expect("32"),
+                ciphertext: b[44..].to_vec(),
+            };
+            let hash = crate::crypto::unwrap_key(&kek, &w, &rec.aad()).map_err(|e| {
+                KeyError::from_crypto(
+                    e,
+                    &format!("KMIP key {} for this escrow record", rec.key_arn),
+                )
+            })?;
+            let want = blake3::Hash::from_slice(&rec.key_check)
+                .map_err(|_| KeyError::Malformed("escrow check value is not 32 bytes".into()))?;
+            if blake3::Hash::from_bytes(key_check(&hash, &rec.aad())) != want {
+                return Err(KeyError::Tampered(
+                    "escrow record check value mismatch".into(),
+                ));
+            }
+            Ok(hash)
+        }
+        other => Err(KeyError::Malformed(format!(
+            "unknown escrow provider {other:?}"
+        ))),
+    }
+}
 
 /// Encrypts `hash` (the hash of password `kdf.password`) for job `job` with KMS.
 pub async fn escrow(

@@ -154,6 +154,7 @@ pub enum EncryptionMode {
     Passphrase,
     Key,
     Kms,
+    Kmip,
     None,
 }
 
@@ -163,6 +164,7 @@ impl EncryptionMode {
             EncryptionMode::Passphrase => "passphrase",
             EncryptionMode::Key => "key",
             EncryptionMode::Kms => "kms",
+            EncryptionMode::Kmip => "kmip",
             EncryptionMode::None => "none",
         }
     }
@@ -171,6 +173,7 @@ impl EncryptionMode {
             "passphrase" => Some(Self::Passphrase),
             "key" => Some(Self::Key),
             "kms" => Some(Self::Kms),
+            "kmip" => Some(Self::Kmip),
             "none" => Some(Self::None),
             _ => None,
         }
@@ -283,6 +286,13 @@ pub enum SlotParams {
         #[serde(with = "b64")]
         key_check: Vec<u8>,
     },
+    /// Wrapped (AES-256-GCM with commitment) by an AES-256 key kept on a KMIP server.
+    Kmip {
+        server: String,
+        key_uid: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        key_name: Option<String>,
+    },
     /// No encryption: the chain key is stored in clear.
     None {
         #[serde(with = "b64")]
@@ -296,6 +306,7 @@ impl SlotParams {
             SlotParams::Passphrase { .. } => "passphrase",
             SlotParams::Raw { .. } => "raw",
             SlotParams::Kms { .. } => "kms",
+            SlotParams::Kmip { .. } => "kmip",
             SlotParams::None { .. } => "none",
         }
     }
