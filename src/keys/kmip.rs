@@ -20,7 +20,7 @@ use kmip_protocol::types::request::{Attribute, RequestPayload, TemplateAttribute
 use kmip_protocol::types::response::{ManagedObject, ResponsePayload};
 
 use super::{KeyError, KeyProvider, SlotContext};
-use crate::crypto::{self, SecretKey, WrappedKey};
+use crate::crypto::{self, SecretKey};
 use crate::repo::format::{Id16, Keyslot, SlotParams, WrappedKeyJson};
 use crate::repo::now_rfc3339;
 
@@ -338,28 +338,17 @@ impl KeyProvider for KmipProvider {
         let SlotParams::Kmip { key_uid, .. } = &slot.params else {
             return None;
         };
-        let Some(w) = slot.wrapped.as_ref() else {
-            return Some(Err(KeyError::Malformed(
-                "KMIP slot without wrapped key".into(),
-            )));
-        };
-        let w = match WrappedKey::try_from(w) {
-            Ok(w) => w,
-            Err(e) => return Some(Err(KeyError::Malformed(e.0))),
-        };
         let c = self.client.clone();
         let uid = key_uid.clone();
         let kek = match blocking(move || c.fetch(&uid)).await {
             Ok(k) => k,
             Err(e) => return Some(Err(e)),
         };
-        Some(
-            crypto::unwrap_key(&kek, &w, &ctx.aad(&slot.slot_id)).map_err(|e| {
-                KeyError::from_crypto(
-                    e,
-                    &format!("KMIP key (key {key_uid} does not open this keyslot)"),
-                )
-            }),
-        )
+        Some(super::unwrap_slot(
+            &kek,
+            slot,
+            ctx,
+            &format!("KMIP key (key {key_uid} does not open this keyslot)"),
+        ))
     }
 }

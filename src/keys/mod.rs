@@ -76,6 +76,25 @@ impl KeyError {
     }
 }
 
+/// Opens a keyslot's `wrapped` field with `kek` (the §3.2 wrapping every local-wrap provider
+/// uses). `what` names the secret in a "wrong ..." error.
+pub(crate) fn unwrap_slot(
+    kek: &SecretKey,
+    slot: &Keyslot,
+    ctx: &SlotContext,
+    what: &str,
+) -> Result<SecretKey, KeyError> {
+    let w = slot.wrapped.as_ref().ok_or_else(|| {
+        KeyError::Malformed(format!(
+            "{} keyslot without wrapped key",
+            slot.params.provider()
+        ))
+    })?;
+    let w = crate::crypto::WrappedKey::try_from(w).map_err(|e| KeyError::Malformed(e.0))?;
+    crate::crypto::unwrap_key(kek, &w, &ctx.aad(&slot.slot_id))
+        .map_err(|e| KeyError::from_crypto(e, what))
+}
+
 /// Wraps and unwraps chain keys. Object-safe and async, because some providers are network
 /// services (AWS KMS, KMIP).
 #[async_trait]

@@ -13,7 +13,7 @@ use std::sync::Mutex;
 use async_trait::async_trait;
 
 use super::{KeyError, KeyProvider, SlotContext};
-use crate::crypto::{self, KdfParams, Passphrase, SecretKey, WrappedKey};
+use crate::crypto::{self, KdfParams, Passphrase, SecretKey};
 use crate::repo::format::{Id16, KdfRecord, Keyslot, SlotParams, WrappedKeyJson};
 use crate::repo::now_rfc3339;
 
@@ -70,13 +70,12 @@ fn unwrap_with(
     ctx: &SlotContext,
     password: &str,
 ) -> Result<SecretKey, KeyError> {
-    let w = slot
-        .wrapped
-        .as_ref()
-        .ok_or_else(|| KeyError::Malformed("passphrase slot without wrapped key".into()))?;
-    let w = WrappedKey::try_from(w).map_err(|e| KeyError::Malformed(e.0))?;
-    crypto::unwrap_key(hash, &w, &ctx.aad(&slot.slot_id))
-        .map_err(|e| KeyError::from_crypto(e, &format!("passphrase for password '{password}'")))
+    super::unwrap_slot(
+        hash,
+        slot,
+        ctx,
+        &format!("passphrase for password '{password}'"),
+    )
 }
 
 pub struct PasswordHashProvider {

@@ -5,7 +5,7 @@ use async_trait::async_trait;
 use base64::Engine;
 
 use super::{KeyError, KeyProvider, SlotContext};
-use crate::crypto::{self, SecretKey, WrappedKey};
+use crate::crypto::{self, SecretKey};
 use crate::repo::format::{Id16, Keyslot, SlotParams, WrappedKeyJson};
 use crate::repo::now_rfc3339;
 
@@ -68,26 +68,15 @@ impl KeyProvider for RawKeyProvider {
         let SlotParams::Raw { fingerprint } = &slot.params else {
             return None;
         };
-        let Some(w) = slot.wrapped.as_ref() else {
-            return Some(Err(KeyError::Malformed(
-                "raw slot without wrapped key".into(),
-            )));
-        };
-        let w = match WrappedKey::try_from(w) {
-            Ok(w) => w,
-            Err(e) => return Some(Err(KeyError::Malformed(e.0))),
-        };
-        Some(
-            crypto::unwrap_key(&self.key, &w, &ctx.aad(&slot.slot_id)).map_err(|e| {
-                KeyError::from_crypto(
-                    e,
-                    &format!(
-                        "key (the slot expects key {fingerprint}, this is key {})",
-                        self.fingerprint()
-                    ),
-                )
-            }),
-        )
+        Some(super::unwrap_slot(
+            &self.key,
+            slot,
+            ctx,
+            &format!(
+                "key (the slot expects key {fingerprint}, this is key {})",
+                self.fingerprint()
+            ),
+        ))
     }
 }
 

@@ -37,20 +37,7 @@ pub async fn escrow_kmip(
     })
     .await
     .map_err(|e| KeyError::Unavailable(e.to_string()))??;
-    let mut rec = EscrowRecord {
-        kind: EscrowRecord::KIND.into(),
-        version: FORMAT_VERSION,
-        repo_id: *repo_id,
-        job_id: *job_id,
-        job: job.to_string(),
-        kdf: kdf.clone(),
-        provider: "kmip".into(),
-        key_arn: uid,
-        context: escrow_context(repo_id, job, &kdf.password),
-        ciphertext: Vec::new(),
-        key_check: Vec::new(),
-        created: now_rfc3339(),
-    };
+    let mut rec = record("kmip", uid, repo_id, job_id, job, kdf, hash);
     let w = crate::crypto::wrap_key(&kek, hash, &rec.aad());
     rec.ciphertext = [
         w.nonce.as_slice(),
@@ -58,7 +45,6 @@ pub async fn escrow_kmip(
         w.ciphertext.as_slice(),
     ]
     .concat();
-    rec.key_check = key_check(hash, &rec.aad()).to_vec();
     Ok(rec)
 }
 
@@ -107,6 +93,34 @@ pub async fn open_record(
     }
 }
 
+/// A record for `kdf.password` of `job`, without its ciphertext yet.
+fn record(
+    provider: &str,
+    key: String,
+    repo_id: &Id16,
+    job_id: &Id16,
+    job: &str,
+    kdf: &KdfRecord,
+    hash: &SecretKey,
+) -> EscrowRecord {
+    let mut rec = EscrowRecord {
+        kind: EscrowRecord::KIND.into(),
+        version: FORMAT_VERSION,
+        repo_id: *repo_id,
+        job_id: *job_id,
+        job: job.to_string(),
+        kdf: kdf.clone(),
+        provider: provider.into(),
+        key_arn: key,
+        context: escrow_context(repo_id, job, &kdf.password),
+        ciphertext: Vec::new(),
+        key_check: Vec::new(),
+        created: now_rfc3339(),
+    };
+    rec.key_check = key_check(hash, &rec.aad()).to_vec();
+    rec
+}
+
 /// Encrypts `hash` (the hash of password `kdf.password`) for job `job` with KMS.
 pub async fn escrow(
     kms: &KmsClient,
@@ -117,23 +131,15 @@ pub async fn escrow(
     kdf: &KdfRecord,
     hash: &SecretKey,
 ) -> Result<EscrowRecord, KeyError> {
-    let context = escrow_context(repo_id, job, &kdf.password);
-    let (arn, ciphertext) = kms.encrypt(key, hash.expose(), &context).await?;
-    let mut rec = EscrowRecord {
-        kind: EscrowRecord::KIND.into(),
-        version: FORMAT_VERSION,
-        repo_id: *repo_id,
-        job_id: *job_id,
-        job: job.to_string(),
-        kdf: kdf.clone(),
-        provider: "aws-kms".into(),
-        key_arn: arn,
-        context,
-        ciphertext,
-        key_check: Vec::new(),
-        created: now_rfc3339(),
-    };
-    rec.key_check = key_check(hash, &rec.aad()).to_vec();
+    let (arn, ciphertext) = kms
+        .encrypt(
+            key,
+            hash.expose(),
+            &escrow_context(repo_id, job, &kdf.password),
+        )
+        .await?;
+    let mut rec = record("aws-kms", arn, repo_id, job_id, job, kdf, hash);
+    rec.ciphertext = ciphertext;
     Ok(rec)
 }
 
