@@ -4,7 +4,7 @@
 
 use std::time::Instant;
 
-use arca::crypto::{ChunkIdKey, SecretKey, Sealer};
+use arca::crypto::{ChunkIdKey, Sealer, SecretKey};
 use arca::engine::chunker::CdcParams;
 use arca::repo::format::{encode_payload_with, Id16, Id32, PointPlace};
 
@@ -27,7 +27,11 @@ fn data(len: usize) -> Vec<u8> {
 
 fn report(stage: &str, bytes: usize, start: Instant) {
     let s = start.elapsed().as_secs_f64();
-    println!("{stage:<28} {:>8.1} MB/s  ({:.3} s)", bytes as f64 / 1e6 / s, s);
+    println!(
+        "{stage:<28} {:>8.1} MB/s  ({:.3} s)",
+        bytes as f64 / 1e6 / s,
+        s
+    );
 }
 
 fn main() {
@@ -44,13 +48,30 @@ fn main() {
 
     let mut z = zstd::bulk::Compressor::new(3).unwrap();
     let t = Instant::now();
-    let payloads: Vec<Vec<u8>> = chunks.iter().map(|c| encode_payload_with(&mut z, c)).collect();
+    let payloads: Vec<Vec<u8>> = chunks
+        .iter()
+        .map(|c| encode_payload_with(&mut z, c))
+        .collect();
     report("zstd level 3 (or raw)", buf.len(), t);
 
-    let place = PointPlace { repo_id: Id16([1; 16]), job_id: Id16([2; 16]), chain_id: Id16([3; 16]), point_id: Id16([4; 16]) };
+    let place = PointPlace {
+        repo_id: Id16([1; 16]),
+        job_id: Id16([2; 16]),
+        chain_id: Id16([3; 16]),
+        point_id: Id16([4; 16]),
+    };
     let sealer = Sealer::new(&SecretKey::random());
     let t = Instant::now();
-    let sealed: usize = payloads.iter().zip(&ids).map(|(p, id)| sealer.seal(&place.chunk_aad(id), p).len()).sum();
+    let sealed: usize = payloads
+        .iter()
+        .zip(&ids)
+        .map(|(p, id)| sealer.seal(&place.chunk_aad(id), p).len())
+        .sum();
     report("AES-256-GCM sealing", buf.len(), t);
-    println!("{} chunks, {:.1} MiB stored of {} MiB", chunks.len(), sealed as f64 / 1048576.0, buf.len() / 1048576);
+    println!(
+        "{} chunks, {:.1} MiB stored of {} MiB",
+        chunks.len(),
+        sealed as f64 / 1048576.0,
+        buf.len() / 1048576
+    );
 }

@@ -361,6 +361,21 @@ fn wrong_client_certificate_and_unreachable_server() {
     assert_eq!(r.code, 12, "{}", r.stderr);
     assert!(r.stderr.contains("TLS"), "{}", r.stderr);
     assert!(!t.exists());
+    // The wrong CA: arca does not trust the server's certificate.
+    let mut wrong_ca = kmip_env("client");
+    wrong_ca.retain(|(k, _)| k != "ARCA_KMIP_CA");
+    wrong_ca.push((
+        "ARCA_KMIP_CA".into(),
+        kmip_dir().join("other-ca.crt").display().to_string(),
+    ));
+    let r = run(&env, &args, &wrong_ca);
+    assert_eq!(r.code, 12, "{}", r.stderr);
+    assert!(
+        r.stderr.contains("TLS with KMIP server") && r.stderr.contains("CA certificate"),
+        "{}",
+        r.stderr
+    );
+    assert!(!t.exists());
     let closed = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
