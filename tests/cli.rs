@@ -725,3 +725,47 @@ fn password_rotation_rewraps_without_touching_data() {
         fs::remove_dir_all(env.catalog.parent().unwrap()).ok();
     }
 }
+
+#[test]
+fn find_searches_the_encrypted_file_index() {
+    let env = Env::new();
+    let src = env.path("src");
+    rich_tree(&src, 1);
+    let repo = env.passphrase_job("j", &src, PASS);
+    let p1 = env.run(&["--json", "backup", "j"]).ok().json()["point_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    write(&src.join("docs/later.txt"), b"added later");
+    let p2 = env.run(&["--json", "backup", "j"]).ok().json()["point_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let hits = env.run(&["--json", "find", "j", "docs/*.txt"]).ok().json();
+    let in_point = |id: &str| {
+        hits.as_array()
+            .unwrap()
+            .iter()
+            .filter(|h| h["point_id"] == id)
+            .count()
+    };
+    assert_eq!(in_point(&p1), 2, "{hits}"); // readme.txt, empty.txt
+    assert_eq!(in_point(&p2), 3, "{hits}"); // + later.txt
+    let later = env.run(&["--json", "find", "j", "later"]).ok().json();
+    assert_eq!(later.as_array().unwrap().len(), 1);
+    assert_eq!(later[0]["point_id"], p2.as_str());
+    assert_eq!(later[0]["size"], 11);
+    assert_eq!(env.run(&["find", "j", "no-such-file"]).code, 1);
+    // Without the keys the index stays closed.
+    fs::remove_dir_all(env.catalog.parent().unwrap()).unwrap();
+    let r = env.run_env(
+        &["find", "j", "later", "--repo", repo.to_str().unwrap()],
+        &[("ARCA_PASSPHRASE", "wrong")],
+    );
+    assert_eq!(r.code, 12, "{}", r.stderr);
+    env.run_env(
+        &["find", "j", "later", "--repo", repo.to_str().unwrap()],
+        &[("ARCA_PASSPHRASE", PASS)],
+    )
+    .ok();
+}

@@ -88,6 +88,8 @@ pub enum Command {
     Points(read::PointsArgs),
     /// List the files of a recovery point.
     Ls(read::LsArgs),
+    /// Search the encrypted file index of every recovery point of a job (needs its keys).
+    Find(read::FindArgs),
     /// Restore a recovery point into a directory.
     Restore(read::RestoreArgs),
     /// Verify a job's recovery points; --read-data also reads and authenticates every chunk.
@@ -173,6 +175,7 @@ pub async fn run(cli: Cli) -> Result<i32> {
         Command::Backup(a) => backup::run(&ctx, a).await,
         Command::Points(a) => read::points(&ctx, a).await,
         Command::Ls(a) => read::ls(&ctx, a).await,
+        Command::Find(a) => read::find(&ctx, a).await,
         Command::Restore(a) => read::restore(&ctx, a).await,
         Command::Check(a) => read::check(&ctx, a).await,
         Command::Keys(c) => read::keys(&ctx, c).await,

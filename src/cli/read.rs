@@ -34,6 +34,103 @@ pub struct LsArgs {
 }
 
 #[derive(Args, Debug)]
+pub struct FindArgs {
+    pub name: String,
+    /// A glob over the whole path (`*` and `?`; `docs/*.txt`), or a plain substring.
+    pub pattern: String,
+    #[arg(long)]
+    pub repo: Option<PathBuf>,
+}
+
+/// `*` matches any run of characters (including '/'), `?` one character.
+pub fn glob_match(pattern: &str, text: &str) -> bool {
+    let (p, t): (Vec<char>, Vec<char>) = (pattern.chars().collect(), text.chars().collect());
+    let (mut pi, mut ti, mut star, mut mark) = (0, 0, None, 0);
+    while ti < t.len() {
+        if pi < p.len() && (p[pi] == '?' || p[pi] == t[ti]) {
+            pi += 1;
+            ti += 1;
+        } else if pi < p.len() && p[pi] == '*' {
+            star = Some(pi);
+            mark = ti;
+            pi += 1;
+        } else if let Some(s) = star {
+            pi = s + 1;
+            mark += 1;
+            ti = mark;
+        } else {
+            return false;
+        }
+    }
+    p[pi..].iter().all(|c| *c == '*')
+}
+
+#[derive(Serialize)]
+struct Found {
+    point_id: String,
+    time: String,
+    path: String,
+    #[serde(rename = "type")]
+    kind: EntryType,
+    size: u64,
+    mtime: String,
+}
+
+pub async fn find(ctx: &Ctx, a: FindArgs) -> Result<i32> {
+    let cat = ctx.catalog()?;
+    let h = locate_job(&cat, &a.name, a.repo.as_deref())?;
+    let is_glob = a.pattern.contains(['*', '?']);
+    let mut chains: HashMap<Id16, OpenChain> = HashMap::new();
+    let mut found = Vec::new();
+    for p in h.repo.list_points(&h.job.job_id)? {
+        if !chains.contains_key(&p.chain_id) {
+            let (oc, _) = open_chain(ctx, &cat, &h, &p.chain_id, None, false).await?;
+            chains.insert(p.chain_id, oc);
+        }
+        let oc = &chains[&p.chain_id];
+        let op = OpenPoint::open(&h.repo, oc, p)?;
+        for e in op.tree(&h.repo, oc)? {
+            let path = e.display_path();
+            let hit = if is_glob {
+                glob_match(&a.pattern, &path)
+            } else {
+                path.contains(&a.pattern)
+            };
+            if hit {
+                found.push(Found {
+                    point_id: op.record.point_id.hex(),
+                    time: op.record.time.clone(),
+                    path,
+                    kind: e.kind,
+                    size: e.size,
+                    mtime: fmt_mtime(e.mtime_ns),
+                });
+            }
+        }
+    }
+    if ctx.json {
+        crate::ui::print_json(&found);
+    } else {
+        for f in &found {
+            ctx.say(format!(
+                "{} {} {:>12} {} {}",
+                &f.point_id[..8],
+                f.time,
+                f.size,
+                f.mtime,
+                f.path
+            ));
+        }
+        ctx.note(format!("{} match(es)", found.len()));
+    }
+    Ok(if found.is_empty() {
+        exit::ERROR
+    } else {
+        exit::OK
+    })
+}
+
+#[derive(Args, Debug)]
 pub struct RestoreArgs {
     pub name: String,
     /// Recovery point id or id prefix [default: the latest].
@@ -393,4 +490,19 @@ pub async fn keys(ctx: &Ctx, cmd: KeysCmd) -> Result<i32> {
         ));
     }
     Ok(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::glob_match;
+
+    #[test]
+    fn globs() {
+        assert!(glob_match("docs/*.txt", "docs/readme.txt"));
+        assert!(glob_match("*.txt", "a/b/c.txt"));
+        assert!(glob_match("f?le", "file"));
+        assert!(!glob_match("*.txt", "a/b/c.txt.bak"));
+        assert!(!glob_match("docs/*", "src/docs/x"));
+        assert!(glob_match("*", ""));
+    }
 }
