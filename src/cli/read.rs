@@ -83,9 +83,9 @@ pub async fn find(ctx: &Ctx, a: FindArgs) -> Result<i32> {
     let mut chains: HashMap<Id16, OpenChain> = HashMap::new();
     let mut found = Vec::new();
     for p in h.repo.list_points(&h.job.job_id)? {
-        if !chains.contains_key(&p.chain_id) {
+        if let std::collections::hash_map::Entry::Vacant(v) = chains.entry(p.chain_id) {
             let (oc, _) = open_chain(ctx, &cat, &h, &p.chain_id, None, false).await?;
-            chains.insert(p.chain_id, oc);
+            v.insert(oc);
         }
         let oc = &chains[&p.chain_id];
         let op = OpenPoint::open(&h.repo, oc, p)?;
