@@ -4,7 +4,7 @@
 
 use std::time::Instant;
 
-use arca::crypto::{ChunkIdKey, Sealer, SecretKey};
+use arca::crypto::{ChunkIdKey, ChunkSealer, SecretKey};
 use arca::engine::chunker::CdcParams;
 use arca::repo::format::{encode_payload_with, Id16, Id32, PointPlace};
 
@@ -59,15 +59,20 @@ fn main() {
         job_id: Id16([2; 16]),
         chain_id: Id16([3; 16]),
         point_id: Id16([4; 16]),
+        data_format: 2,
     };
-    let sealer = Sealer::new(&SecretKey::random());
+    let sealer = ChunkSealer::new(&SecretKey::random(), &SecretKey::random());
     let t = Instant::now();
     let sealed: usize = payloads
         .iter()
         .zip(&ids)
-        .map(|(p, id)| sealer.seal(&place.chunk_aad(id), p).len())
+        .map(|(p, id)| sealer.seal(&id.0, &place.chunk_aad(id), p).len())
         .sum();
-    report("AES-256-GCM sealing", buf.len(), t);
+    report(
+        "AES-256-GCM sealing (v2: nonce derived per chunk id)",
+        buf.len(),
+        t,
+    );
     println!(
         "{} chunks, {:.1} MiB stored of {} MiB",
         chunks.len(),

@@ -37,7 +37,7 @@ async fn main() -> Res<()> {
     std::fs::write(src.join("notes.txt"), b"keys are never the weak link\n")?;
 
     // A repository, a catalog, a password, and a job whose chain key the password wraps.
-    let repo = Repository::init(&work.path().join("repo"))?;
+    let repo = Repository::init(&work.path().join("repo"), false)?;
     let catalog_path = work.path().join("catalog.db");
     let catalog = Catalog::open(&catalog_path)?;
     let (kdf, hash) = new_password(
@@ -56,13 +56,18 @@ async fn main() -> Res<()> {
         created: now_rfc3339(),
         encryption: EncryptionMode::Passphrase,
         keyslots: Vec::new(),
+        revision: 1,
+        chunker: Some(ChainRecord::KEYED_GEAR.into()),
+        mac: None,
     };
     let chain_key = SecretKey::random();
     let slot = PasswordHashProvider::new(kdf.clone(), hash.duplicate())
         .wrap(&chain_key, &SlotContext::of_chain(&chain, "nightly"))
         .await?;
     chain.keyslots.push(slot);
-    let job = JobRecord {
+    // Format v2: the chain record and the job record are authenticated by the chain key.
+    chain.seal(&chain_key);
+    let mut job = JobRecord {
         kind: JobRecord::KIND.into(),
         version: FORMAT_VERSION,
         repo_id: repo.id(),
@@ -71,7 +76,11 @@ async fn main() -> Res<()> {
         source: src.display().to_string(),
         created: now_rfc3339(),
         chain_id: chain.chain_id,
+        chains: Vec::new(),
+        revision: 1,
+        mac: None,
     };
+    job.seal(&chain_key);
     repo.write_chain(&chain)?;
     repo.write_job(&job)?;
     catalog.create_job(&JobRow {
@@ -85,6 +94,8 @@ async fn main() -> Res<()> {
         key_file: None,
         chain_id: chain.chain_id,
         created: job.created.clone(),
+        job_revision: job.revision,
+        latest_point: None,
     })?;
 
     // Escrow the password hash with KMS, into the repository.
@@ -139,6 +150,10 @@ async fn main() -> Res<()> {
         job_key_file: None,
         escrow: &escrow,
         tiers: Tiers::ALL,
+        // Strict mode: KMS is only asked to decrypt with keys the caller trusts (here the
+        // escrow key, as `--trust-kms-key` would after a reinstall).
+        allowed_kms: vec![info.arn.clone()],
+        explicit: true,
     })
     .await
     .map_err(|f| f.error)?;

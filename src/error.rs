@@ -14,6 +14,7 @@ pub mod exit {
     pub const PARTIAL: i32 = 3;
     pub const KEYS: i32 = 12;
     pub const INTEGRITY: i32 = 13;
+    pub const UNTRUSTED: i32 = 14;
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -49,6 +50,10 @@ pub enum Error {
         "repository {path} is locked by another arca process ({detail}); wait for it to finish"
     )]
     Locked { path: String, detail: String },
+    /// The repository disagrees with what the catalog trusts (another chain, mode, source,
+    /// key, an older record or a lost recovery point). Accepting it is an explicit act.
+    #[error("{0}")]
+    Untrusted(String),
     #[error("{0}")]
     Other(String),
 }
@@ -63,6 +68,7 @@ impl Error {
             | Error::WrongKey { .. }
             | Error::KeysUnavailable { .. } => exit::KEYS,
             Error::Integrity { .. } => exit::INTEGRITY,
+            Error::Untrusted(_) => exit::UNTRUSTED,
             _ => exit::ERROR,
         }
     }

@@ -38,8 +38,11 @@ pub struct Credentials {
     pub kms: KmsSettings,
     /// How to reach a KMIP server.
     pub kmip: crate::keys::kmip::KmipSettings,
+    /// Run Argon2 parameters above the cap (`--allow-expensive-kdf`).
+    pub allow_expensive_kdf: bool,
     passphrase: OnceLock<Option<Arc<PassphraseProvider>>>,
     kms_client: tokio::sync::OnceCell<std::result::Result<Arc<KmsClient>, String>>,
+    kms_regional: tokio::sync::Mutex<std::collections::HashMap<String, Arc<KmsClient>>>,
 }
 
 impl Credentials {
@@ -50,9 +53,42 @@ impl Credentials {
             interactive: std::io::stdin().is_terminal() && std::io::stderr().is_terminal(),
             kms: KmsSettings::default(),
             kmip: crate::keys::kmip::KmipSettings::default().with_env(),
+            allow_expensive_kdf: false,
             passphrase: OnceLock::new(),
             kms_client: tokio::sync::OnceCell::new(),
+            kms_regional: tokio::sync::Mutex::new(Default::default()),
         }
+    }
+
+    /// True when the user gave a passphrase explicitly (environment or file): it must then
+    /// open the chain, whatever else could.
+    pub fn explicit_passphrase(&self) -> bool {
+        std::env::var_os("ARCA_PASSPHRASE").is_some_and(|v| !v.is_empty())
+            || self.passphrase_file.is_some()
+    }
+
+    /// True when the user gave a raw key explicitly (`--key-file` or `ARCA_KEY`).
+    pub fn explicit_key(&self) -> bool {
+        self.key_file.is_some() || std::env::var_os("ARCA_KEY").is_some_and(|v| !v.is_empty())
+    }
+
+    /// A KMS client in the region of `arn` (a key is always called in its own region).
+    pub async fn kms_client_for(&self, arn: &str) -> std::result::Result<Arc<KmsClient>, KeyError> {
+        let Some(region) = crate::keys::aws_kms::arn_region(arn) else {
+            return self.kms_client().await;
+        };
+        if self.kms.region.as_deref() == Some(region) {
+            return self.kms_client().await;
+        }
+        let mut m = self.kms_regional.lock().await;
+        if let Some(c) = m.get(region) {
+            return Ok(c.clone());
+        }
+        let mut s = self.kms.clone();
+        s.region = Some(region.to_string());
+        let c = Arc::new(KmsClient::new(&s).await?);
+        m.insert(region.to_string(), c.clone());
+        Ok(c)
     }
 
     pub fn with_kms(mut self, kms: KmsSettings) -> Self {
@@ -129,7 +165,11 @@ impl Credentials {
         }
         let p = self
             .read_passphrase(&format!("Passphrase for job '{job}': "), false)?
-            .map(|p| Arc::new(PassphraseProvider::new(p)));
+            .map(|p| {
+                let mut pp = PassphraseProvider::new(p);
+                pp.allow_expensive = self.allow_expensive_kdf;
+                Arc::new(pp)
+            });
         Ok(self.passphrase.get_or_init(|| p).clone())
     }
 
@@ -210,6 +250,11 @@ pub struct Request<'a> {
     /// Escrow records of this job (from its repository).
     pub escrow: &'a [EscrowRecord],
     pub tiers: Tiers,
+    /// KMS key ARNs unwrapping may use (pinned in the catalog, or trusted by configuration).
+    pub allowed_kms: Vec<String>,
+    /// Whether a passphrase or key the user gave must open this chain (false only where the
+    /// secret given is meant for something else, e.g. a password being added).
+    pub explicit: bool,
 }
 
 fn passphrase_slots(chain: &ChainRecord) -> Vec<(&Keyslot, &KdfRecord)> {
@@ -248,6 +293,16 @@ impl State<'_> {
     }
     fn restore_hash(&self, rec: &KdfRecord, hash: &SecretKey) {
         if let Some(cat) = self.req.catalog {
+            // Never replace the hash of a password the catalog knows with another salt.
+            if let Ok(Some(known)) = cat.password(&rec.password) {
+                if known.kdf.salt != rec.salt {
+                    tracing::warn!(
+                        "not storing the hash of password '{}': the catalog holds another version of it",
+                        rec.password
+                    );
+                    return;
+                }
+            }
             if cat.create_password(rec, "", hash).is_ok() {
                 tracing::info!(
                     "stored the hash of password '{}' in the catalog again",
@@ -268,7 +323,28 @@ pub async fn resolve(req: Request<'_>) -> std::result::Result<Resolution, Resolv
         wrong_passphrase: None,
         wrong_key: None,
     };
-    let found = try_tiers(&mut st).await;
+    let found = match explicit_secrets(&mut st).await {
+        Ok(Some(found)) => Some(found),
+        Ok(None) => try_tiers(&mut st).await,
+        Err(error) => {
+            return Err(ResolveFailure {
+                attempts: st.attempts,
+                error,
+            })
+        }
+    };
+    // v2: the chain record (mode, keyslot list, KDF records) must authenticate under the key.
+    if let Some((key, _)) = &found {
+        if req.chain.version >= 2 && !req.chain.verify(key) {
+            return Err(ResolveFailure {
+                attempts: st.attempts,
+                error: Error::integrity(
+                    format!("chain record {}", req.chain.chain_id),
+                    "its MAC does not verify: its mode or keyslots were changed by someone without the chain key",
+                ),
+            });
+        }
+    }
     let State {
         attempts,
         wrong_passphrase,
@@ -319,6 +395,89 @@ pub async fn resolve(req: Request<'_>) -> std::result::Result<Resolution, Resolv
             Err(ResolveFailure { attempts, error })
         }
     }
+}
+
+/// A passphrase or key the user gave must open the chain: if it does not, that is an error
+/// (exit 12) even when the catalog or KMS could have opened it.
+async fn explicit_secrets(st: &mut State<'_>) -> Result<Option<(SecretKey, &'static str)>, Error> {
+    let req = st.req;
+    if !req.explicit {
+        return Ok(None);
+    }
+    let job = req.job_name.to_string();
+    let mode = req.chain.encryption.as_str();
+    if req.tiers.passphrase && req.creds.explicit_passphrase() {
+        let pslots = passphrase_slots(&req.chain);
+        if pslots.is_empty() {
+            st.fail(
+                "passphrase",
+                "a passphrase was given, but the chain has no passphrase keyslot",
+            );
+            return Err(Error::WrongKey {
+                job,
+                detail: format!(
+                    "a passphrase was given (ARCA_PASSPHRASE or --passphrase-file), but chain {} (encryption {mode}) has no passphrase keyslot, so it cannot open it; unset it to use the job's own key source",
+                    req.chain.chain_id
+                ),
+            });
+        }
+        let what = req
+            .point_label
+            .clone()
+            .unwrap_or_else(|| format!("chain {}", req.chain.chain_id));
+        return match tier_passphrase(st, &pslots).await {
+            Some(k) => Ok(Some((k, "passphrase"))),
+            None => Err(match st.wrong_passphrase.clone() {
+                Some(password) => Error::WrongPassphrase { job, password },
+                None if matches!(req.point_kdf, Some(None)) => Error::integrity(
+                    what,
+                    "corrupted: no salt in its metadata, so no passphrase can open it",
+                ),
+                None => {
+                    let d = st
+                        .attempts
+                        .last()
+                        .map(|a| a.detail.clone())
+                        .unwrap_or_default();
+                    if let Some(c) = d.strip_prefix("corrupted: ") {
+                        Error::integrity(format!("chain {}", req.chain.chain_id), c)
+                    } else {
+                        Error::KeysUnavailable { job, detail: d }
+                    }
+                }
+            }),
+        };
+    }
+    if req.tiers.key && req.creds.explicit_key() {
+        let (p, from) = match req.creds.raw_key(None) {
+            Ok(Some(x)) => x,
+            Ok(None) => return Ok(None),
+            Err(e) => return Err(e),
+        };
+        return match unwrap_any(&p, &req.chain.keyslots, &st.ctx).await {
+            Some(Ok(k)) => {
+                st.ok("key", format!("{from} (key {})", p.fingerprint()));
+                Ok(Some((k, "key")))
+            }
+            None => Err(Error::WrongKey {
+                job,
+                detail: format!(
+                    "{from} (key {}) was given, but chain {} (encryption {mode}) has no raw-key keyslot, so it cannot open it",
+                    p.fingerprint(),
+                    req.chain.chain_id
+                ),
+            }),
+            Some(Err(KeyError::WrongKey { what })) => Err(Error::WrongKey {
+                job,
+                detail: format!("{from} does not open it: wrong {what}"),
+            }),
+            Some(Err(e)) => Err(Error::integrity(
+                format!("chain {}", req.chain.chain_id),
+                format!("raw-key keyslot: {e}"),
+            )),
+        };
+    }
+    Ok(None)
 }
 
 async fn try_tiers(st: &mut State<'_>) -> Option<(SecretKey, &'static str)> {
@@ -478,28 +637,24 @@ async fn tier_kms(
         .escrow
         .iter()
         .filter(|e| e.job_id == req.chain.job_id && e.repo_id == req.chain.repo_id)
-        .filter(|e| pslots.iter().any(|(_, k)| k.salt == e.kdf.salt))
+        .filter(|e| pslots.iter().any(|(_, k)| **k == e.kdf))
         .collect();
     if kms_slots.is_empty() && escrows.is_empty() {
         st.fail("kms", "no KMS keyslot or escrow record for this chain");
         return None;
     }
-    let client = if kms_slots.is_empty() {
-        None
-    } else {
-        match req.creds.kms_client().await {
-            Ok(c) => Some(c),
-            Err(e) => {
-                st.fail("kms", e.to_string());
-                None
-            }
-        }
-    };
-    for s in kms_slots.into_iter().filter(|_| client.is_some()) {
-        let provider = KmsProvider::new(client.clone().expect("checked"), None);
+    for s in kms_slots {
         let SlotParams::Kms { key_arn, .. } = &s.params else {
             continue;
         };
+        let client = match req.creds.kms_client_for(key_arn).await {
+            Ok(c) => c,
+            Err(e) => {
+                st.fail("kms", e.to_string());
+                continue;
+            }
+        };
+        let provider = KmsProvider::new(client, None).strict(req.allowed_kms.clone());
         match provider.unwrap(s, &st.ctx).await {
             Some(Ok(k)) => {
                 st.ok("kms", format!("KMS keyslot, key {key_arn}"));
@@ -511,6 +666,16 @@ async fn tier_kms(
     }
     for e in escrows {
         let tier = if e.provider == "kmip" { "kmip" } else { "kms" };
+        if e.provider != "kmip" && !req.allowed_kms.contains(&e.key_arn) {
+            st.fail(
+                tier,
+                format!(
+                    "escrow record of password '{}': KMS key {} is not one this job trusts; pass --trust-kms-key {} (or list it under [kms] trusted_keys) if it is yours",
+                    e.kdf.password, e.key_arn, e.key_arn
+                ),
+            );
+            continue;
+        }
         match crate::passwords::open_record(req.creds, e).await {
             Ok(hash) => {
                 let p = PasswordHashProvider::new(e.kdf.clone(), hash.duplicate());
@@ -577,7 +742,7 @@ async fn tier_passphrase(
         }
     };
     for rec in records {
-        let Some((slot, _)) = pslots.iter().find(|(_, k)| k.salt == rec.salt) else {
+        let Some((slot, slot_kdf)) = pslots.iter().find(|(_, k)| k.salt == rec.salt) else {
             st.fail(
                 "passphrase",
                 format!(
@@ -587,6 +752,16 @@ async fn tier_passphrase(
             );
             return None;
         };
+        if *slot_kdf != rec {
+            st.fail(
+                "passphrase",
+                format!(
+                    "corrupted: the salt record of password '{}' in {what} differs from its keyslot's",
+                    rec.password
+                ),
+            );
+            return None;
+        }
         match provider.unwrap(slot, &st.ctx).await {
             Some(Ok(k)) => {
                 st.ok(

@@ -91,6 +91,8 @@ async fn kms_job_round_trip_and_key_validation() {
     let b = env.run(&["--json", "backup", "k"]).ok().json();
     assert_eq!(b["keys"], "kms");
     fs::remove_dir_all(env.catalog.parent().unwrap()).unwrap();
+    // After a reinstall the user names the KMS key they trust (strict mode).
+    env.set_env("ARCA_TRUST_KMS_KEYS", &key);
     let t = env.path("t");
     let r = env
         .run(&[
@@ -217,6 +219,8 @@ fn reinstall_scenario_escrow_then_passphrase_then_corrupted() {
 
     // Reinstall: no catalog. Restore with no passphrase at all: tier 2 (KMS escrow).
     fs::remove_dir_all(env.catalog.parent().unwrap()).unwrap();
+    // After a reinstall the user names the KMS key they trust (strict mode).
+    env.set_env("ARCA_TRUST_KMS_KEYS", &kms.key_arn);
     let t1 = env.path("t1");
     let r = run(
         &[
@@ -256,6 +260,8 @@ fn reinstall_scenario_escrow_then_passphrase_then_corrupted() {
 
     // KMS denied (bad credentials), fresh catalog: without a passphrase exit 12; with it, tier 3.
     fs::remove_dir_all(env.catalog.parent().unwrap()).unwrap();
+    // After a reinstall the user names the KMS key they trust (strict mode).
+    env.set_env("ARCA_TRUST_KMS_KEYS", &kms.key_arn);
     let t2 = env.path("t2");
     let r = env.run_env(
         &[
@@ -296,6 +302,8 @@ fn reinstall_scenario_escrow_then_passphrase_then_corrupted() {
     assert_eq!(snapshot(&src), snapshot(&t2));
     // A known identity without KMS permissions is AccessDenied, also reported.
     fs::remove_dir_all(env.catalog.parent().unwrap()).unwrap();
+    // After a reinstall the user names the KMS key they trust (strict mode).
+    env.set_env("ARCA_TRUST_KMS_KEYS", &kms.key_arn);
     let r = env.run_env(
         &[
             "keys",
@@ -367,6 +375,8 @@ fn two_keyslots_either_opens() {
     assert_eq!(slots.as_array().unwrap().len(), 2);
     env.run_env(&["backup", "j"], &ok).ok();
     fs::remove_dir_all(env.catalog.parent().unwrap()).unwrap();
+    // After a reinstall the user names the KMS key they trust (strict mode).
+    env.set_env("ARCA_TRUST_KMS_KEYS", &kms.key_arn);
     // KMS opens it, no passphrase needed.
     let t1 = env.path("t1");
     let r = env
@@ -378,6 +388,8 @@ fn two_keyslots_either_opens() {
     assert!(r.stderr.contains("opened via: kms"), "{}", r.stderr);
     // KMS refuses: the passphrase keyslot opens it.
     fs::remove_dir_all(env.catalog.parent().unwrap()).unwrap();
+    // After a reinstall the user names the KMS key they trust (strict mode).
+    env.set_env("ARCA_TRUST_KMS_KEYS", &kms.key_arn);
     let mut bad_pass = kms.bogus();
     bad_pass.push(("ARCA_PASSPHRASE", PASS));
     let t2 = env.path("t2");
@@ -473,12 +485,19 @@ async fn keyslot_remove_never_removes_the_last() {
     // The passphrase no longer opens the chain; KMS does.
     env.run(&["backup", "j"]).ok();
     fs::remove_dir_all(env.catalog.parent().unwrap()).unwrap();
+    // After a reinstall the user names the KMS key they trust (strict mode).
+    env.set_env("ARCA_TRUST_KMS_KEYS", &key);
     let t = env.path("t");
+    // A passphrase given explicitly is never ignored: it opens nothing now, so exit 12.
+    let r = env.run_env(
+        &["restore", "j", "--repo", s(&repo), "--target", s(&t)],
+        &[("ARCA_PASSPHRASE", PASS)],
+    );
+    assert_eq!(r.code, 12, "{}", r.stderr);
+    assert!(r.stderr.contains("no passphrase keyslot"), "{}", r.stderr);
+    assert!(is_empty_or_missing(&t));
     let r = env
-        .run_env(
-            &["restore", "j", "--repo", s(&repo), "--target", s(&t)],
-            &[("ARCA_PASSPHRASE", PASS)],
-        )
+        .run(&["restore", "j", "--repo", s(&repo), "--target", s(&t)])
         .ok();
     assert!(r.stderr.contains("opened via: kms"), "{}", r.stderr);
 }
@@ -753,6 +772,7 @@ async fn shared_provider_suite_aws_kms() {
         profile: None,
         timeout_seconds: Some(10.0),
         max_attempts: Some(2),
+        trusted_keys: Vec::new(),
     };
     // Credentials for the in-process client (children get theirs from Env::cmd).
     std::env::set_var("AWS_ACCESS_KEY_ID", "testing");

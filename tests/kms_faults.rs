@@ -78,7 +78,12 @@ async fn setup() -> Fixture {
     let chain_key_b64 =
         base64::engine::general_purpose::STANDARD.encode(out.plaintext.unwrap().into_inner());
     let config = env.path("arca.toml");
-    std::fs::write(&config, "[kms]\ntimeout_seconds = 6\nmax_attempts = 3\n").unwrap();
+    // After a reinstall the user names the KMS key they trust (strict mode).
+    std::fs::write(
+        &config,
+        format!("[kms]\ntimeout_seconds = 6\nmax_attempts = 3\ntrusted_keys = [\"{key}\"]\n"),
+    )
+    .unwrap();
     // As after a reinstall: no catalog, so KMS is the only way in.
     std::fs::remove_dir_all(env.catalog.parent().unwrap()).unwrap();
     Fixture {
@@ -196,7 +201,14 @@ async fn server_errors_are_retried_then_reported() {
 #[tokio::test(flavor = "multi_thread")]
 async fn hanging_server_times_out_within_the_bound() {
     let f = setup().await;
-    std::fs::write(&f.config, "[kms]\ntimeout_seconds = 2\nmax_attempts = 2\n").unwrap();
+    std::fs::write(
+        &f.config,
+        format!(
+            "[kms]\ntimeout_seconds = 2\nmax_attempts = 2\ntrusted_keys = [\"{}\"]\n",
+            f.key_arn
+        ),
+    )
+    .unwrap();
     let server = MockServer::start().await;
     decrypt()
         .respond_with(f.decrypt_ok().set_delay(Duration::from_secs(30)))

@@ -78,11 +78,12 @@ fn compute() -> Value {
         job_id,
         chain_id,
         point_id,
+        data_format: 1,
     };
     let data_key = key(0x33);
-    let dw = crypto::wrap_key_with_nonce(&chain_key, &data_key, &place.data_key_aad(), [9; 12]);
+    let dw = crypto::wrap_key_with_nonce(&chain_key, &data_key, &place.data_key_aad_v(1), [9; 12]);
     v.insert("data_key_wrap", json!({
-        "kek": h(chain_key.expose()), "key": h(data_key.expose()), "aad": h(&place.data_key_aad()),
+        "kek": h(chain_key.expose()), "key": h(data_key.expose()), "aad": h(&place.data_key_aad_v(1)),
         "nonce": h(&dw.nonce), "commitment": h(&dw.commitment), "ciphertext": h(&dw.ciphertext),
     }));
     // 5. A chunk: keyed id and sealed payload (raw and zstd), first nonce of the point.

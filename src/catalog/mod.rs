@@ -73,7 +73,32 @@ const MIGRATIONS: &[&str] = &[
         record TEXT NOT NULL,
         PRIMARY KEY (job_id, password)
      );",
+    // 3: trust pins (format v2): what the catalog trusts about each job's repository.
+    "ALTER TABLE jobs ADD COLUMN job_revision INTEGER NOT NULL DEFAULT 0;
+     ALTER TABLE jobs ADD COLUMN latest_point TEXT;
+     ALTER TABLE repositories ADD COLUMN format_version INTEGER NOT NULL DEFAULT 1;
+     CREATE TABLE trusted_chains (
+        job_id TEXT NOT NULL,
+        chain_id TEXT NOT NULL,
+        mode TEXT NOT NULL,
+        check_value TEXT NOT NULL,
+        revision INTEGER NOT NULL,
+        kms_keys TEXT NOT NULL DEFAULT '[]',
+        pinned TEXT NOT NULL,
+        PRIMARY KEY (job_id, chain_id)
+     );",
 ];
+
+/// What the catalog trusts about one chain of a job: its mode, the check value of its key,
+/// the newest revision of its record seen, and the KMS/KMIP keys its keyslots may use.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct ChainPin {
+    pub chain_id: Id16,
+    pub mode: EncryptionMode,
+    pub check_value: String,
+    pub revision: u64,
+    pub kms_keys: Vec<String>,
+}
 
 pub struct Catalog {
     conn: Connection,
@@ -93,6 +118,10 @@ pub struct JobRow {
     pub key_file: Option<String>,
     pub chain_id: Id16,
     pub created: String,
+    /// The newest job-record revision seen (v2).
+    pub job_revision: u64,
+    /// The newest recovery point this catalog knows of.
+    pub latest_point: Option<Id16>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -513,7 +542,10 @@ impl Catalog {
             })
         };
         let enc: String = r.get(4)?;
+        let latest: Option<String> = r.get(11)?;
         Ok(JobRow {
+            job_revision: r.get::<_, i64>(10)? as u64,
+            latest_point: latest.and_then(|l| Id16::parse(&l).ok()),
             name: r.get(0)?,
             job_id: id(1)?,
             repo_id: id(2)?,
@@ -527,7 +559,7 @@ impl Catalog {
         })
     }
 
-    const JOB_COLS: &'static str = "j.name, j.job_id, j.repo_id, j.source, j.encryption, j.password, j.key_file, j.chain_id, j.created, r.path";
+    const JOB_COLS: &'static str = "j.name, j.job_id, j.repo_id, j.source, j.encryption, j.password, j.key_file, j.chain_id, j.created, r.path, j.job_revision, j.latest_point";
 
     pub fn job(&self, name: &str) -> Result<Option<JobRow>> {
         self.conn
@@ -573,7 +605,7 @@ impl Catalog {
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)
                  ON CONFLICT(name) DO UPDATE SET job_id = excluded.job_id, repo_id = excluded.repo_id,
                    source = excluded.source, encryption = excluded.encryption, chain_id = excluded.chain_id,
-                   password = COALESCE(excluded.password, jobs.password)",
+                   password = COALESCE(excluded.password, jobs.password), job_revision = 0",
                 params![
                     j.name,
                     j.job_id.hex(),
@@ -585,6 +617,114 @@ impl Catalog {
                     j.chain_id.hex(),
                     j.created
                 ],
+            )
+            .map_err(|e| self.err(e))?;
+        Ok(())
+    }
+
+    // --- trust pins ---
+
+    pub fn chain_pins(&self, job_id: &Id16) -> Result<Vec<ChainPin>> {
+        let mut st = self
+            .conn
+            .prepare("SELECT chain_id, mode, check_value, revision, kms_keys FROM trusted_chains WHERE job_id = ?1 ORDER BY pinned")
+            .map_err(|e| self.err(e))?;
+        let rows = st
+            .query_map([job_id.hex()], |r| {
+                Ok((
+                    r.get::<_, String>(0)?,
+                    r.get::<_, String>(1)?,
+                    r.get::<_, String>(2)?,
+                    r.get::<_, i64>(3)?,
+                    r.get::<_, String>(4)?,
+                ))
+            })
+            .map_err(|e| self.err(e))?;
+        let mut out = Vec::new();
+        for row in rows {
+            let (c, m, v, rev, keys) = row.map_err(|e| self.err(e))?;
+            out.push(ChainPin {
+                chain_id: Id16::parse(&c).map_err(|e| self.err(e))?,
+                mode: EncryptionMode::parse(&m).ok_or_else(|| self.err(format!("bad mode {m}")))?,
+                check_value: v,
+                revision: rev as u64,
+                kms_keys: serde_json::from_str(&keys).map_err(|e| self.err(e))?,
+            });
+        }
+        Ok(out)
+    }
+
+    /// Records (or raises) the pin of one chain of a job.
+    pub fn pin_chain(&self, job_id: &Id16, p: &ChainPin) -> Result<()> {
+        self.conn
+            .execute(
+                "INSERT INTO trusted_chains (job_id, chain_id, mode, check_value, revision, kms_keys, pinned)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
+                 ON CONFLICT(job_id, chain_id) DO UPDATE SET mode = excluded.mode, check_value = excluded.check_value,
+                   revision = excluded.revision, kms_keys = excluded.kms_keys",
+                params![
+                    job_id.hex(),
+                    p.chain_id.hex(),
+                    p.mode.as_str(),
+                    p.check_value,
+                    p.revision as i64,
+                    serde_json::to_string(&p.kms_keys).expect("serializes"),
+                    crate::repo::now_rfc3339()
+                ],
+            )
+            .map_err(|e| self.err(e))?;
+        Ok(())
+    }
+
+    pub fn set_job_revision(&self, name: &str, revision: u64) -> Result<()> {
+        self.conn
+            .execute(
+                "UPDATE jobs SET job_revision = MAX(job_revision, ?2) WHERE name = ?1",
+                params![name, revision as i64],
+            )
+            .map_err(|e| self.err(e))?;
+        Ok(())
+    }
+
+    pub fn set_latest_point(&self, name: &str, point: &Id16) -> Result<()> {
+        self.conn
+            .execute(
+                "UPDATE jobs SET latest_point = ?2 WHERE name = ?1",
+                params![name, point.hex()],
+            )
+            .map_err(|e| self.err(e))?;
+        Ok(())
+    }
+
+    /// The repository format version the catalog has seen (a downgrade is refused).
+    pub fn repo_format_version(&self, repo_id: &Id16) -> Result<u32> {
+        self.conn
+            .query_row(
+                "SELECT format_version FROM repositories WHERE repo_id = ?1",
+                [repo_id.hex()],
+                |r| r.get::<_, i64>(0),
+            )
+            .optional()
+            .map_err(|e| self.err(e))
+            .map(|v| v.unwrap_or(1) as u32)
+    }
+
+    pub fn set_repo_format_version(&self, repo_id: &Id16, v: u32) -> Result<()> {
+        self.conn
+            .execute(
+                "UPDATE repositories SET format_version = MAX(format_version, ?2) WHERE repo_id = ?1",
+                params![repo_id.hex(), v as i64],
+            )
+            .map_err(|e| self.err(e))?;
+        Ok(())
+    }
+
+    /// Forgets what the catalog trusted about a job's chains (before re-adopting it).
+    pub fn clear_pins(&self, job_id: &Id16) -> Result<()> {
+        self.conn
+            .execute(
+                "DELETE FROM trusted_chains WHERE job_id = ?1",
+                [job_id.hex()],
             )
             .map_err(|e| self.err(e))?;
         Ok(())

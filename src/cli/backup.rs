@@ -54,6 +54,10 @@ pub async fn run(ctx: &Ctx, a: BackupArgs) -> Result<i32> {
     let h = locate_job(&cat, &a.name, None)?;
     let lock = h.repo.lock()?;
     let (oc, tier) = open_chain(ctx, &cat, &h, &h.job.chain_id, None, false).await?;
+    if let Err(e) = check_latest(&h, &h.repo.list_points(&h.job.job_id)?) {
+        // Not fatal for a backup (it only re-reads more), but never silent.
+        eprintln!("warning: {e}");
+    }
     // The password whose salt the point records: the one attached to the job, else the
     // first passphrase keyslot, whatever the chain's mode (a KMS chain may have one too).
     let want = h.row.as_ref().and_then(|r| r.password.clone());
@@ -82,6 +86,7 @@ pub async fn run(ctx: &Ctx, a: BackupArgs) -> Result<i32> {
     progress.finish_and_clear();
     drop(lock);
     let s = &out.body.stats;
+    cat.set_latest_point(&a.name, &out.record.point_id)?;
     cat.upsert_point(&PointRow {
         point_id: out.record.point_id,
         job_id: out.record.job_id,

@@ -74,6 +74,7 @@ async fn drill_point(
     repo: &Repository,
     job: &JobRecord,
     p: &PointRecord,
+    allowed_kms: &[String],
 ) -> Result<PointResult> {
     let chain = match repo.read_chain(&p.chain_id) {
         Ok(c) => Some(c),
@@ -122,6 +123,8 @@ async fn drill_point(
             job_key_file: None,
             escrow: &escrow,
             tiers,
+            allowed_kms: allowed_kms.to_vec(),
+            explicit: true,
         };
         let r = match crate::resolve::resolve(req).await {
             Ok(res) => match open_point(&res.chain, p) {
@@ -194,12 +197,33 @@ pub async fn run(ctx: &Ctx, a: DrillArgs) -> Result<i32> {
         (None, None) => return Err(Error::Usage("give a job name or --repo DIR".into())),
     };
     let mut results = Vec::new();
+    let cat = ctx.catalog()?;
     for job in &jobs {
+        // KMS keys the drill may ask to decrypt with: those this catalog pins for the job,
+        // and those the configuration or --trust-kms-key trusts.
+        let mut allowed = ctx.creds.kms.trusted_keys.clone();
+        allowed.extend(cat.setting(crate::passwords::ESCROW_KEY_SETTING)?);
+        for pin in cat.chain_pins(&job.job_id)? {
+            allowed.extend(pin.kms_keys);
+        }
         for p in repo.list_points(&job.job_id)? {
-            results.push(drill_point(ctx, &repo, job, &p).await?);
+            results.push(drill_point(ctx, &repo, job, &p, &allowed).await?);
         }
     }
     let bad = results.iter().filter(|r| !r.recoverable).count();
+    // A secret the user gave must open every point it applies to, whatever else does.
+    let given: Vec<&str> = [
+        ctx.creds.explicit_passphrase().then_some("passphrase"),
+        ctx.creds.explicit_key().then_some("key"),
+    ]
+    .into_iter()
+    .flatten()
+    .collect();
+    let secret_failed = results
+        .iter()
+        .flat_map(|r| r.paths.iter())
+        .filter(|p| given.contains(&p.path) && !p.ok)
+        .count();
     if ctx.json {
         crate::ui::print_json(&serde_json::json!({
             "repository": repo.root().display().to_string(),
@@ -234,5 +258,15 @@ pub async fn run(ctx: &Ctx, a: DrillArgs) -> Result<i32> {
             bad
         ));
     }
-    Ok(if bad == 0 { exit::OK } else { exit::KEYS })
+    if secret_failed > 0 {
+        eprintln!(
+            "error: the {} given does not open {secret_failed} recovery point path(s) it applies to (see above)",
+            given.join(" and ")
+        );
+    }
+    Ok(if bad == 0 && secret_failed == 0 {
+        exit::OK
+    } else {
+        exit::KEYS
+    })
 }

@@ -27,6 +27,14 @@ pub enum JobCmd {
     /// The keyslots (envelopes) of a job's active chain: any one opens it.
     #[command(subcommand)]
     Keys(KeysCmd),
+    /// Accept what a repository says about a job (after a reinstall, or a change made on
+    /// another machine): its chain, mode, source and keys become what this catalog trusts.
+    /// The keys must resolve; the previous pins of the job are replaced.
+    Adopt {
+        name: String,
+        #[arg(long)]
+        repo: PathBuf,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -95,6 +103,7 @@ pub async fn run(ctx: &Ctx, cmd: JobCmd) -> Result<i32> {
         JobCmd::Show { name } => show(ctx, &name),
         JobCmd::Encryption(a) => change_encryption(ctx, a).await,
         JobCmd::Keys(c) => keys(ctx, c).await,
+        JobCmd::Adopt { name, repo } => adopt(ctx, &name, &repo).await,
     }
 }
 
@@ -187,6 +196,14 @@ fn kmip_provider(ctx: &Ctx, job: &str, key: &str) -> Result<crate::keys::kmip::K
     ))
 }
 
+/// A new chain, sealed (MAC) under its fresh key.
+pub struct NewChain {
+    pub chain: ChainRecord,
+    pub key: SecretKey,
+    pub password: Option<String>,
+    pub key_file: Option<String>,
+}
+
 pub async fn new_chain(
     ctx: &Ctx,
     cat: &Catalog,
@@ -194,7 +211,14 @@ pub async fn new_chain(
     job_id: Id16,
     job_name: &str,
     spec: ChainSpec<'_>,
-) -> Result<(ChainRecord, Option<String>, Option<String>)> {
+) -> Result<NewChain> {
+    if repo.version() < FORMAT_VERSION {
+        return Err(Error::Usage(format!(
+            "repository {} is in format version 1; upgrade it with `arca migrate --repo {}` first",
+            repo.root().display(),
+            repo.root().display()
+        )));
+    }
     let mut chain = ChainRecord {
         kind: ChainRecord::KIND.into(),
         version: FORMAT_VERSION,
@@ -204,6 +228,9 @@ pub async fn new_chain(
         created: now_rfc3339(),
         encryption: spec.mode,
         keyslots: Vec::new(),
+        revision: 1,
+        chunker: Some(ChainRecord::KEYED_GEAR.into()),
+        mac: None,
     };
     let ChainSpec {
         mode,
@@ -246,7 +273,27 @@ pub async fn new_chain(
     }
     .map_err(|e| Error::KeysUnavailable { job: job_name.to_string(), detail: format!("creating the keyslot failed: {e}") })?;
     chain.keyslots.push(slot);
-    Ok((chain, password_name, key_file))
+    chain.seal(&chain_key);
+    Ok(NewChain {
+        chain,
+        key: chain_key,
+        password: password_name,
+        key_file,
+    })
+}
+
+/// Pins a freshly made chain in the catalog.
+fn pin_new(cat: &Catalog, job_id: &Id16, nc: &NewChain) -> Result<()> {
+    cat.pin_chain(
+        job_id,
+        &crate::catalog::ChainPin {
+            chain_id: nc.chain.chain_id,
+            mode: nc.chain.encryption,
+            check_value: hex::encode(crate::crypto::check_value(&nc.key)),
+            revision: nc.chain.revision,
+            kms_keys: super::chain_kms_keys(&nc.chain),
+        },
+    )
 }
 
 /// The stored hash of password `name`, or a new password from a passphrase.
@@ -255,8 +302,8 @@ async fn password_provider(ctx: &Ctx, cat: &Catalog, name: &str) -> Result<Passw
         // A passphrase given anyway must match: never attach a password the admin mistyped.
         if std::env::var_os("ARCA_PASSPHRASE").is_some() || ctx.creds.passphrase_file.is_some() {
             if let Some(p) = ctx.creds.read_passphrase("", false)? {
-                let h =
-                    passphrase::derive_for(&rec, &p).map_err(|e| Error::Other(e.to_string()))?;
+                let h = passphrase::derive_for(&rec, &p, ctx.creds.allow_expensive_kdf)
+                    .map_err(|e| Error::Other(e.to_string()))?;
                 if h.expose() != hash.expose() {
                     return Err(Error::WrongPassphrase {
                         job: name.to_string(),
@@ -313,7 +360,7 @@ pub async fn create(ctx: &Ctx, a: CreateArgs) -> Result<i32> {
     }
     let _lock = repo.lock()?;
     let job_id = Id16::random();
-    let (chain, password, key_file) = new_chain(
+    let nc = new_chain(
         ctx,
         &cat,
         &repo,
@@ -327,7 +374,8 @@ pub async fn create(ctx: &Ctx, a: CreateArgs) -> Result<i32> {
         },
     )
     .await?;
-    let job = JobRecord {
+    let chain = &nc.chain;
+    let mut job = JobRecord {
         kind: JobRecord::KIND.into(),
         version: FORMAT_VERSION,
         repo_id: repo.id(),
@@ -336,8 +384,12 @@ pub async fn create(ctx: &Ctx, a: CreateArgs) -> Result<i32> {
         source: source.to_string_lossy().into_owned(),
         created: now_rfc3339(),
         chain_id: chain.chain_id,
+        chains: Vec::new(),
+        revision: 1,
+        mac: None,
     };
-    repo.write_chain(&chain)?;
+    job.seal(&nc.key);
+    repo.write_chain(chain)?;
     repo.write_job(&job)?;
     cat.create_job(&JobRow {
         name: a.name.clone(),
@@ -346,11 +398,16 @@ pub async fn create(ctx: &Ctx, a: CreateArgs) -> Result<i32> {
         repo_path: repo.root().to_path_buf(),
         source: job.source.clone(),
         encryption: mode,
-        password,
-        key_file,
+        password: nc.password.clone(),
+        key_file: nc.key_file.clone(),
         chain_id: chain.chain_id,
         created: job.created.clone(),
+        job_revision: job.revision,
+        latest_point: None,
     })?;
+    cat.set_job_revision(&a.name, job.revision)?;
+    cat.set_repo_format_version(&repo.id(), repo.version())?;
+    pin_new(&cat, &job_id, &nc)?;
     if let Some(pw) = cat.job(&a.name)?.and_then(|r| r.password) {
         escrow_if_enabled(ctx, &cat, &repo, &job_id, &a.name, &pw).await?;
     }
@@ -399,6 +456,44 @@ impl JobView {
     }
 }
 
+async fn adopt(ctx: &Ctx, name: &str, dir: &std::path::Path) -> Result<i32> {
+    let cat = ctx.catalog()?;
+    let repo = Repository::open(dir)?;
+    let job = repo.find_job(name)?;
+    let before = cat.job(name)?;
+    let r = super::admin::adopt_job(ctx, &cat, dir, &job).await?;
+    if r["chains_pinned"].as_u64() == Some(0) {
+        return Err(Error::KeysUnavailable {
+            job: name.to_string(),
+            detail: format!(
+                "adopting needs the job's keys, and none resolved ({}); give the passphrase or key",
+                r["keys"].as_str().unwrap_or_default()
+            ),
+        });
+    }
+    if ctx.json {
+        crate::ui::print_json(&r);
+    } else {
+        if let Some(b) = before.filter(|b| b.chain_id != job.chain_id || b.source != job.source) {
+            ctx.say(format!(
+                "job '{name}': chain {} → {}, source {} → {}",
+                b.chain_id.short(),
+                job.chain_id.short(),
+                b.source,
+                job.source
+            ));
+        }
+        ctx.say(format!(
+            "adopted job '{name}' from {}: chain {} (encryption {}), source {}; this catalog now trusts it",
+            dir.display(),
+            job.chain_id.short(),
+            r["encryption"].as_str().unwrap_or_default(),
+            job.source
+        ));
+    }
+    Ok(0)
+}
+
 fn list(ctx: &Ctx) -> Result<i32> {
     let cat = ctx.catalog()?;
     let jobs: Vec<JobView> = cat.list_jobs()?.iter().map(JobView::of).collect();
@@ -445,7 +540,10 @@ async fn change_encryption(ctx: &Ctx, a: EncryptionArgs) -> Result<i32> {
     let cat = ctx.catalog()?;
     let h = locate_job(&cat, &a.name, None)?;
     let _lock = h.repo.lock()?;
-    let (chain, password, key_file) = new_chain(
+    // The current chain's key authenticates the change of the job record. A passphrase or
+    // key given here is meant for the new chain.
+    super::open_chain_with(ctx, &cat, &h, &h.job.chain_id, None, false, false).await?;
+    let nc = new_chain(
         ctx,
         &cat,
         &h.repo,
@@ -459,17 +557,23 @@ async fn change_encryption(ctx: &Ctx, a: EncryptionArgs) -> Result<i32> {
         },
     )
     .await?;
-    h.repo.write_chain(&chain)?;
+    let chain = &nc.chain;
+    h.repo.write_chain(chain)?;
     let mut job = h.job.clone();
+    job.chains = job.all_chains();
     job.chain_id = chain.chain_id;
+    job.revision += 1;
+    job.seal(&nc.key);
+    pin_new(&cat, &h.job.job_id, &nc)?;
     h.repo.write_job(&job)?;
     cat.update_job_encryption(
         &a.name,
         mode,
-        password.as_deref(),
-        key_file.as_deref(),
+        nc.password.as_deref(),
+        nc.key_file.as_deref(),
         &chain.chain_id,
     )?;
+    cat.set_job_revision(&a.name, job.revision)?;
     ctx.say(format!(
         "job '{}' now writes to a new chain {} (encryption: {}); the next backup is a full backup. \
          Earlier recovery points stay restorable with their old keys.",
@@ -542,7 +646,17 @@ async fn keys(ctx: &Ctx, cmd: KeysCmd) -> Result<i32> {
         } => {
             let h = locate_job(&cat, &name, None)?;
             let _lock = h.repo.lock()?;
-            let (oc, _) = open_chain(ctx, &cat, &h, &h.job.chain_id, None, false).await?;
+            // A passphrase given here is the new password's, not the chain's.
+            let (oc, _) = super::open_chain_with(
+                ctx,
+                &cat,
+                &h,
+                &h.job.chain_id,
+                None,
+                false,
+                password.is_none(),
+            )
+            .await?;
             if oc.chain.encryption == EncryptionMode::None {
                 return Err(Error::Usage(format!("job '{name}' is not encrypted; use `arca job encryption` to start an encrypted chain")));
             }
@@ -579,17 +693,21 @@ async fn keys(ctx: &Ctx, cmd: KeysCmd) -> Result<i32> {
             let desc = describe_slot(&slot);
             let id = slot.slot_id;
             chain.keyslots.push(slot);
+            chain.revision += 1;
+            chain.seal(&oc.chain_key);
             h.repo.write_chain(&chain)?;
+            let oc = crate::engine::OpenChain::new(chain.clone(), oc.chain_key.duplicate(), &name);
+            super::pin_open_chain(&cat, &h.job.job_id, &oc)?;
             if let Some(pw) = password {
                 // Points made before the chain had a passphrase keyslot record no salt yet:
-                // record it (plaintext metadata only; nothing is re-encrypted).
+                // record it (public metadata bound to the data key: the data key is
+                // rewrapped; nothing is re-encrypted).
                 if let Some(kdf) = super::backup::point_kdf(&chain, Some(&pw)) {
-                    for mut p in
-                        crate::engine::chain_points(&h.repo, &h.job.job_id, &chain.chain_id)?
-                    {
+                    for p in crate::engine::chain_points(&h.repo, &h.job.job_id, &chain.chain_id)? {
                         if p.kdf.is_none() {
-                            p.kdf = Some(kdf.clone());
-                            h.repo.write_point(&p)?;
+                            crate::engine::rebind_point(&h.repo, &oc, p, |p| {
+                                p.kdf = Some(kdf.clone())
+                            })?;
                         }
                     }
                 }
@@ -604,7 +722,8 @@ async fn keys(ctx: &Ctx, cmd: KeysCmd) -> Result<i32> {
         KeysCmd::Remove { name, slot } => {
             let h = locate_job(&cat, &name, None)?;
             let _lock = h.repo.lock()?;
-            let mut chain = h.repo.read_chain(&h.job.chain_id)?;
+            let (oc, _) = open_chain(ctx, &cat, &h, &h.job.chain_id, None, false).await?;
+            let mut chain = oc.chain.clone();
             let matches: Vec<usize> = chain
                 .keyslots
                 .iter()
@@ -631,7 +750,11 @@ async fn keys(ctx: &Ctx, cmd: KeysCmd) -> Result<i32> {
                 )));
             }
             let removed = chain.keyslots.remove(i);
+            chain.revision += 1;
+            chain.seal(&oc.chain_key);
             h.repo.write_chain(&chain)?;
+            let oc = crate::engine::OpenChain::new(chain, oc.chain_key.duplicate(), &name);
+            super::pin_open_chain(&cat, &h.job.job_id, &oc)?;
             ctx.say(format!(
                 "removed keyslot {} ({}) from job '{name}'",
                 removed.slot_id.short(),

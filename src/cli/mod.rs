@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 
 use clap::{Parser, Subcommand};
 
-use crate::catalog::{Catalog, JobRow};
+use crate::catalog::{Catalog, ChainPin, JobRow};
 use crate::engine::OpenChain;
 use crate::error::{Error, Result};
 use crate::repo::format::{Id16, JobRecord, PointRecord};
@@ -26,7 +26,7 @@ use crate::resolve::{self, Credentials};
 )]
 #[command(
     after_help = "Exit codes: 0 ok, 1 error, 2 usage, 3 backup done but some files unreadable, \
-12 keys could not be resolved, 13 integrity error."
+12 keys could not be resolved, 13 integrity error, 14 the repository disagrees with what the catalog trusts."
 )]
 pub struct Cli {
     /// The catalog database [default: the platform data dir, e.g. ~/.local/share/arca/catalog.db].
@@ -71,6 +71,19 @@ pub struct Cli {
     /// Client private key (PEM) for mutual TLS with the KMIP server.
     #[arg(long, global = true, value_name = "FILE")]
     pub kmip_client_key: Option<PathBuf>,
+    /// Allow KMS Decrypt with this key ARN besides the keys the catalog pins (repeatable;
+    /// needed to restore through KMS after a reinstall). Also [kms] trusted_keys.
+    #[arg(
+        long,
+        global = true,
+        value_name = "ARN",
+        env = "ARCA_TRUST_KMS_KEYS",
+        value_delimiter = ','
+    )]
+    pub trust_kms_key: Vec<String>,
+    /// Run Argon2 parameters above arca's cap (4x the defaults) when a repository asks for them.
+    #[arg(long, global = true)]
+    pub allow_expensive_kdf: bool,
     #[command(subcommand)]
     pub command: Command,
 }
@@ -78,7 +91,18 @@ pub struct Cli {
 #[derive(Subcommand, Debug)]
 pub enum Command {
     /// Create a repository in an empty or new directory.
-    Init { dir: PathBuf },
+    Init {
+        dir: PathBuf,
+        /// New files 0640 and directories 0750 (a repository shared with a group), instead of 0600/0700.
+        #[arg(long)]
+        group_readable: bool,
+    },
+    /// Upgrade a repository written by arca 0.1 (format 1) to format 2 in place: metadata is
+    /// authenticated and re-bound; no data is re-encrypted or rewritten. Needs every chain's keys.
+    Migrate {
+        #[arg(long)]
+        repo: PathBuf,
+    },
     /// Create, list and show jobs; change a job's encryption (starts a new chain).
     #[command(subcommand)]
     Job(job::JobCmd),
@@ -161,16 +185,26 @@ pub async fn run(cli: Cli) -> Result<i32> {
     k.ca = cli.kmip_ca.clone().or(k.ca.take());
     k.cert = cli.kmip_cert.clone().or(k.cert.take());
     k.key = cli.kmip_client_key.clone().or(k.key.take());
+    config
+        .kms
+        .trusted_keys
+        .extend(cli.trust_kms_key.iter().cloned());
+    let mut creds = Credentials::new(cli.passphrase_file.clone(), cli.key_file.clone())
+        .with_kms(config.kms)
+        .with_kmip(config.kmip);
+    creds.allow_expensive_kdf = cli.allow_expensive_kdf;
     let ctx = Ctx {
         catalog_path: cli.catalog.clone().unwrap_or_else(Catalog::default_path),
         json: cli.json,
         quiet: cli.quiet,
-        creds: Credentials::new(cli.passphrase_file.clone(), cli.key_file.clone())
-            .with_kms(config.kms)
-            .with_kmip(config.kmip),
+        creds,
     };
     match cli.command {
-        Command::Init { dir } => admin::init(&ctx, &dir),
+        Command::Init {
+            dir,
+            group_readable,
+        } => admin::init(&ctx, &dir, group_readable),
+        Command::Migrate { repo } => admin::migrate(&ctx, &repo).await,
         Command::Job(c) => job::run(&ctx, c).await,
         Command::Backup(a) => backup::run(&ctx, a).await,
         Command::Points(a) => read::points(&ctx, a).await,
@@ -212,7 +246,56 @@ pub fn validate_job_name(name: &str) -> Result<()> {
     }
 }
 
+/// Compares a job's repository records with what the catalog trusts about it.
+pub fn check_job_trust(cat: &Catalog, h: &JobHandle) -> Result<()> {
+    let Some(row) = &h.row else { return Ok(()) };
+    let name = &row.name;
+    let adopt = format!(
+        "if this change is yours (made on another machine), accept it with `arca job adopt {name} --repo {}`",
+        h.repo.root().display()
+    );
+    let pinned_v = cat.repo_format_version(&h.repo.id())?;
+    if h.repo.version() < pinned_v {
+        return Err(Error::Untrusted(format!(
+            "repository {} now says format version {}, but this catalog has seen version {pinned_v}: \
+             a downgrade would make its metadata unauthenticated; refusing",
+            h.repo.root().display(),
+            h.repo.version()
+        )));
+    }
+    if h.job.chain_id != row.chain_id {
+        return Err(Error::Untrusted(format!(
+            "job '{name}': its record in the repository names chain {}, but the catalog trusts chain {} \
+             (encryption {}); refusing to follow it. {adopt}",
+            h.job.chain_id,
+            row.chain_id,
+            row.encryption.as_str()
+        )));
+    }
+    if h.job.source != row.source {
+        return Err(Error::Untrusted(format!(
+            "job '{name}': its record in the repository names source {:?}, but the catalog has {:?}; refusing. {adopt}",
+            h.job.source, row.source
+        )));
+    }
+    if h.job.revision < row.job_revision {
+        return Err(Error::Untrusted(format!(
+            "job '{name}': its record in the repository is revision {}, older than revision {} this catalog has seen: \
+             an old record was put back; refusing",
+            h.job.revision, row.job_revision
+        )));
+    }
+    Ok(())
+}
+
 pub fn locate_job(cat: &Catalog, name: &str, repo: Option<&Path>) -> Result<JobHandle> {
+    let h = locate_job_untrusted(cat, name, repo)?;
+    check_job_trust(cat, &h)?;
+    Ok(h)
+}
+
+/// Finds a job without comparing it with the catalog's pins (for `job adopt`).
+pub fn locate_job_untrusted(cat: &Catalog, name: &str, repo: Option<&Path>) -> Result<JobHandle> {
     match repo {
         Some(dir) => {
             let repo = Repository::open(dir)?;
@@ -229,16 +312,24 @@ pub fn locate_job(cat: &Catalog, name: &str, repo: Option<&Path>) -> Result<JobH
                 ))
             })?;
             let repo = Repository::open(&row.repo_path)?;
-            let job = repo
-                .list_jobs()?
-                .into_iter()
-                .find(|j| j.job_id == row.job_id)
-                .ok_or_else(|| {
-                    Error::NotFound(format!(
+            if repo.id() != row.repo_id {
+                return Err(Error::Untrusted(format!(
+                    "{} holds repository {}, not repository {} of job '{name}'; refusing",
+                    row.repo_path.display(),
+                    repo.id(),
+                    row.repo_id
+                )));
+            }
+            let job = match repo.read_job(&row.job_id) {
+                Ok(j) => j,
+                Err(Error::NotFound(_)) => {
+                    return Err(Error::NotFound(format!(
                         "job '{name}' is in the catalog but not in its repository {}",
                         row.repo_path.display()
-                    ))
-                })?;
+                    )))
+                }
+                Err(e) => return Err(e),
+            };
             Ok(JobHandle {
                 repo,
                 job,
@@ -248,7 +339,8 @@ pub fn locate_job(cat: &Catalog, name: &str, repo: Option<&Path>) -> Result<JobH
     }
 }
 
-/// Resolves the key of a chain (for one point, when given), printing the tiers if asked.
+/// Resolves the key of a chain (for one point, when given), printing the tiers if asked,
+/// and checks it against what the catalog trusts (see [`open_chain_with`]).
 pub async fn open_chain(
     ctx: &Ctx,
     cat: &Catalog,
@@ -257,7 +349,99 @@ pub async fn open_chain(
     point: Option<&PointRecord>,
     explain: bool,
 ) -> Result<(OpenChain, &'static str)> {
+    open_chain_with(ctx, cat, h, chain_id, point, explain, true).await
+}
+
+/// The KMS and KMIP keys a chain's keyslots use (pinned with it).
+pub fn chain_kms_keys(chain: &crate::repo::format::ChainRecord) -> Vec<String> {
+    use crate::repo::format::SlotParams;
+    chain
+        .keyslots
+        .iter()
+        .filter_map(|s| match &s.params {
+            SlotParams::Kms { key_arn, .. } => Some(key_arn.clone()),
+            SlotParams::Kmip { key_uid, .. } => Some(key_uid.clone()),
+            _ => None,
+        })
+        .collect()
+}
+
+/// Pins a chain whose key is open (job creation, adoption, or a legacy catalog's first use).
+pub fn pin_open_chain(cat: &Catalog, job_id: &Id16, oc: &OpenChain) -> Result<()> {
+    cat.pin_chain(
+        job_id,
+        &ChainPin {
+            chain_id: oc.chain.chain_id,
+            mode: oc.chain.encryption,
+            check_value: hex::encode(crate::crypto::check_value(&oc.chain_key)),
+            revision: oc.chain.revision,
+            kms_keys: chain_kms_keys(&oc.chain),
+        },
+    )
+}
+
+/// `explicit`: whether a passphrase or key the user gave must open this chain.
+pub async fn open_chain_with(
+    ctx: &Ctx,
+    cat: &Catalog,
+    h: &JobHandle,
+    chain_id: &Id16,
+    point: Option<&PointRecord>,
+    explain: bool,
+    explicit: bool,
+) -> Result<(OpenChain, &'static str)> {
     let chain = h.repo.read_chain(chain_id)?;
+    let name = &h.job.name;
+    let pins = match &h.row {
+        Some(_) => cat.chain_pins(&h.job.job_id)?,
+        None => Vec::new(),
+    };
+    let pin = pins.iter().find(|p| p.chain_id == *chain_id).cloned();
+    if !pins.is_empty() {
+        let Some(pin) = &pin else {
+            return Err(Error::Untrusted(format!(
+                "chain {chain_id} is not a chain this catalog trusts for job '{name}' (it trusts {}); \
+                 refusing to use it",
+                pins.iter().map(|p| p.chain_id.hex()).collect::<Vec<_>>().join(", ")
+            )));
+        };
+        if chain.encryption != pin.mode {
+            return Err(Error::Untrusted(format!(
+                "chain {chain_id} of job '{name}' now says encryption {}, but the catalog pinned {}; refusing",
+                chain.encryption.as_str(),
+                pin.mode.as_str()
+            )));
+        }
+        if chain.revision < pin.revision {
+            return Err(Error::Untrusted(format!(
+                "chain {chain_id} of job '{name}': its record is revision {}, older than revision {} \
+                 this catalog has seen (an old keyslot list was put back); refusing",
+                chain.revision, pin.revision
+            )));
+        }
+    } else if chain.encryption == crate::repo::format::EncryptionMode::None {
+        ctx.note(format!(
+            "warning: chain {chain_id} of job '{name}' is NOT encrypted, and no catalog pins what this job trusts"
+        ));
+    }
+    if h.repo.version() < 2 {
+        ctx.note(format!(
+            "warning: repository {} is in format version 1 (arca 0.1): its metadata is not authenticated; upgrade it with `arca migrate --repo {}`",
+            h.repo.root().display(),
+            h.repo.root().display()
+        ));
+    }
+    let mut allowed = ctx.creds.kms.trusted_keys.clone();
+    // The escrow key this catalog was told to use is trusted too.
+    allowed.extend(cat.setting(crate::passwords::ESCROW_KEY_SETTING)?);
+    match &pin {
+        Some(p) => allowed.extend(p.kms_keys.iter().cloned()),
+        None if h.row.is_some() && pins.is_empty() => {
+            // A catalog from arca 0.1 has no pins yet: trust what the chain names (once).
+            allowed.extend(chain_kms_keys(&chain));
+        }
+        None => {}
+    }
     let escrow = h.repo.list_escrow(Some(&h.job.job_id))?;
     let req = resolve::Request {
         job_name: &h.job.name,
@@ -269,6 +453,8 @@ pub async fn open_chain(
         job_key_file: h.row.as_ref().and_then(|r| r.key_file.as_deref()),
         escrow: &escrow,
         tiers: resolve::Tiers::ALL,
+        allowed_kms: allowed,
+        explicit,
     };
     let print = |attempts: &[resolve::Attempt]| {
         if explain {
@@ -286,16 +472,91 @@ pub async fn open_chain(
     if explain {
         eprintln!("resolving keys of job '{}' chain {}:", h.job.name, chain_id);
     }
-    match resolve::resolve(req).await {
+    let (oc, tier) = match resolve::resolve(req).await {
         Ok(r) => {
             print(&r.attempts);
-            Ok((r.chain, r.tier))
+            (r.chain, r.tier)
         }
         Err(f) => {
             print(&f.attempts);
-            Err(f.error)
+            return Err(f.error);
+        }
+    };
+    let check = hex::encode(crate::crypto::check_value(&oc.chain_key));
+    match &pin {
+        Some(p) if p.check_value != check => {
+            return Err(Error::Untrusted(format!(
+                "chain {chain_id} of job '{name}' opened, but with another key than the one the catalog pinned; refusing"
+            )))
+        }
+        Some(p) if oc.chain.revision > p.revision => pin_open_chain(cat, &h.job.job_id, &oc)?,
+        None if h.row.is_some() && pins.is_empty() => {
+            pin_open_chain(cat, &h.job.job_id, &oc)?;
+            if h.repo.version() >= 2 {
+                cat.set_repo_format_version(&h.repo.id(), h.repo.version())?;
+            }
+        }
+        _ => {}
+    }
+    // The job record is authenticated by the key of the chain it names.
+    if *chain_id == h.job.chain_id && h.job.version >= 2 && !h.job.verify(&oc.chain_key) {
+        return Err(Error::integrity(
+            format!("job record of '{name}'"),
+            "its MAC does not verify: it was changed by someone without the job's keys",
+        ));
+    }
+    Ok((oc, tier))
+}
+
+/// A job's recovery points that belong to its trusted chains, oldest first, and the ones
+/// that do not (planted in another chain, or unreadable).
+pub fn job_points(
+    cat: &Catalog,
+    h: &JobHandle,
+) -> Result<(Vec<PointRecord>, Vec<crate::repo::Damaged>)> {
+    let trusted: Vec<Id16> = match &h.row {
+        Some(_) => {
+            let pins = cat.chain_pins(&h.job.job_id)?;
+            if pins.is_empty() {
+                h.job.all_chains()
+            } else {
+                pins.into_iter().map(|p| p.chain_id).collect()
+            }
+        }
+        None => h.job.all_chains(),
+    };
+    let (ok, bad): (Vec<PointRecord>, Vec<PointRecord>) = h
+        .repo
+        .list_points(&h.job.job_id)?
+        .into_iter()
+        .partition(|p| trusted.contains(&p.chain_id));
+    let bad = bad
+        .into_iter()
+        .map(|p| crate::repo::Damaged {
+            object: format!("recovery point {}", p.point_id),
+            detail: format!(
+                "it claims job '{}' but lies in chain {}, which is not a chain of this job (planted?)",
+                h.job.name, p.chain_id
+            ),
+        })
+        .collect();
+    Ok((ok, bad))
+}
+
+/// The catalog's latest known point must still be there: a repository that lost it (deleted
+/// points, or rolled back) is reported, never silently accepted.
+pub fn check_latest(h: &JobHandle, points: &[PointRecord]) -> Result<()> {
+    let Some(row) = &h.row else { return Ok(()) };
+    if let Some(latest) = row.latest_point {
+        if !points.iter().any(|p| p.point_id == latest) {
+            return Err(Error::Untrusted(format!(
+                "the repository no longer has recovery point {latest}, the latest of job '{}' this catalog knows: \
+                 it was deleted or the repository was rolled back. Name an older point explicitly to restore it",
+                row.name
+            )));
         }
     }
+    Ok(())
 }
 
 /// Picks a recovery point: the latest, or the one whose id starts with `sel`.

@@ -270,7 +270,13 @@ async fn rotate(
     let escrow_key = cat.setting(ESCROW_KEY_SETTING)?;
     let mut report = Vec::new();
     // Chains whose old keyslot is removed last, once the new hash is stored everywhere.
-    let mut pending: Vec<(std::path::PathBuf, Id16)> = Vec::new();
+    let mut pending: Vec<(
+        std::path::PathBuf,
+        Id16,
+        crate::crypto::SecretKey,
+        String,
+        Id16,
+    )> = Vec::new();
     for job_name in cat.jobs_using_password(name)? {
         let h = locate_job(cat, &job_name, None)?;
         let _lock = h.repo.lock()?;
@@ -304,22 +310,50 @@ async fn rotate(
                 }
                 None => continue,
             };
+            if chain.version >= 2 && !chain.verify(&key) {
+                return Err(Error::integrity(
+                    format!("chain record {chain_id}"),
+                    "its MAC does not verify: its keyslots were changed by someone without the chain key",
+                ));
+            }
             // 1. Add the new keyslot (both passwords work if we stop here).
             let slot = new_p
                 .wrap(&key, &sctx)
                 .await
                 .map_err(|e| Error::Other(e.to_string()))?;
             chain.keyslots.push(slot);
+            if chain.version >= 2 {
+                chain.revision += 1;
+                chain.seal(&key);
+            }
             h.repo.write_chain(&chain)?;
-            // 2. Points record the new salt (plaintext metadata; no data is touched).
-            for mut p in crate::engine::chain_points(&h.repo, &h.job.job_id, &chain_id)? {
+            let oc = crate::engine::OpenChain::new(chain.clone(), key.duplicate(), &job_name);
+            if h.row.is_some() {
+                super::pin_open_chain(cat, &h.job.job_id, &oc)?;
+            }
+            // 2. Points record the new salt (public metadata bound to their data key, which
+            //    is rewrapped; no data is touched).
+            for p in crate::engine::chain_points(&h.repo, &h.job.job_id, &chain_id)? {
                 if p.kdf.as_ref().is_some_and(|k| k.salt == old.salt) {
-                    p.kdf = Some(new.clone());
-                    h.repo.write_point(&p)?;
+                    if p.version >= 2 {
+                        crate::engine::rebind_point(&h.repo, &oc, p, |p| {
+                            p.kdf = Some(new.clone())
+                        })?;
+                    } else {
+                        let mut p = p;
+                        p.kdf = Some(new.clone());
+                        h.repo.write_point(&p)?;
+                    }
                     points_updated += 1;
                 }
             }
-            pending.push((h.repo.root().to_path_buf(), chain_id));
+            pending.push((
+                h.repo.root().to_path_buf(),
+                chain_id,
+                key,
+                job_name.clone(),
+                h.job.job_id,
+            ));
         }
         // 3. Escrow follows the new hash; the old record goes.
         h.repo.delete_escrow(&h.job.job_id, name)?;
@@ -354,14 +388,22 @@ async fn rotate(
     }
     cat.create_password(&new, "", &new_hash)?;
     // 4. Remove the old keyslots: from here on the old passphrase opens nothing.
-    for (root, chain_id) in pending {
+    for (root, chain_id, key, job_name, job_id) in pending {
         let repo = Repository::open(&root)?;
         let _lock = repo.lock()?;
         let mut chain = repo.read_chain(&chain_id)?;
         chain.keyslots.retain(
             |s| !matches!(&s.params, SlotParams::Passphrase { kdf } if kdf.salt == old.salt),
         );
+        if chain.version >= 2 {
+            chain.revision += 1;
+            chain.seal(&key);
+        }
         repo.write_chain(&chain)?;
+        if cat.job(&job_name)?.is_some_and(|r| r.job_id == job_id) {
+            let oc = crate::engine::OpenChain::new(chain, key, &job_name);
+            super::pin_open_chain(cat, &job_id, &oc)?;
+        }
     }
     if ctx.json {
         crate::ui::print_json(&serde_json::json!({"password": name, "jobs": report}));

@@ -11,7 +11,7 @@ use super::*;
 use crate::catalog::PointRow;
 use crate::engine::check::{self, CheckReport};
 use crate::engine::restore::{self, RestoreOptions};
-use crate::engine::{chain_points, open_point, OpenPoint};
+use crate::engine::{open_point, OpenPoint};
 use crate::error::exit;
 use crate::repo::format::{EntryType, PointStats};
 use crate::ui::human_bytes;
@@ -82,7 +82,7 @@ pub async fn find(ctx: &Ctx, a: FindArgs) -> Result<i32> {
     let is_glob = a.pattern.contains(['*', '?']);
     let mut chains: HashMap<Id16, OpenChain> = HashMap::new();
     let mut found = Vec::new();
-    for p in h.repo.list_points(&h.job.job_id)? {
+    for p in job_points(&cat, &h)?.0 {
         if let std::collections::hash_map::Entry::Vacant(v) = chains.entry(p.chain_id) {
             let (oc, _) = open_chain(ctx, &cat, &h, &p.chain_id, None, false).await?;
             v.insert(oc);
@@ -177,6 +177,10 @@ pub enum KeysCmd {
 
 #[derive(Serialize)]
 struct PointView {
+    /// "ok", or "damaged" (its metadata does not authenticate, or it is not in this job's chains).
+    status: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    damage: Option<String>,
     point_id: String,
     chain_id: String,
     time: String,
@@ -189,7 +193,7 @@ struct PointView {
 pub async fn points(ctx: &Ctx, a: PointsArgs) -> Result<i32> {
     let cat = ctx.catalog()?;
     let h = locate_job(&cat, &a.name, a.repo.as_deref())?;
-    let recs = h.repo.list_points(&h.job.job_id)?;
+    let (recs, foreign) = job_points(&cat, &h)?;
     let cached: HashMap<Id16, PointRow> = cat
         .points(&h.job.job_id)?
         .into_iter()
@@ -198,6 +202,7 @@ pub async fn points(ctx: &Ctx, a: PointsArgs) -> Result<i32> {
     // Points the catalog has no stats for (a reinstall, another machine): open them if the
     // keys resolve, and cache what they say.
     let mut opened: HashMap<Id16, Option<OpenChain>> = HashMap::new();
+    let mut damage: HashMap<Id16, String> = HashMap::new();
     let mut views = Vec::new();
     let mut unopened = 0;
     for p in &recs {
@@ -211,7 +216,9 @@ pub async fn points(ctx: &Ctx, a: PointsArgs) -> Result<i32> {
                 v.insert(oc);
             }
             if let Some(Some(oc)) = opened.get(&p.chain_id) {
-                if let Ok((_, body)) = open_point(oc, p) {
+                if let Err(e) = open_point(oc, p) {
+                    damage.insert(p.point_id, e.to_string());
+                } else if let Ok((_, body)) = open_point(oc, p) {
                     let r = PointRow {
                         point_id: p.point_id,
                         job_id: p.job_id,
@@ -226,10 +233,18 @@ pub async fn points(ctx: &Ctx, a: PointsArgs) -> Result<i32> {
                 }
             }
         }
-        if row.as_ref().and_then(|r| r.stats.as_ref()).is_none() {
+        if row.as_ref().and_then(|r| r.stats.as_ref()).is_none()
+            && !damage.contains_key(&p.point_id)
+        {
             unopened += 1;
         }
         views.push(PointView {
+            status: if damage.contains_key(&p.point_id) {
+                "damaged"
+            } else {
+                "ok"
+            },
+            damage: damage.get(&p.point_id).cloned(),
             point_id: p.point_id.hex(),
             chain_id: p.chain_id.hex(),
             time: p.time.clone(),
@@ -237,6 +252,19 @@ pub async fn points(ctx: &Ctx, a: PointsArgs) -> Result<i32> {
             kind: row.as_ref().and_then(|r| r.kind.clone()),
             errors: row.as_ref().map(|r| r.errors),
             stats: row.and_then(|r| r.stats),
+        });
+    }
+    for d in foreign {
+        views.push(PointView {
+            status: "damaged",
+            damage: Some(d.detail.clone()),
+            point_id: d.object.trim_start_matches("recovery point ").to_string(),
+            chain_id: String::new(),
+            time: String::new(),
+            parent: None,
+            kind: None,
+            stats: None,
+            errors: None,
         });
     }
     if ctx.json {
@@ -255,6 +283,13 @@ pub async fn points(ctx: &Ctx, a: PointsArgs) -> Result<i32> {
         "POINT", "TIME", "CHAIN", "FILES", "SIZE", "READ", "NEW"
     ));
     for v in &views {
+        if let Some(d) = &v.damage {
+            ctx.say(format!(
+                "{:<10} DAMAGED: {d}",
+                &v.point_id[..8.min(v.point_id.len())]
+            ));
+            continue;
+        }
         let (files, size, read, new) = match &v.stats {
             Some(s) => (
                 s.files.to_string(),
@@ -281,7 +316,10 @@ pub async fn points(ctx: &Ctx, a: PointsArgs) -> Result<i32> {
     Ok(0)
 }
 
-/// Opens a job's recovery point (resolving its keys).
+/// Opens a job's recovery point (resolving its keys). "Latest" is the newest point, by the
+/// time its data key authenticates, in a chain this job trusts; a damaged newer point is
+/// skipped with a warning, and a latest point the catalog knew but the repository lost is
+/// an error, never silently replaced by an older one.
 async fn open_selected(
     ctx: &Ctx,
     cat: &Catalog,
@@ -289,7 +327,36 @@ async fn open_selected(
     sel: Option<&str>,
     explain: bool,
 ) -> Result<(OpenChain, OpenPoint, &'static str)> {
-    let recs = h.repo.list_points(&h.job.job_id)?;
+    let (recs, _) = job_points(cat, h)?;
+    if matches!(sel, None | Some("latest")) {
+        check_latest(h, &recs)?;
+        select_point(&recs, None, &h.job.name)?;
+        let mut chains: HashMap<Id16, (OpenChain, &'static str)> = HashMap::new();
+        let mut last_err = None;
+        for p in recs.iter().rev() {
+            if let std::collections::hash_map::Entry::Vacant(v) = chains.entry(p.chain_id) {
+                v.insert(open_chain(ctx, cat, h, &p.chain_id, Some(p), explain).await?);
+            }
+            let (oc, tier) = &chains[&p.chain_id];
+            match oc.data_key(p) {
+                Ok(_) => {
+                    let (oc, tier) = chains.remove(&p.chain_id).expect("present");
+                    let _ = tier;
+                    let op = OpenPoint::open(&h.repo, &oc, p.clone())?;
+                    return Ok((oc, op, tier));
+                }
+                Err(e) => {
+                    let _ = tier;
+                    ctx.note(format!(
+                        "warning: skipping damaged recovery point {}: {e}",
+                        p.point_id
+                    ));
+                    last_err = Some(e);
+                }
+            }
+        }
+        return Err(last_err.expect("at least one point"));
+    }
     let p = select_point(&recs, sel, &h.job.name)?.clone();
     let (oc, tier) = open_chain(ctx, cat, h, &p.chain_id, Some(&p), explain).await?;
     let op = OpenPoint::open(&h.repo, &oc, p)?;
@@ -417,14 +484,37 @@ pub async fn restore(ctx: &Ctx, a: RestoreArgs) -> Result<i32> {
 pub async fn check(ctx: &Ctx, a: CheckArgs) -> Result<i32> {
     let cat = ctx.catalog()?;
     let h = locate_job(&cat, &a.name, a.repo.as_deref())?;
-    let recs = h.repo.list_points(&h.job.job_id)?;
+    let (recs, foreign) = job_points(&cat, &h)?;
     let mut chains: Vec<Id16> = recs.iter().map(|p| p.chain_id).collect();
     chains.sort();
     chains.dedup();
     let mut report = CheckReport::default();
+    for d in foreign {
+        report.problems.push(check::Problem {
+            object: d.object,
+            detail: d.detail,
+        });
+    }
+    let (_, unreadable) = h.repo.scan_points()?;
+    for d in unreadable {
+        report.problems.push(check::Problem {
+            object: d.object,
+            detail: d.detail,
+        });
+    }
+    if let Err(e) = check_latest(&h, &recs) {
+        report.problems.push(check::Problem {
+            object: "repository".into(),
+            detail: e.to_string(),
+        });
+    }
     for chain_id in chains {
         let (oc, _) = open_chain(ctx, &cat, &h, &chain_id, None, false).await?;
-        let pts = chain_points(&h.repo, &h.job.job_id, &chain_id)?;
+        let pts: Vec<_> = recs
+            .iter()
+            .filter(|p| p.chain_id == chain_id)
+            .cloned()
+            .collect();
         let total = if a.read_data {
             let idx = crate::engine::ChainIndex::load(&h.repo, &oc, &pts).ok();
             idx.map(|i| check::pack_bytes(&h.repo, &i))
@@ -475,7 +565,7 @@ pub async fn keys(ctx: &Ctx, cmd: KeysCmd) -> Result<i32> {
     } = cmd;
     let cat = ctx.catalog()?;
     let h = locate_job(&cat, &name, repo.as_deref())?;
-    let recs = h.repo.list_points(&h.job.job_id)?;
+    let (recs, _) = job_points(&cat, &h)?;
     let p = select_point(&recs, point.as_deref(), &name)?.clone();
     let (oc, tier) = open_chain(ctx, &cat, &h, &p.chain_id, Some(&p), explain || !ctx.json).await?;
     open_point(&oc, &p)?;

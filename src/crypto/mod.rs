@@ -38,6 +38,12 @@ pub mod context {
     pub const POINT_BODY: &str = "arca 2026-11 v1 point body encryption";
     pub const KEY_FINGERPRINT: &str = "arca 2026-11 v1 raw key fingerprint";
     pub const CATALOG_SEAL: &str = "arca 2026-11 v1 catalog secret sealing";
+    // Format v2 additions (docs/FORMAT.md §3).
+    pub const CHAIN_MAC: &str = "arca 2026-11 v2 chain record authentication";
+    pub const JOB_MAC: &str = "arca 2026-11 v2 job record authentication";
+    pub const CHAIN_CHECK: &str = "arca 2026-11 v2 chain key check value";
+    pub const CHUNKER: &str = "arca 2026-11 v2 chunker gear table";
+    pub const CHUNK_NONCE: &str = "arca 2026-11 v2 chunk nonce";
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -182,6 +188,37 @@ impl KdfParams {
         }
     }
 
+    /// The largest parameters arca runs without `--allow-expensive-kdf`: four times the
+    /// default memory and passes, four times the lanes. Parameters come from the repository,
+    /// which may have been written by an attacker: an inflated record would otherwise cost
+    /// gigabytes and seconds per attempt before it could be found out.
+    pub const CAP: KdfParams = KdfParams {
+        m_kib: 4 * 64 * 1024,
+        t: 4 * 3,
+        p: 4 * 2,
+    };
+
+    /// Refuses parameters above [`KdfParams::CAP`] unless `allow_expensive`.
+    pub fn check_cap(&self, allow_expensive: bool) -> Result<(), CryptoError> {
+        if allow_expensive {
+            return self.validate();
+        }
+        if self.m_kib > Self::CAP.m_kib || self.t > Self::CAP.t || self.p > Self::CAP.p {
+            return Err(CryptoError::KdfParams(format!(
+                "Argon2id parameters m={} KiB, t={}, p={} exceed arca's cap (m={} KiB, t={}, p={}: \
+                 four times the defaults); a repository record asking for more may be an attack. \
+                 If you set them on purpose, pass --allow-expensive-kdf",
+                self.m_kib,
+                self.t,
+                self.p,
+                Self::CAP.m_kib,
+                Self::CAP.t,
+                Self::CAP.p
+            )));
+        }
+        self.validate()
+    }
+
     /// Refuses parameters that argon2 rejects or that would be absurd to run.
     pub fn validate(&self) -> Result<(), CryptoError> {
         if self.m_kib > 4 * 1024 * 1024 || self.t > 64 || self.p > 64 {
@@ -274,6 +311,156 @@ pub fn wrap_key_with_nonce(
         nonce,
         commitment: *commitment(kek, aad).as_bytes(),
         ciphertext,
+    }
+}
+
+/// Format v2 wrapping: the commitment covers `place` (which key, which slot), the AEAD's
+/// associated data covers `place || bound` (every public field that steers a reader, e.g. a
+/// keyslot's KDF record). A wrong key is [`CryptoError::WrongKey`]; the right key with an
+/// edited `bound` is [`CryptoError::Tampered`]. With an empty `bound` it is exactly v1.
+pub fn wrap_key_bound(kek: &SecretKey, key: &SecretKey, place: &[u8], bound: &[u8]) -> WrappedKey {
+    wrap_key_bound_with_nonce(kek, key, place, bound, random_bytes())
+}
+
+/// Deterministic form of [`wrap_key_bound`], for test vectors only.
+#[doc(hidden)]
+pub fn wrap_key_bound_with_nonce(
+    kek: &SecretKey,
+    key: &SecretKey,
+    place: &[u8],
+    bound: &[u8],
+    nonce: [u8; NONCE_LEN],
+) -> WrappedKey {
+    let full = [place, bound].concat();
+    let mut w = wrap_key_with_nonce(kek, key, &full, nonce);
+    w.commitment = *commitment(kek, place).as_bytes();
+    w
+}
+
+/// Unwraps a [`wrap_key_bound`] envelope.
+pub fn unwrap_key_bound(
+    kek: &SecretKey,
+    w: &WrappedKey,
+    place: &[u8],
+    bound: &[u8],
+) -> Result<SecretKey, CryptoError> {
+    if commitment(kek, place) != blake3::Hash::from_bytes(w.commitment) {
+        return Err(CryptoError::WrongKey);
+    }
+    if w.ciphertext.len() != KEY_LEN + TAG_LEN {
+        return Err(CryptoError::Malformed("wrapped key has the wrong length"));
+    }
+    let full = [place, bound].concat();
+    let mut pt = kek
+        .derive(context::WRAP)
+        .cipher()
+        .decrypt(
+            Nonce::from_slice(&w.nonce),
+            Payload {
+                msg: &w.ciphertext,
+                aad: &full,
+            },
+        )
+        .map_err(|_| CryptoError::Tampered)?;
+    let k = SecretKey::from_slice(&pt);
+    pt.zeroize();
+    k
+}
+
+/// A keyed MAC (BLAKE3 keyed hash under `derive(key, context)`) of `data`.
+pub fn mac(key: &SecretKey, context: &str, data: &[u8]) -> [u8; 32] {
+    *blake3::keyed_hash(key.derive(context).expose(), data).as_bytes()
+}
+
+/// Constant-time check of a [`mac`].
+pub fn verify_mac(key: &SecretKey, context: &str, data: &[u8], tag: &[u8]) -> bool {
+    match blake3::Hash::from_slice(tag) {
+        Ok(t) => blake3::Hash::from_bytes(mac(key, context, data)) == t,
+        Err(_) => false,
+    }
+}
+
+/// The public check value of a chain key, pinned in the catalog: it names the key without
+/// revealing it, so a repository that swaps a chain's key is caught.
+pub fn check_value(chain_key: &SecretKey) -> [u8; 32] {
+    *blake3::hash(chain_key.derive(context::CHAIN_CHECK).expose()).as_bytes()
+}
+
+/// The chunker's gear tables keyed per chain (format v2): `gear[i]` is the i-th 8-byte
+/// little-endian word of the BLAKE3 XOF keyed with `derive(chain key, CHUNKER)`, and
+/// `gear_ls[i] = gear[i] << 1`. Chunk boundaries then differ between chains.
+pub fn gear_tables(chain_key: &SecretKey) -> (Box<[u64; 256]>, Box<[u64; 256]>) {
+    let k = chain_key.derive(context::CHUNKER);
+    let mut xof = blake3::Hasher::new_keyed(k.expose()).finalize_xof();
+    let mut buf = [0u8; 256 * 8];
+    xof.fill(&mut buf);
+    let mut gear = Box::new([0u64; 256]);
+    let mut gear_ls = Box::new([0u64; 256]);
+    for i in 0..256 {
+        gear[i] = u64::from_le_bytes(buf[i * 8..i * 8 + 8].try_into().expect("8 bytes"));
+        gear_ls[i] = gear[i] << 1;
+    }
+    buf.zeroize();
+    (gear, gear_ls)
+}
+
+/// Seals chunks without storing their nonces (format v2): the nonce of a chunk is the first
+/// 12 bytes of `keyed(nonce key, chunk id)`. A point seals each chunk id once (dedup), and
+/// the same id always means the same plaintext, so a (key, nonce) pair never carries two
+/// different messages; nothing in a pack marks where one sealed chunk ends.
+pub struct ChunkSealer {
+    cipher: Aes256Gcm,
+    nonce_key: [u8; 32],
+    sealed: AtomicU64,
+}
+
+impl ChunkSealer {
+    pub fn new(chunk_key: &SecretKey, nonce_key: &SecretKey) -> Self {
+        ChunkSealer {
+            cipher: chunk_key.cipher(),
+            nonce_key: *nonce_key.expose(),
+            sealed: AtomicU64::new(0),
+        }
+    }
+
+    /// How many chunks this sealer has sealed.
+    pub fn sealed_count(&self) -> u64 {
+        self.sealed.load(Ordering::Relaxed)
+    }
+
+    pub fn nonce(&self, chunk_id: &[u8; 32]) -> [u8; NONCE_LEN] {
+        let h = blake3::keyed_hash(&self.nonce_key, chunk_id);
+        h.as_bytes()[..NONCE_LEN].try_into().expect("12 bytes")
+    }
+
+    /// `ciphertext || tag` (no nonce).
+    pub fn seal(&self, chunk_id: &[u8; 32], aad: &[u8], pt: &[u8]) -> Vec<u8> {
+        self.sealed.fetch_add(1, Ordering::Relaxed);
+        let n = self.nonce(chunk_id);
+        self.cipher
+            .encrypt(Nonce::from_slice(&n), Payload { msg: pt, aad })
+            .expect("AES-GCM encryption cannot fail for inputs below 64 GiB")
+    }
+
+    pub fn open(
+        &self,
+        chunk_id: &[u8; 32],
+        aad: &[u8],
+        sealed: &[u8],
+    ) -> Result<Vec<u8>, CryptoError> {
+        if sealed.len() < TAG_LEN {
+            return Err(CryptoError::Malformed("sealed chunk shorter than its tag"));
+        }
+        let n = self.nonce(chunk_id);
+        self.cipher
+            .decrypt(Nonce::from_slice(&n), Payload { msg: sealed, aad })
+            .map_err(|_| CryptoError::Tampered)
+    }
+}
+
+impl Drop for ChunkSealer {
+    fn drop(&mut self) {
+        self.nonce_key.zeroize();
     }
 }
 
@@ -539,6 +726,77 @@ mod tests {
         .validate()
         .is_err());
         assert!(KdfParams::DEFAULT.validate().is_ok());
+    }
+
+    #[test]
+    fn bound_wrap_tells_wrong_key_from_edited_fields() {
+        let kek = SecretKey::random();
+        let key = SecretKey::random();
+        let w = wrap_key_bound(&kek, &key, b"place", b"kdf m=1");
+        assert_eq!(
+            unwrap_key_bound(&kek, &w, b"place", b"kdf m=1")
+                .unwrap()
+                .expose(),
+            key.expose()
+        );
+        assert_eq!(
+            unwrap_key_bound(&kek, &w, b"place", b"kdf m=9").unwrap_err(),
+            CryptoError::Tampered
+        );
+        assert_eq!(
+            unwrap_key_bound(&SecretKey::random(), &w, b"place", b"kdf m=1").unwrap_err(),
+            CryptoError::WrongKey
+        );
+        // Empty bound is exactly the v1 wrapping.
+        let v1 = wrap_key_with_nonce(&kek, &key, b"place", [3; 12]);
+        assert_eq!(
+            wrap_key_bound_with_nonce(&kek, &key, b"place", b"", [3; 12]),
+            v1
+        );
+    }
+
+    #[test]
+    fn chunk_sealer_nonces_follow_ids_and_keys() {
+        let (a, b) = (SecretKey::random(), SecretKey::random());
+        let s = ChunkSealer::new(&a, &b);
+        let c = s.seal(&[1; 32], b"aad", b"hello");
+        assert_eq!(c.len(), 5 + TAG_LEN);
+        assert_eq!(s.open(&[1; 32], b"aad", &c).unwrap(), b"hello");
+        assert!(s.open(&[2; 32], b"aad", &c).is_err());
+        assert!(s.open(&[1; 32], b"other", &c).is_err());
+        assert_ne!(s.nonce(&[1; 32]), s.nonce(&[2; 32]));
+        assert_ne!(
+            s.nonce(&[1; 32]),
+            ChunkSealer::new(&a, &SecretKey::random()).nonce(&[1; 32])
+        );
+    }
+
+    #[test]
+    fn gear_tables_are_keyed() {
+        let k = SecretKey::random();
+        let (g1, l1) = gear_tables(&k);
+        let (g2, _) = gear_tables(&SecretKey::random());
+        assert_ne!(g1, g2);
+        assert_eq!(g1, gear_tables(&k).0);
+        assert_eq!(l1[5], g1[5] << 1);
+    }
+
+    #[test]
+    fn kdf_cap() {
+        assert!(KdfParams::DEFAULT.check_cap(false).is_ok());
+        let big = KdfParams {
+            m_kib: 4 * 1024 * 1024,
+            t: 3,
+            p: 2,
+        };
+        assert!(big.check_cap(false).is_err());
+        assert!(big.check_cap(true).is_ok());
+        let slow = KdfParams {
+            m_kib: 65536,
+            t: 13,
+            p: 2,
+        };
+        assert!(slow.check_cap(false).is_err());
     }
 
     #[test]

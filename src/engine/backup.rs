@@ -287,7 +287,7 @@ fn run_workers(
     n: usize,
     rx: Receiver<Work>,
     tx: Sender<SealedChunk>,
-    sealer: Arc<Sealer>,
+    sealer: Arc<ChunkSealer>,
     place: PointPlace,
     level: i32,
 ) -> Vec<thread::JoinHandle<()>> {
@@ -300,7 +300,7 @@ fn run_workers(
                     let mut z = zstd::bulk::Compressor::new(level).expect("zstd context");
                     for w in rx {
                         let payload = encode_payload_with(&mut z, &w.data);
-                        let sealed = sealer.seal(&place.chunk_aad(&w.id), &payload);
+                        let sealed = sealer.seal(&w.id.0, &place.chunk_aad(&w.id), &payload);
                         let c = SealedChunk {
                             id: w.id,
                             sealed,
@@ -329,7 +329,7 @@ fn run_writer(
                 entries: Vec::new(),
                 bytes_stored: 0,
             };
-            let mut pack = PackBuilder::new(&place.point_id, PACK_TARGET + CHUNK_MAX as usize);
+            let mut pack = PackBuilder::new(&place.point_id, PACK_TARGET + CHUNK_MAX as usize, 2);
             let flush = |pack: PackBuilder, res: &mut WriterResult| -> Result<()> {
                 let fin = pack.finish(&header_sealer, &place);
                 repo.0.write_pack(&fin.id, &fin.bytes)?;
@@ -348,7 +348,7 @@ fn run_writer(
                 if pack.len() >= PACK_TARGET {
                     let full = std::mem::replace(
                         &mut pack,
-                        PackBuilder::new(&place.point_id, PACK_TARGET + CHUNK_MAX as usize),
+                        PackBuilder::new(&place.point_id, PACK_TARGET + CHUNK_MAX as usize, 2),
                     );
                     flush(full, &mut res)?; // dropping rx on error stops the workers
                 }
@@ -372,8 +372,35 @@ pub fn run(
     opts: BackupOptions,
 ) -> Result<BackupOutcome> {
     let repo = Repository::open(repo_root)?;
+    if repo.version() < 2 || oc.chain.version < 2 {
+        return Err(Error::Usage(format!(
+            "repository {} is in format version 1 (arca 0.1), whose metadata is not authenticated; \
+             upgrade it with `arca migrate --repo {}` before backing up into it",
+            repo_root.display(),
+            repo_root.display()
+        )));
+    }
+    if let Source::Stdin { name, .. } = &opts.source {
+        super::restore::safe_rel_path(name.as_bytes()).map_err(|_| {
+            Error::Usage(format!(
+                "--stdin-name {name:?} is not a safe relative path (no '..', no leading '/', not empty)"
+            ))
+        })?;
+    }
     repo.clean_tmp()?;
     let earlier = chain_points(&repo, &job.job_id, &oc.chain.chain_id)?;
+    // Only points whose metadata authenticates under this chain count (a planted or
+    // edited point file is ignored here and reported by `check`).
+    let earlier: Vec<PointRecord> = earlier
+        .into_iter()
+        .filter(|p| match oc.data_key(p) {
+            Ok(_) => true,
+            Err(e) => {
+                tracing::warn!("ignoring recovery point {}: {e}", p.point_id);
+                false
+            }
+        })
+        .collect();
     let index = ChainIndex::load(&repo, oc, &earlier)?;
     let parent_rec = earlier.last().cloned();
     let mut parent = HashMap::new();
@@ -392,6 +419,7 @@ pub fn run(
         job_id: job.job_id,
         chain_id: oc.chain.chain_id,
         point_id: Id16::random(),
+        data_format: 2,
     };
     let data_key = SecretKey::random();
     let sealers = PointSealers::new(PointKeys::new(&data_key, place));
@@ -408,7 +436,7 @@ pub fn run(
         opts.compression_level,
     );
     let writer = run_writer(
-        Arc::new(RepoHandle(Repository::open(repo_root)?)),
+        Arc::new(RepoHandle(repo.try_clone()?)),
         sealed_rx,
         sealers.pack_headers.clone(),
         place,
@@ -416,7 +444,7 @@ pub fn run(
 
     let chunker = Chunker {
         idk: &oc.idk,
-        cdc: CdcParams::new(CHUNK_MIN, CHUNK_AVG, CHUNK_MAX),
+        cdc: CdcParams::new(CHUNK_MIN, CHUNK_AVG, CHUNK_MAX).with_gear(oc.gear.clone()),
         buf: Vec::new(),
         known,
         tx: work_tx,
@@ -494,8 +522,9 @@ pub fn run(
     let mut tree_ids = Vec::new();
     if !w.stopped {
         let c = &mut w.chunker;
-        for data in
-            CdcParams::new(TREE_CHUNK_MIN, TREE_CHUNK_AVG, TREE_CHUNK_MAX).split(&tree_bytes)
+        for data in CdcParams::new(TREE_CHUNK_MIN, TREE_CHUNK_AVG, TREE_CHUNK_MAX)
+            .with_gear(oc.gear.clone())
+            .split(&tree_bytes)
         {
             if !Chunker::put(
                 c.idk,
@@ -527,6 +556,7 @@ pub fn run(
     let index_sealer = Sealer::new(&sealers.keys.index);
     repo.write_index(
         &place.point_id,
+        2,
         &index_sealer.seal(&place.index_aad(), &encode_index(&written.entries)),
     )?;
     let body = PointBody {
@@ -543,8 +573,7 @@ pub fn run(
         &place.body_aad(),
         &serde_json::to_vec(&body).expect("body serializes"),
     );
-    let wrapped = crypto::wrap_key(&oc.chain_key, &data_key, &place.data_key_aad());
-    let record = PointRecord {
+    let mut record = PointRecord {
         kind: PointRecord::KIND.into(),
         version: FORMAT_VERSION,
         repo_id: place.repo_id,
@@ -555,9 +584,23 @@ pub fn run(
         time: now_rfc3339(),
         parent: parent_rec.map(|p| p.point_id),
         kdf: opts.kdf,
-        data_key: WrappedKeyJson::from(&wrapped),
+        source_kind: Some(kind.to_string()),
+        data_format: 2,
+        data_key: WrappedKeyJson {
+            nonce: Vec::new(),
+            commitment: Vec::new(),
+            ciphertext: Vec::new(),
+        },
         body: sealed_body,
     };
+    // The data key's wrapping authenticates the point's public fields (time, parent, ...).
+    let wrapped = crypto::wrap_key_bound(
+        &oc.chain_key,
+        &data_key,
+        &record.data_key_place(),
+        &record.bound(),
+    );
+    record.data_key = WrappedKeyJson::from(&wrapped);
     repo.write_point(&record)?;
     Ok(BackupOutcome {
         record,

@@ -42,11 +42,7 @@ impl CheckReport {
 
 /// Total bytes of the packs `check --read-data` will read (for a progress bar).
 pub fn pack_bytes(repo: &Repository, idx: &ChainIndex) -> u64 {
-    idx.packs
-        .iter()
-        .filter_map(|p| std::fs::metadata(repo.pack_path(p)).ok())
-        .map(|m| m.len())
-        .sum()
+    idx.packs.iter().filter_map(|p| repo.pack_len(p)).sum()
 }
 
 /// Checks the points of one chain.
@@ -58,14 +54,11 @@ pub fn check_chain(
     progress: &ProgressBar,
     report: &mut CheckReport,
 ) -> Result<()> {
-    let idx = match ChainIndex::load(repo, oc, points) {
-        Ok(i) => i,
-        Err(e @ Error::Integrity { .. }) => {
-            report.add_error(e);
-            return Ok(());
-        }
-        Err(e) => return Err(e),
-    };
+    let mut damaged = Vec::new();
+    let idx = ChainIndex::load_reporting(repo, oc, points, &mut |e| damaged.push(e))?;
+    for e in damaged {
+        report.add_error(e);
+    }
     // Every chunk referenced by every point (file contents and the file index) is indexed,
     // and lies inside an existing pack.
     let mut referenced: HashSet<Id32> = HashSet::new();
@@ -110,10 +103,10 @@ pub fn check_chain(
     }
     for (pack_no, end) in &sizes {
         let id = idx.packs[*pack_no as usize];
-        match std::fs::metadata(repo.pack_path(&id)) {
-            Ok(m) if m.len() < *end => report.problem(format!("pack {id}"), "truncated"),
-            Ok(_) => {}
-            Err(_) => report.problem(format!("pack {id}"), "missing"),
+        match repo.pack_len(&id) {
+            Some(len) if len < *end => report.problem(format!("pack {id}"), "truncated"),
+            Some(_) => {}
+            None => report.problem(format!("pack {id}"), "missing or not a regular file"),
         }
     }
     if read_data {
@@ -157,7 +150,7 @@ fn read_packs(
             Ok(frame) => {
                 let point = chunks.first().map(|(_, l)| l.point).unwrap_or(0);
                 let (place, _, header_opener) = &idx.points[point as usize];
-                if frame.point_id != place.point_id {
+                if frame.point_id != place.point_id || frame.data_format != place.data_format {
                     report.problem(
                         &obj,
                         "written by another recovery point than its index says",
@@ -177,7 +170,7 @@ fn read_packs(
                 continue;
             };
             let ok = opener
-                .open(&place.chunk_aad(&id), sealed)
+                .open(&id, &place.chunk_aad(&id), sealed)
                 .map_err(|e| e.to_string())
                 .and_then(|p| decode_payload(&p, loc.raw_len as usize).map_err(|e| e.0))
                 .and_then(|d| {

@@ -5,17 +5,26 @@
 //! This keeps one buffer per walker and calls fastcdc's own cut-point function, so chunk
 //! boundaries are exactly FastCDC's.
 
+//!
+//! Format v2 keys the gear table per chain ([`crate::crypto::gear_tables`]), so the same data
+//! is cut at different places in different repositories.
+
 use std::io::{self, Read};
+use std::sync::Arc;
 
-use fastcdc::v2020::{cut, MASKS};
+use fastcdc::v2020::{cut, cut_gear, MASKS};
 
-#[derive(Clone, Copy, Debug)]
+/// A keyed gear table and its left-shifted twin.
+pub type GearTables = (Box<[u64; 256]>, Box<[u64; 256]>);
+
+#[derive(Clone, Debug)]
 pub struct CdcParams {
     min: usize,
     avg: usize,
     max: usize,
     mask_s: u64,
     mask_l: u64,
+    gear: Option<Arc<GearTables>>,
 }
 
 impl CdcParams {
@@ -29,7 +38,14 @@ impl CdcParams {
             max: max as usize,
             mask_s: MASKS[bits + 1],
             mask_l: MASKS[bits - 1],
+            gear: None,
         }
+    }
+
+    /// Uses a keyed gear table instead of fastcdc's public one.
+    pub fn with_gear(mut self, gear: Option<Arc<GearTables>>) -> Self {
+        self.gear = gear;
+        self
     }
 
     pub fn max(&self) -> usize {
@@ -38,6 +54,21 @@ impl CdcParams {
 
     /// Length of the first chunk of `data` (all of it if it is short).
     pub fn cut(&self, data: &[u8]) -> usize {
+        if let Some(g) = &self.gear {
+            let (_, n) = cut_gear(
+                data,
+                self.min,
+                self.avg,
+                self.max,
+                self.mask_s,
+                self.mask_l,
+                self.mask_s << 1,
+                self.mask_l << 1,
+                &g.0,
+                &g.1,
+            );
+            return n.max(1).min(data.len());
+        }
         let (_, n) = cut(
             data,
             self.min,
@@ -141,5 +172,38 @@ mod tests {
             prop_assert_eq!(&got, &want);
             prop_assert_eq!(p.split(&data).iter().map(|c| c.len()).collect::<Vec<_>>(), want);
         }
+    }
+
+    /// Keyed gear tables move the boundaries: the same data cuts differently per key.
+    #[test]
+    fn keyed_gear_changes_boundaries() {
+        let mut x = 7u64;
+        let data: Vec<u8> = (0..400_000)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                (x >> 24) as u8
+            })
+            .collect();
+        let lens = |g: Option<Arc<GearTables>>| {
+            CdcParams::new(1024, 4096, 16384)
+                .with_gear(g)
+                .split(&data)
+                .iter()
+                .map(|c| c.len())
+                .collect::<Vec<_>>()
+        };
+        let k1 = Arc::new(crate::crypto::gear_tables(
+            &crate::crypto::SecretKey::random(),
+        ));
+        let k2 = Arc::new(crate::crypto::gear_tables(
+            &crate::crypto::SecretKey::random(),
+        ));
+        let (a, b, plain) = (lens(Some(k1.clone())), lens(Some(k2)), lens(None));
+        assert_ne!(a, b);
+        assert_ne!(a, plain);
+        assert_eq!(a, lens(Some(k1)));
+        assert_eq!(a.iter().sum::<usize>(), data.len());
     }
 }

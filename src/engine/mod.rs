@@ -10,7 +10,9 @@ use std::collections::HashMap;
 use std::fs::File;
 use std::sync::Arc;
 
-use crate::crypto::{self, context, ChunkIdKey, Opener, Sealer, SecretKey, WrappedKey};
+use crate::crypto::{
+    self, context, ChunkIdKey, ChunkSealer, Opener, Sealer, SecretKey, WrappedKey,
+};
 use crate::error::{Error, Result};
 use crate::keys::SlotContext;
 use crate::repo::format::*;
@@ -22,17 +24,23 @@ pub struct OpenChain {
     pub chain_key: SecretKey,
     pub idk: ChunkIdKey,
     pub ctx: SlotContext,
+    /// The chunker's keyed gear tables (v2 chains).
+    pub gear: Option<Arc<chunker::GearTables>>,
 }
 
 impl OpenChain {
     pub fn new(chain: ChainRecord, chain_key: SecretKey, job_name: &str) -> Self {
         let idk = ChunkIdKey::from_chain_key(&chain_key);
         let ctx = SlotContext::of_chain(&chain, job_name);
+        let gear = (chain.version >= 2
+            && chain.chunker.as_deref() == Some(ChainRecord::KEYED_GEAR))
+        .then(|| Arc::new(crypto::gear_tables(&chain_key)));
         OpenChain {
             chain,
             chain_key,
             idk,
             ctx,
+            gear,
         }
     }
 
@@ -46,12 +54,23 @@ impl OpenChain {
         }
         let w = WrappedKey::try_from(&p.data_key)
             .map_err(|e| Error::integrity(format!("recovery point {}", p.point_id), e))?;
-        crypto::unwrap_key(&self.chain_key, &w, &p.place().data_key_aad()).map_err(|e| {
-            Error::integrity(
-                format!("data key of recovery point {}", p.point_id),
-                format!("{e} (the chain key opens the chain but not this point)"),
-            )
-        })
+        if p.version < self.chain.version {
+            return Err(Error::integrity(
+                format!("recovery point {}", p.point_id),
+                "a version-1 point record in a version-2 chain",
+            ));
+        }
+        crypto::unwrap_key_bound(&self.chain_key, &w, &p.data_key_place(), &p.bound()).map_err(
+            |e| {
+                let detail = match e {
+                    crypto::CryptoError::Tampered => {
+                        "its time, parent, kind, salt record or data key was modified".to_string()
+                    }
+                    e => format!("{e} (the chain key opens the chain but not this point)"),
+                };
+                Error::integrity(format!("recovery point {}", p.point_id), detail)
+            },
+        )
     }
 }
 
@@ -59,6 +78,7 @@ impl OpenChain {
 pub struct PointKeys {
     pub place: PointPlace,
     pub chunks: SecretKey,
+    pub chunk_nonces: SecretKey,
     pub pack_headers: SecretKey,
     pub index: SecretKey,
     pub body: SecretKey,
@@ -69,6 +89,7 @@ impl PointKeys {
         PointKeys {
             place,
             chunks: data_key.derive(context::POINT_CHUNKS),
+            chunk_nonces: data_key.derive(context::CHUNK_NONCE),
             pack_headers: data_key.derive(context::POINT_PACK_HEADERS),
             index: data_key.derive(context::POINT_INDEX),
             body: data_key.derive(context::POINT_BODY),
@@ -84,7 +105,41 @@ pub fn open_point(oc: &OpenChain, p: &PointRecord) -> Result<(PointKeys, PointBo
     let pt = crypto::open(&keys.body, &p.place().body_aad(), &p.body)
         .map_err(|e| Error::integrity(obj(), e))?;
     let body: PointBody = serde_json::from_slice(&pt).map_err(|e| Error::integrity(obj(), e))?;
+    if p.version >= 2 && p.source_kind.as_deref() != Some(body.kind.as_str()) {
+        return Err(Error::integrity(
+            obj(),
+            "its kind differs from its sealed body",
+        ));
+    }
     Ok((keys, body))
+}
+
+/// Opens chunks of one point: v1 chunks carry their nonce, v2 chunks derive it.
+pub enum ChunkOpener {
+    V1(Opener),
+    V2(ChunkSealer),
+}
+
+impl ChunkOpener {
+    pub fn new(keys: &PointKeys) -> Self {
+        if keys.place.data_format >= 2 {
+            ChunkOpener::V2(ChunkSealer::new(&keys.chunks, &keys.chunk_nonces))
+        } else {
+            ChunkOpener::V1(Opener::new(&keys.chunks))
+        }
+    }
+
+    pub fn open(
+        &self,
+        id: &Id32,
+        aad: &[u8],
+        sealed: &[u8],
+    ) -> std::result::Result<Vec<u8>, crypto::CryptoError> {
+        match self {
+            ChunkOpener::V1(o) => o.open(aad, sealed),
+            ChunkOpener::V2(s) => s.open(&id.0, aad, sealed),
+        }
+    }
 }
 
 /// Where a chunk lives, compactly.
@@ -102,12 +157,26 @@ pub struct ChainIndex {
     pub map: HashMap<Id32, Loc>,
     pub packs: Vec<Id32>,
     /// Per point: its place and an opener for its chunks and pack headers.
-    pub points: Vec<(PointPlace, Opener, Opener)>,
+    pub points: Vec<(PointPlace, ChunkOpener, Opener)>,
 }
 
 impl ChainIndex {
-    /// Loads the index files of `points` (all of one chain).
+    /// Loads the index files of `points` (all of one chain). A point whose metadata or index
+    /// does not authenticate is left out with a warning: damage stays with what needs it (a
+    /// chunk only that point's index listed is then reported missing where it is used).
     pub fn load(repo: &Repository, oc: &OpenChain, points: &[PointRecord]) -> Result<ChainIndex> {
+        Self::load_reporting(repo, oc, points, &mut |e| {
+            tracing::warn!("{e}");
+        })
+    }
+
+    /// [`ChainIndex::load`], handing each damaged point's error to `damaged`.
+    pub fn load_reporting(
+        repo: &Repository,
+        oc: &OpenChain,
+        points: &[PointRecord],
+        damaged: &mut dyn FnMut(Error),
+    ) -> Result<ChainIndex> {
         let mut idx = ChainIndex {
             map: HashMap::new(),
             packs: Vec::new(),
@@ -115,17 +184,28 @@ impl ChainIndex {
         };
         let mut pack_no: HashMap<Id32, u32> = HashMap::new();
         for p in points.iter().filter(|p| p.chain_id == oc.chain.chain_id) {
-            let dk = oc.data_key(p)?;
-            let keys = PointKeys::new(&dk, p.place());
-            let sealed = repo.read_index(&p.point_id)?;
-            let obj = || format!("index of recovery point {}", p.point_id);
-            let pt = crypto::open(&keys.index, &p.place().index_aad(), &sealed)
-                .map_err(|e| Error::integrity(obj(), e))?;
-            let entries = decode_index(&pt).map_err(|e| Error::integrity(obj(), e))?;
+            let loaded = (|| -> Result<(PointKeys, Vec<IndexEntry>)> {
+                let dk = oc.data_key(p)?;
+                let keys = PointKeys::new(&dk, p.place());
+                let sealed = repo.read_index(&p.point_id, p.data_format)?;
+                let obj = || format!("index of recovery point {}", p.point_id);
+                let pt = crypto::open(&keys.index, &p.place().index_aad(), &sealed)
+                    .map_err(|e| Error::integrity(obj(), e))?;
+                let entries = decode_index(&pt).map_err(|e| Error::integrity(obj(), e))?;
+                Ok((keys, entries))
+            })();
+            let (keys, entries) = match loaded {
+                Ok(x) => x,
+                Err(e @ Error::Integrity { .. }) => {
+                    damaged(e);
+                    continue;
+                }
+                Err(e) => return Err(e),
+            };
             let point_no = idx.points.len() as u32;
             idx.points.push((
                 p.place(),
-                Opener::new(&keys.chunks),
+                ChunkOpener::new(&keys),
                 Opener::new(&keys.pack_headers),
             ));
             for e in entries {
@@ -181,7 +261,7 @@ impl<'a> ChunkReader<'a> {
         let (place, opener, _) = &self.idx.points[loc.point as usize];
         let obj = || format!("chunk {id} in pack {pack_id}");
         let payload = opener
-            .open(&place.chunk_aad(id), &sealed)
+            .open(id, &place.chunk_aad(id), &sealed)
             .map_err(|e| Error::integrity(obj(), e))?;
         let data = decode_payload(&payload, loc.raw_len as usize)
             .map_err(|e| Error::integrity(obj(), e))?;
@@ -194,11 +274,40 @@ impl<'a> ChunkReader<'a> {
 
 /// Reads a point's file index.
 pub fn read_tree(reader: &mut ChunkReader<'_>, body: &PointBody) -> Result<Vec<TreeEntry>> {
-    let mut bytes = Vec::with_capacity(body.tree_bytes as usize);
+    // `tree_bytes` comes from the repository: never allocate from it unchecked.
+    let mut bytes = Vec::with_capacity(body.tree_bytes.min(64 << 20) as usize);
     for id in &body.tree {
         bytes.extend_from_slice(&reader.read(id)?);
+        if bytes.len() as u64 > body.tree_bytes {
+            return Err(Error::integrity(
+                "file index",
+                "longer than its recorded length",
+            ));
+        }
+    }
+    if bytes.len() as u64 != body.tree_bytes {
+        return Err(Error::integrity(
+            "file index",
+            "shorter than its recorded length",
+        ));
     }
     decode_tree(&bytes).map_err(|e| Error::integrity("file index", e))
+}
+
+/// Changes public fields of a point (e.g. its salt record) and rewraps its data key so that
+/// the new fields are what it authenticates. Nothing is re-encrypted.
+pub fn rebind_point(
+    repo: &Repository,
+    oc: &OpenChain,
+    mut p: PointRecord,
+    change: impl FnOnce(&mut PointRecord),
+) -> Result<PointRecord> {
+    let dk = oc.data_key(&p)?;
+    change(&mut p);
+    let w = crypto::wrap_key_bound(&oc.chain_key, &dk, &p.data_key_place(), &p.bound());
+    p.data_key = WrappedKeyJson::from(&w);
+    repo.write_point(&p)?;
+    Ok(p)
 }
 
 /// Points of `job` in chain `chain_id`, oldest first.
@@ -240,13 +349,13 @@ impl OpenPoint {
 /// Shared, thread-safe sealers of a point being written.
 pub struct PointSealers {
     pub keys: PointKeys,
-    pub chunks: Arc<Sealer>,
+    pub chunks: Arc<ChunkSealer>,
     pub pack_headers: Arc<Sealer>,
 }
 
 impl PointSealers {
     pub fn new(keys: PointKeys) -> Self {
-        let chunks = Arc::new(Sealer::new(&keys.chunks));
+        let chunks = Arc::new(ChunkSealer::new(&keys.chunks, &keys.chunk_nonces));
         let pack_headers = Arc::new(Sealer::new(&keys.pack_headers));
         PointSealers {
             keys,

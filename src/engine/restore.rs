@@ -2,22 +2,23 @@
 //!
 //! Order: directories, then regular files (in parallel, each written to a temporary name and
 //! renamed when all its chunks verified), then symlinks, then directory metadata deepest
-//! first. Symlinks come last so no restored file is ever written through a restored link.
+//! first. Every path is resolved below a handle on the target without following symlinks,
+//! so neither restored links nor links already in the target are ever written through.
 
 use std::ffi::OsStr;
-use std::fs::{self, OpenOptions};
+use std::fs;
 use std::io::Write;
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::PermissionsExt;
+use std::os::unix::fs::DirBuilderExt;
 use std::path::{Component, Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Mutex;
 use std::thread;
 
-use filetime::FileTime;
 use indicatif::ProgressBar;
 
 use super::*;
+use crate::repo::fsx::{self, DirHandle};
 
 pub struct RestoreOptions {
     pub target: PathBuf,
@@ -100,21 +101,73 @@ pub fn check_target(opts: &RestoreOptions) -> Result<()> {
     Ok(())
 }
 
-fn set_times(p: &Path, e: &TreeEntry, symlink: bool) -> std::io::Result<()> {
-    let secs = e.mtime_ns.div_euclid(1_000_000_000) as i64;
-    let nanos = e.mtime_ns.rem_euclid(1_000_000_000) as u32;
-    let t = FileTime::from_unix_time(secs, nanos);
-    if symlink {
-        filetime::set_symlink_file_times(p, t, t)
+/// Opens (creating with 0700) the directory `rel` below `root`, one component at a time and
+/// never through a symlink. With `overwrite`, a symlink or file in the way is replaced by a
+/// directory (the entry itself is removed, never what it points to); without, it is an error.
+fn ensure_dir(root: &DirHandle, rel: &Path, overwrite: bool) -> Result<DirHandle> {
+    let mut cur = root
+        .try_clone()
+        .map_err(|e| Error::io(format!("open {}", root.path().display()), e))?;
+    for c in rel.components() {
+        let Component::Normal(n) = c else {
+            return Err(Error::integrity("file index", "unsafe path component"));
+        };
+        let shown = || cur.path().join(n).display().to_string();
+        cur = match cur.open_dir(n) {
+            Ok(d) => d,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => cur
+                .create_dir(n, 0o700)
+                .map_err(|e| Error::io(format!("create {}", shown()), e))?,
+            Err(e) if fsx::is_symlink_refusal(&e) => {
+                if !overwrite {
+                    return Err(Error::Usage(format!(
+                        "{} is a symlink or a file where the recovery point has a directory; arca never restores through a symlink (pass --overwrite to replace it)",
+                        shown()
+                    )));
+                }
+                cur.unlink(n)
+                    .map_err(|e| Error::io(format!("remove {}", shown()), e))?;
+                cur.create_dir(n, 0o700)
+                    .map_err(|e| Error::io(format!("create {}", shown()), e))?
+            }
+            Err(e) => return Err(Error::io(format!("open {}", shown()), e)),
+        };
+    }
+    Ok(cur)
+}
+
+fn tmp_name() -> String {
+    format!(".arca-restore-{}.tmp", Id16::random().hex())
+}
+
+/// The mode to apply: setuid/setgid only when running as root and the owner was set.
+fn final_mode(e: &TreeEntry, owner_set: bool) -> u32 {
+    let m = e.mode & 0o7777;
+    if owner_set {
+        m
     } else {
-        filetime::set_file_times(p, t, t)
+        m & !0o6000
     }
 }
 
-fn is_root() -> bool {
-    fs::metadata("/proc/self")
-        .map(|m| std::os::unix::fs::MetadataExt::uid(&m) == 0)
-        .unwrap_or(false)
+/// Refuses to replace an entry that exists unless `overwrite`; never replaces a directory.
+fn check_dest(parent: &DirHandle, name: &OsStr, overwrite: bool) -> Result<()> {
+    let shown = || parent.path().join(name).display().to_string();
+    match parent
+        .entry_type(name)
+        .map_err(|e| Error::io(format!("stat {}", shown()), e))?
+    {
+        None => Ok(()),
+        Some(rustix::fs::FileType::Directory) => Err(Error::Usage(format!(
+            "{} is a directory where the recovery point has a file or symlink; move it away first",
+            shown()
+        ))),
+        Some(_) if overwrite => Ok(()),
+        Some(_) => Err(Error::Usage(format!(
+            "{} exists; pass --overwrite to replace it",
+            shown()
+        ))),
+    }
 }
 
 pub fn run(
@@ -140,15 +193,18 @@ pub fn run(
         planned.push((safe_rel_path(&e.path_bytes())?, *e));
     }
     check_target(opts)?;
-    fs::create_dir_all(&opts.target)
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(&opts.target)
         .map_err(|e| Error::io(format!("create {}", opts.target.display()), e))?;
-    let chown = is_root();
+    let root = DirHandle::open_root(&opts.target)
+        .map_err(|e| Error::io(format!("open {}", opts.target.display()), e))?;
+    let chown = fsx::is_root();
     let mut stats = RestoreStats::default();
 
-    for (rel, e) in planned.iter().filter(|(_, e)| e.kind == EntryType::Dir) {
-        let p = opts.target.join(rel);
-        fs::create_dir_all(&p).map_err(|err| Error::io(format!("create {}", p.display()), err))?;
-        let _ = e;
+    for (rel, _) in planned.iter().filter(|(_, e)| e.kind == EntryType::Dir) {
+        ensure_dir(&root, rel, opts.overwrite)?;
         stats.dirs += 1;
     }
 
@@ -163,6 +219,7 @@ pub fn run(
         for _ in 0..opts.workers.max(1) {
             s.spawn(|| {
                 let mut reader = ChunkReader::new(repo, &point.index, &oc.idk);
+                let mut cache: Option<(PathBuf, DirHandle)> = None;
                 loop {
                     if first_err.lock().unwrap().is_some() {
                         return;
@@ -171,9 +228,28 @@ pub fn run(
                     let Some((rel, e)) = files.get(i).map(|x| (&x.0, x.1)) else {
                         return;
                     };
-                    let dest = opts.target.join(rel);
-                    match restore_file(&mut reader, &dest, e, chown, opts.overwrite, &opts.progress)
-                    {
+                    let res = (|| -> Result<u64> {
+                        let parent_rel = rel.parent().unwrap_or(Path::new(""));
+                        let fresh = cache.as_ref().is_none_or(|(p, _)| p != parent_rel);
+                        if fresh {
+                            cache = Some((
+                                parent_rel.to_path_buf(),
+                                ensure_dir(&root, parent_rel, opts.overwrite)?,
+                            ));
+                        }
+                        let parent = &cache.as_ref().expect("set above").1;
+                        let name = rel.file_name().expect("a normal last component");
+                        restore_file(
+                            &mut reader,
+                            parent,
+                            name,
+                            e,
+                            chown,
+                            opts.overwrite,
+                            &opts.progress,
+                        )
+                    })();
+                    match res {
                         Ok(n) => {
                             bytes.fetch_add(n, Ordering::Relaxed);
                         }
@@ -200,21 +276,25 @@ pub fn run(
     stats.bytes = bytes.into_inner();
 
     for (rel, e) in planned.iter().filter(|(_, e)| e.kind == EntryType::Symlink) {
-        let p = opts.target.join(rel);
-        if let Some(parent) = p.parent() {
-            fs::create_dir_all(parent)
-                .map_err(|err| Error::io(format!("create {}", parent.display()), err))?;
-        }
-        if opts.overwrite && fs::symlink_metadata(&p).is_ok() {
-            let _ = fs::remove_file(&p);
-        }
-        let target = OsStr::from_bytes(e.target.as_deref().unwrap_or_default());
-        std::os::unix::fs::symlink(target, &p)
-            .map_err(|err| Error::io(format!("create symlink {}", p.display()), err))?;
+        let parent = ensure_dir(&root, rel.parent().unwrap_or(Path::new("")), opts.overwrite)?;
+        let name = rel.file_name().expect("a normal last component");
+        check_dest(&parent, name, opts.overwrite)?;
+        let tmp = tmp_name();
+        let shown = parent.path().join(name);
+        parent
+            .symlink(e.target.as_deref().unwrap_or_default(), &tmp)
+            .map_err(|err| Error::io(format!("create symlink {}", shown.display()), err))?;
         if chown {
-            let _ = std::os::unix::fs::lchown(&p, Some(e.uid), Some(e.gid));
+            let _ = parent.chown_nofollow(&tmp, e.uid, e.gid);
         }
-        let _ = set_times(&p, e, true);
+        let _ = parent.set_times_nofollow(&tmp, e.mtime_ns);
+        if let Err(err) = parent.rename_to(&tmp, &parent, name) {
+            let _ = parent.unlink(&tmp);
+            return Err(Error::io(
+                format!("create symlink {}", shown.display()),
+                err,
+            ));
+        }
         stats.symlinks += 1;
     }
 
@@ -225,49 +305,38 @@ pub fn run(
         .collect();
     dirs.sort_by_key(|(rel, _)| std::cmp::Reverse(rel.components().count()));
     for (rel, e) in dirs {
-        let p = opts.target.join(rel);
-        if chown {
-            let _ = std::os::unix::fs::chown(&p, Some(e.uid), Some(e.gid));
-        }
-        fs::set_permissions(&p, fs::Permissions::from_mode(e.mode))
-            .map_err(|err| Error::io(format!("set mode of {}", p.display()), err))?;
-        set_times(&p, e, false)
-            .map_err(|err| Error::io(format!("set times of {}", p.display()), err))?;
+        let d = root
+            .walk(rel, None)
+            .map_err(|err| Error::io(format!("open {}", opts.target.join(rel).display()), err))?;
+        let shown = || opts.target.join(rel).display().to_string();
+        let owner_set = chown && fsx::fchown(d.fd(), e.uid, e.gid).is_ok();
+        fsx::fchmod(d.fd(), final_mode(e, owner_set))
+            .map_err(|err| Error::io(format!("set mode of {}", shown()), err))?;
+        fsx::futimens(d.fd(), e.mtime_ns)
+            .map_err(|err| Error::io(format!("set times of {}", shown()), err))?;
     }
     Ok(stats)
 }
 
+/// Writes one file: a new `O_EXCL` temporary name in its directory (0600), every chunk
+/// verified, fsync, owner, mode and times on the handle, then a rename over the final name.
+/// A failed or killed restore never truncates an existing file and leaves nothing under a
+/// final name that is not complete.
 fn restore_file(
     reader: &mut ChunkReader<'_>,
-    dest: &Path,
+    parent: &DirHandle,
+    name: &OsStr,
     e: &TreeEntry,
     chown: bool,
     overwrite: bool,
     progress: &ProgressBar,
 ) -> Result<u64> {
-    let create = |p: &Path| {
-        let mut o = OpenOptions::new();
-        o.write(true);
-        if overwrite {
-            o.create(true).truncate(true);
-        } else {
-            o.create_new(true);
-        }
-        o.open(p)
-    };
-    // Parent directories were created before the files; only an --include of a single file
-    // below unlisted directories needs this fallback.
-    let mut f = match create(dest) {
-        Err(err) if err.kind() == std::io::ErrorKind::NotFound => {
-            if let Some(parent) = dest.parent() {
-                fs::create_dir_all(parent)
-                    .map_err(|err| Error::io(format!("create {}", parent.display()), err))?;
-            }
-            create(dest)
-        }
-        r => r,
-    }
-    .map_err(|err| Error::io(format!("create {}", dest.display()), err))?;
+    check_dest(parent, name, overwrite)?;
+    let dest = parent.path().join(name);
+    let tmp = tmp_name();
+    let mut f = parent
+        .create_excl(&tmp, 0o600)
+        .map_err(|err| Error::io(format!("create {}", dest.display()), err))?;
     let res = (|| -> Result<u64> {
         let mut n = 0u64;
         for id in &e.chunks {
@@ -283,34 +352,24 @@ fn restore_file(
                 "restored size differs from the index",
             ));
         }
-        if chown && (e.uid != 0 || e.gid != 0) {
-            let _ = std::os::unix::fs::fchown(&f, Some(e.uid), Some(e.gid));
-        }
-        f.set_permissions(fs::Permissions::from_mode(e.mode))
+        f.sync_all()
+            .map_err(|err| Error::io(format!("sync {}", dest.display()), err))?;
+        let owner_set = chown && fsx::fchown(&f, e.uid, e.gid).is_ok();
+        fsx::fchmod(&f, final_mode(e, owner_set))
             .map_err(|err| Error::io(format!("set mode of {}", dest.display()), err))?;
-        let t = mtime(e);
-        f.set_times(fs::FileTimes::new().set_modified(t).set_accessed(t))
+        fsx::futimens(&f, e.mtime_ns)
             .map_err(|err| Error::io(format!("set times of {}", dest.display()), err))?;
+        parent
+            .rename_to(&tmp, parent, name)
+            .map_err(|err| Error::io(format!("rename into place {}", dest.display()), err))?;
         Ok(n)
     })();
     if res.is_err() {
-        // Never leave a damaged file looking complete.
+        // The temporary file goes; an existing file under the final name is untouched.
         drop(f);
-        let _ = fs::remove_file(dest);
+        let _ = parent.unlink(&tmp);
     }
     res
-}
-
-fn mtime(e: &TreeEntry) -> std::time::SystemTime {
-    let d = std::time::Duration::new(
-        e.mtime_ns.unsigned_abs().div_euclid(1_000_000_000) as u64,
-        (e.mtime_ns.unsigned_abs() % 1_000_000_000) as u32,
-    );
-    if e.mtime_ns >= 0 {
-        std::time::UNIX_EPOCH + d
-    } else {
-        std::time::UNIX_EPOCH - d
-    }
 }
 
 #[cfg(test)]

@@ -38,6 +38,10 @@ pub const PURPOSE_ESCROW: &str = "password-hash-escrow";
 #[serde(deny_unknown_fields)]
 pub struct KmsSettings {
     pub region: Option<String>,
+    /// Key ARNs arca may ask KMS to decrypt with besides those the catalog pins (needed to
+    /// restore after a reinstall, when there is no catalog).
+    #[serde(default)]
+    pub trusted_keys: Vec<String>,
     /// e.g. http://127.0.0.1:4566 for LocalStack; also `AWS_ENDPOINT_URL`.
     pub endpoint: Option<String>,
     pub profile: Option<String>,
@@ -359,6 +363,15 @@ pub fn escrow_context(repo_id: &Id16, job: &str, password: &str) -> BTreeMap<Str
     ])
 }
 
+/// The region of a KMS key ARN (`arn:aws:kms:<region>:<account>:key/<id>`).
+pub fn arn_region(arn: &str) -> Option<&str> {
+    let mut it = arn.split(':');
+    match (it.next(), it.next(), it.next(), it.next()) {
+        (Some("arn"), Some(_), Some("kms"), Some(r)) if !r.is_empty() => Some(r),
+        _ => None,
+    }
+}
+
 /// Key check value: binds a KMS keyslot to the exact key it holds, so a KMS (or an attacker
 /// swapping envelopes) returning some other 32 bytes is caught.
 pub fn key_check(key: &SecretKey, aad: &[u8]) -> [u8; 32] {
@@ -369,11 +382,23 @@ pub struct KmsProvider {
     client: Arc<KmsClient>,
     /// The key new keyslots are made with (key id, ARN, alias or alias ARN).
     key: Option<String>,
+    /// Strict mode: the key ARNs unwrapping may ask KMS to use (`None`: any).
+    allowed: Option<Vec<String>>,
 }
 
 impl KmsProvider {
     pub fn new(client: Arc<KmsClient>, key: Option<String>) -> Self {
-        KmsProvider { client, key }
+        KmsProvider {
+            client,
+            key,
+            allowed: None,
+        }
+    }
+
+    /// Only these key ARNs may be used to unwrap (the AWS Encryption SDK's strict mode).
+    pub fn strict(mut self, allowed: Vec<String>) -> Self {
+        self.allowed = Some(allowed);
+        self
     }
 
     pub fn client(&self) -> &KmsClient {
@@ -400,14 +425,20 @@ impl KeyProvider for KmsProvider {
             .client
             .encrypt(key, chain_key.expose(), &chain_context(ctx))
             .await?;
+        let mut params = SlotParams::Kms {
+            key_arn: arn,
+            ciphertext: ct,
+            key_check: Vec::new(),
+        };
+        let kc = key_check(chain_key, &ctx.full(&slot_id, &params)).to_vec();
+        if let SlotParams::Kms { key_check, .. } = &mut params {
+            *key_check = kc;
+        }
         Ok(Keyslot {
             slot_id,
             created: now_rfc3339(),
-            params: SlotParams::Kms {
-                key_arn: arn,
-                ciphertext: ct,
-                key_check: key_check(chain_key, &ctx.aad(&slot_id)).to_vec(),
-            },
+            format: (ctx.version >= 2).then_some(2),
+            params,
             wrapped: None,
         })
     }
@@ -425,10 +456,18 @@ impl KeyProvider for KmsProvider {
         else {
             return None;
         };
+        if let Some(allowed) = &self.allowed {
+            if !allowed.iter().any(|a| a == key_arn) {
+                return Some(Err(KeyError::Unavailable(format!(
+                    "KMS key {key_arn} is not one this job trusts (the catalog pins {}); arca only asks KMS to decrypt with keys the catalog or --trust-kms-key / [kms] trusted_keys allow",
+                    if allowed.is_empty() { "none".to_string() } else { allowed.join(", ") }
+                ))));
+            }
+        }
         Some(async {
             let k = self.client.decrypt(key_arn, ciphertext, &chain_context(ctx)).await?;
             let want = blake3::Hash::from_slice(check).map_err(|_| KeyError::Malformed("KMS keyslot check value is not 32 bytes".into()))?;
-            if blake3::Hash::from_bytes(key_check(&k, &ctx.aad(&slot.slot_id))) != want {
+            if blake3::Hash::from_bytes(key_check(&k, &ctx.for_slot(slot).full(&slot.slot_id, &slot.params))) != want {
                 return Err(KeyError::Tampered(format!("KMS key {key_arn} returned a key that does not match the keyslot's check value")));
             }
             Ok(k)

@@ -20,9 +20,8 @@ use kmip_protocol::types::request::{Attribute, RequestPayload, TemplateAttribute
 use kmip_protocol::types::response::{ManagedObject, ResponsePayload};
 
 use super::{KeyError, KeyProvider, SlotContext};
-use crate::crypto::{self, SecretKey};
-use crate::repo::format::{Id16, Keyslot, SlotParams, WrappedKeyJson};
-use crate::repo::now_rfc3339;
+use crate::crypto::SecretKey;
+use crate::repo::format::{Keyslot, SlotParams};
 
 /// How to reach the KMIP server (config file `[kmip]`, `ARCA_KMIP_*`, or flags).
 #[derive(Clone, Debug, Default, serde::Deserialize)]
@@ -316,18 +315,15 @@ impl KeyProvider for KmipProvider {
             Ok((uid, kek))
         })
         .await?;
-        let slot_id = Id16::random();
-        let w = crypto::wrap_key(&kek, chain_key, &ctx.aad(&slot_id));
-        Ok(Keyslot {
-            slot_id,
-            created: now_rfc3339(),
-            params: SlotParams::Kmip {
+        Ok(ctx.wrap(
+            &kek,
+            chain_key,
+            SlotParams::Kmip {
                 server: self.client.server().to_string(),
                 key_uid: uid,
                 key_name: Some(key),
             },
-            wrapped: Some(WrappedKeyJson::from(&w)),
-        })
+        ))
     }
 
     async fn unwrap(

@@ -13,7 +13,7 @@ pub mod raw;
 use async_trait::async_trait;
 
 use crate::crypto::{CryptoError, SecretKey};
-use crate::repo::format::{ChainRecord, Id16, Keyslot};
+use crate::repo::format::{ChainRecord, Id16, Keyslot, SlotParams};
 
 /// Where an envelope belongs: it is bound to the repository, job and chain.
 #[derive(Clone, Debug)]
@@ -22,6 +22,8 @@ pub struct SlotContext {
     pub job_id: Id16,
     pub chain_id: Id16,
     pub job_name: String,
+    /// The chain record's format version: 2 binds each keyslot's public parameters.
+    pub version: u32,
 }
 
 impl SlotContext {
@@ -31,13 +33,26 @@ impl SlotContext {
             job_id: chain.job_id,
             chain_id: chain.chain_id,
             job_name: job_name.to_string(),
+            version: chain.version,
         }
     }
 
-    /// Associated data binding a keyslot to its place (docs/FORMAT.md).
+    /// The same context for an existing keyslot: its own wrapping version decides.
+    pub fn for_slot(&self, slot: &Keyslot) -> SlotContext {
+        let mut c = self.clone();
+        c.version = slot.format.unwrap_or(1);
+        c
+    }
+
+    /// The place a keyslot is bound to (its commitment covers this; docs/FORMAT.md).
     pub fn aad(&self, slot_id: &Id16) -> Vec<u8> {
+        let l = if self.version >= 2 {
+            crate::repo::format::label::KEYSLOT2
+        } else {
+            crate::repo::format::label::KEYSLOT
+        };
         crate::crypto::aad(
-            crate::repo::format::label::KEYSLOT,
+            l,
             &[
                 &self.repo_id.0,
                 &self.job_id.0,
@@ -45,6 +60,33 @@ impl SlotContext {
                 &slot_id.0,
             ],
         )
+    }
+
+    /// v2: the slot's public parameters its wrapping authenticates (empty for v1).
+    pub fn bound(&self, params: &SlotParams) -> Vec<u8> {
+        if self.version >= 2 {
+            params.bound()
+        } else {
+            Vec::new()
+        }
+    }
+
+    /// Place and bound together (for check values over both).
+    pub fn full(&self, slot_id: &Id16, params: &SlotParams) -> Vec<u8> {
+        [self.aad(slot_id), self.bound(params)].concat()
+    }
+
+    /// Wraps `key` under `kek` into a keyslot with `params`.
+    pub fn wrap(&self, kek: &SecretKey, key: &SecretKey, params: SlotParams) -> Keyslot {
+        let slot_id = Id16::random();
+        let w = crate::crypto::wrap_key_bound(kek, key, &self.aad(&slot_id), &self.bound(&params));
+        Keyslot {
+            slot_id,
+            created: crate::repo::now_rfc3339(),
+            format: (self.version >= 2).then_some(2),
+            params,
+            wrapped: Some(crate::repo::format::WrappedKeyJson::from(&w)),
+        }
     }
 }
 
@@ -91,7 +133,8 @@ pub(crate) fn unwrap_slot(
         ))
     })?;
     let w = crate::crypto::WrappedKey::try_from(w).map_err(|e| KeyError::Malformed(e.0))?;
-    crate::crypto::unwrap_key(kek, &w, &ctx.aad(&slot.slot_id))
+    let ctx = ctx.for_slot(slot);
+    crate::crypto::unwrap_key_bound(kek, &w, &ctx.aad(&slot.slot_id), &ctx.bound(&slot.params))
         .map_err(|e| KeyError::from_crypto(e, what))
 }
 
@@ -143,6 +186,7 @@ pub mod provider_suite {
             job_id: Id16([2; 16]),
             chain_id: Id16([3; 16]),
             job_name: "nightly".into(),
+            version: 2,
         }
     }
 
@@ -176,6 +220,23 @@ pub mod provider_suite {
             matches!(good.unwrap(&slot, &moved).await, Some(Err(_))),
             "slot opened in another chain"
         );
+        // v2: an edited public parameter (a renamed password, another fingerprint...) fails.
+        let mut edited = slot.clone();
+        match &mut edited.params {
+            crate::repo::format::SlotParams::Passphrase { kdf } => kdf.password.push('x'),
+            crate::repo::format::SlotParams::Raw { fingerprint } => fingerprint.push('0'),
+            crate::repo::format::SlotParams::Kms { key_arn, .. } => key_arn.push('0'),
+            crate::repo::format::SlotParams::Kmip { key_name, .. } => {
+                *key_name = Some("other".into())
+            }
+            crate::repo::format::SlotParams::None { .. } => {}
+        }
+        if edited != slot {
+            assert!(
+                !matches!(good.unwrap(&edited, &c).await, Some(Ok(_))),
+                "a keyslot with edited public parameters opened"
+            );
+        }
         // A modified envelope is "mine but failed", never garbage.
         let mut t = slot.clone();
         if let Some(w) = t.wrapped.as_mut() {

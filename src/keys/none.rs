@@ -21,6 +21,7 @@ impl KeyProvider for NoneProvider {
         Ok(Keyslot {
             slot_id: Id16::random(),
             created: now_rfc3339(),
+            format: (_ctx.version >= 2).then_some(2),
             params: SlotParams::None {
                 chain_key: chain_key.expose().to_vec(),
             },

@@ -14,8 +14,7 @@ use async_trait::async_trait;
 
 use super::{KeyError, KeyProvider, SlotContext};
 use crate::crypto::{self, KdfParams, Passphrase, SecretKey};
-use crate::repo::format::{Id16, KdfRecord, Keyslot, SlotParams, WrappedKeyJson};
-use crate::repo::now_rfc3339;
+use crate::repo::format::{KdfRecord, Keyslot, SlotParams};
 
 /// Creates the record and hash of a new password.
 pub fn new_password(
@@ -36,14 +35,27 @@ pub fn new_password(
     Ok((rec, hash))
 }
 
-/// Derives the hash for a stored record, refusing unknown algorithms.
-pub fn derive_for(rec: &KdfRecord, passphrase: &Passphrase) -> Result<SecretKey, KeyError> {
+/// Derives the hash for a stored record, refusing unknown algorithms, salts that are not
+/// 16 to 64 bytes, and parameters above [`KdfParams::CAP`] unless `allow_expensive`.
+pub fn derive_for(
+    rec: &KdfRecord,
+    passphrase: &Passphrase,
+    allow_expensive: bool,
+) -> Result<SecretKey, KeyError> {
     if rec.algorithm != KdfRecord::ARGON2ID {
         return Err(KeyError::Malformed(format!(
             "unknown KDF {:?}",
             rec.algorithm
         )));
     }
+    if rec.salt.len() < 16 || rec.salt.len() > 64 {
+        return Err(KeyError::Malformed(
+            "the salt must be 16 to 64 bytes".into(),
+        ));
+    }
+    rec.params()
+        .check_cap(allow_expensive)
+        .map_err(|e| KeyError::Malformed(e.to_string()))?;
     crypto::derive_password_hash(passphrase, &rec.salt, &rec.params())
         .map_err(|e| KeyError::Malformed(e.to_string()))
 }
@@ -54,14 +66,7 @@ fn wrap_with(
     chain_key: &SecretKey,
     ctx: &SlotContext,
 ) -> Keyslot {
-    let slot_id = Id16::random();
-    let w = crypto::wrap_key(hash, chain_key, &ctx.aad(&slot_id));
-    Keyslot {
-        slot_id,
-        created: now_rfc3339(),
-        params: SlotParams::Passphrase { kdf: rec.clone() },
-        wrapped: Some(WrappedKeyJson::from(&w)),
-    }
+    ctx.wrap(hash, chain_key, SlotParams::Passphrase { kdf: rec.clone() })
 }
 
 fn unwrap_with(
@@ -119,6 +124,8 @@ impl KeyProvider for PasswordHashProvider {
 /// A passphrase typed by the user, tried against every passphrase slot.
 pub struct PassphraseProvider {
     passphrase: Passphrase,
+    /// Run Argon2 parameters above the cap (`--allow-expensive-kdf`).
+    pub allow_expensive: bool,
     /// Hashes already derived, by salt: Argon2 is deliberately slow.
     derived: Mutex<HashMap<Vec<u8>, SecretKey>>,
 }
@@ -127,6 +134,7 @@ impl PassphraseProvider {
     pub fn new(passphrase: Passphrase) -> Self {
         PassphraseProvider {
             passphrase,
+            allow_expensive: false,
             derived: Mutex::new(HashMap::new()),
         }
     }
@@ -136,7 +144,7 @@ impl PassphraseProvider {
         if let Some(h) = self.derived.lock().unwrap().get(&rec.salt) {
             return Ok(h.duplicate());
         }
-        let h = derive_for(rec, &self.passphrase)?;
+        let h = derive_for(rec, &self.passphrase, self.allow_expensive)?;
         self.derived
             .lock()
             .unwrap()
@@ -191,7 +199,7 @@ mod tests {
     async fn shared_suite_password_hash() {
         let good = provider("correct horse");
         // Same password name and salt, wrong passphrase.
-        let h = derive_for(&good.record, &Passphrase::new("wrong".into())).unwrap();
+        let h = derive_for(&good.record, &Passphrase::new("wrong".into()), false).unwrap();
         let wrong = PasswordHashProvider::new(good.record.clone(), h);
         suite::run(&good, &wrong, &RawKeyProvider::new(SecretKey::random())).await;
     }

@@ -5,9 +5,8 @@ use async_trait::async_trait;
 use base64::Engine;
 
 use super::{KeyError, KeyProvider, SlotContext};
-use crate::crypto::{self, SecretKey};
-use crate::repo::format::{Id16, Keyslot, SlotParams, WrappedKeyJson};
-use crate::repo::now_rfc3339;
+use crate::crypto::SecretKey;
+use crate::repo::format::{Keyslot, SlotParams};
 
 pub struct RawKeyProvider {
     key: SecretKey,
@@ -48,16 +47,13 @@ impl KeyProvider for RawKeyProvider {
     }
 
     async fn wrap(&self, chain_key: &SecretKey, ctx: &SlotContext) -> Result<Keyslot, KeyError> {
-        let slot_id = Id16::random();
-        let w = crypto::wrap_key(&self.key, chain_key, &ctx.aad(&slot_id));
-        Ok(Keyslot {
-            slot_id,
-            created: now_rfc3339(),
-            params: SlotParams::Raw {
+        Ok(ctx.wrap(
+            &self.key,
+            chain_key,
+            SlotParams::Raw {
                 fingerprint: self.fingerprint(),
             },
-            wrapped: Some(WrappedKeyJson::from(&w)),
-        })
+        ))
     }
 
     async fn unwrap(

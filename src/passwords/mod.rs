@@ -54,7 +54,7 @@ pub async fn open_record(
     rec: &EscrowRecord,
 ) -> Result<SecretKey, KeyError> {
     match rec.provider.as_str() {
-        "aws-kms" => open_escrow(&*creds.kms_client().await?, rec).await,
+        "aws-kms" => open_escrow(&*creds.kms_client_for(&rec.key_arn).await?, rec).await,
         "kmip" => {
             let c = creds.kmip_client()?;
             let uid = rec.key_arn.clone();
@@ -93,6 +93,24 @@ pub async fn open_record(
     }
 }
 
+/// The KMS encryption context of an escrow record: v1 names repository, job and password;
+/// v2 also the job id and the password's salt, so a record cannot be replayed onto another
+/// job of the same name or another version of the password.
+pub fn escrow_context_v(
+    version: u32,
+    repo_id: &Id16,
+    job_id: &Id16,
+    job: &str,
+    kdf: &KdfRecord,
+) -> std::collections::BTreeMap<String, String> {
+    let mut c = escrow_context(repo_id, job, &kdf.password);
+    if version >= 2 {
+        c.insert("arca:job-id".into(), job_id.hex());
+        c.insert("arca:salt".into(), hex::encode(&kdf.salt));
+    }
+    c
+}
+
 /// A record for `kdf.password` of `job`, without its ciphertext yet.
 fn record(
     provider: &str,
@@ -112,7 +130,7 @@ fn record(
         kdf: kdf.clone(),
         provider: provider.into(),
         key_arn: key,
-        context: escrow_context(repo_id, job, &kdf.password),
+        context: escrow_context_v(FORMAT_VERSION, repo_id, job_id, job, kdf),
         ciphertext: Vec::new(),
         key_check: Vec::new(),
         created: now_rfc3339(),
@@ -135,7 +153,7 @@ pub async fn escrow(
         .encrypt(
             key,
             hash.expose(),
-            &escrow_context(repo_id, job, &kdf.password),
+            &escrow_context_v(FORMAT_VERSION, repo_id, job_id, job, kdf),
         )
         .await?;
     let mut rec = record("aws-kms", arn, repo_id, job_id, job, kdf, hash);
@@ -147,7 +165,7 @@ pub async fn escrow(
 pub async fn open_escrow(kms: &KmsClient, rec: &EscrowRecord) -> Result<SecretKey, KeyError> {
     // The context is recomputed, never taken from the record: a record moved to another
     // repository or job asks KMS for a context it was not made with, and fails.
-    let context = escrow_context(&rec.repo_id, &rec.job, &rec.kdf.password);
+    let context = escrow_context_v(rec.version, &rec.repo_id, &rec.job_id, &rec.job, &rec.kdf);
     let hash = kms.decrypt(&rec.key_arn, &rec.ciphertext, &context).await?;
     let want = blake3::Hash::from_slice(&rec.key_check)
         .map_err(|_| KeyError::Malformed("escrow check value is not 32 bytes".into()))?;

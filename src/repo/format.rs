@@ -6,7 +6,10 @@ use serde::{Deserialize, Serialize};
 
 use crate::crypto::{self, KdfParams, WrappedKey, NONCE_LEN};
 
-pub const FORMAT_VERSION: u32 = 1;
+/// The format this arca writes. It reads version 1 (arca 0.1) too.
+pub const FORMAT_VERSION: u32 = 2;
+/// The format of arca 0.1: its metadata is not authenticated (`arca migrate` upgrades it).
+pub const FORMAT_V1: u32 = 1;
 
 /// AAD labels (docs/FORMAT.md, "Associated data").
 pub mod label {
@@ -17,6 +20,62 @@ pub mod label {
     pub const PACK_HEADER: &str = "arca-pack-header-v1";
     pub const INDEX: &str = "arca-index-v1";
     pub const ESCROW: &str = "arca-escrow-v1";
+    pub const KEYSLOT2: &str = "arca-keyslot-v2";
+    pub const DATA_KEY2: &str = "arca-data-key-v2";
+    pub const POINT_BODY2: &str = "arca-point-body-v2";
+    pub const CHUNK2: &str = "arca-chunk-v2";
+    pub const PACK_HEADER2: &str = "arca-pack-header-v2";
+    pub const INDEX2: &str = "arca-index-v2";
+    pub const ESCROW2: &str = "arca-escrow-v2";
+    pub const CHAIN_RECORD2: &str = "arca-chain-v2";
+    pub const JOB_RECORD2: &str = "arca-job-v2";
+}
+
+/// Canonical binary encoding of the public fields an object's MAC or associated data covers
+/// (docs/FORMAT.md §3.2): fixed-length ids raw, integers little-endian, and every
+/// variable-length field as `u32 LE length || bytes`, so no two field lists encode alike.
+#[derive(Default)]
+pub struct Canon(pub Vec<u8>);
+
+impl Canon {
+    pub fn new(label: &str) -> Self {
+        let mut c = Canon(Vec::new());
+        c.lp(label.as_bytes());
+        c
+    }
+    pub fn lp(&mut self, b: &[u8]) -> &mut Self {
+        self.0.extend_from_slice(&(b.len() as u32).to_le_bytes());
+        self.0.extend_from_slice(b);
+        self
+    }
+    pub fn raw(&mut self, b: &[u8]) -> &mut Self {
+        self.0.extend_from_slice(b);
+        self
+    }
+    pub fn u32(&mut self, v: u32) -> &mut Self {
+        self.raw(&v.to_le_bytes())
+    }
+    pub fn u64(&mut self, v: u64) -> &mut Self {
+        self.raw(&v.to_le_bytes())
+    }
+    /// `0x00`, or `0x01 || id`.
+    pub fn opt_id(&mut self, id: Option<&Id16>) -> &mut Self {
+        match id {
+            None => self.raw(&[0]),
+            Some(i) => self.raw(&[1]).raw(&i.0),
+        }
+    }
+    pub fn kdf(&mut self, k: &KdfRecord) -> &mut Self {
+        self.lp(k.password.as_bytes())
+            .lp(k.algorithm.as_bytes())
+            .lp(&k.salt)
+            .u32(k.m_kib)
+            .u32(k.t)
+            .u32(k.p)
+    }
+    pub fn finish(self) -> Vec<u8> {
+        self.0
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -141,6 +200,10 @@ pub struct RepoConfig {
     pub version: u32,
     pub repo_id: Id16,
     pub created: String,
+    /// v2: new files 0640 and directories 0750 (a repository shared with a group) instead
+    /// of 0600/0700.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub group_readable: bool,
 }
 
 impl RepoConfig {
@@ -193,10 +256,62 @@ pub struct JobRecord {
     pub created: String,
     /// The chain new recovery points go into.
     pub chain_id: Id16,
+    /// v2: every chain the job has written to, oldest first (the last is `chain_id`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub chains: Vec<Id16>,
+    /// v2: incremented at every change; the catalog pins the highest seen.
+    #[serde(default)]
+    pub revision: u64,
+    /// v2: MAC of [`JobRecord::mac_input`] under `derive(key of chain_id, JOB_MAC)`.
+    #[serde(default, skip_serializing_if = "Option::is_none", with = "opt_b64")]
+    pub mac: Option<Vec<u8>>,
 }
 
 impl JobRecord {
     pub const KIND: &'static str = "arca-job";
+
+    /// The canonical bytes the job record's MAC covers.
+    pub fn mac_input(&self) -> Vec<u8> {
+        let mut c = Canon::new(label::JOB_RECORD2);
+        c.raw(&self.repo_id.0)
+            .raw(&self.job_id.0)
+            .lp(self.name.as_bytes())
+            .lp(self.source.as_bytes())
+            .lp(self.created.as_bytes())
+            .raw(&self.chain_id.0)
+            .u32(self.chains.len() as u32);
+        for ch in &self.chains {
+            c.raw(&ch.0);
+        }
+        c.u64(self.revision);
+        c.finish()
+    }
+
+    /// Sets the MAC (v2) under the key of the chain it names.
+    pub fn seal(&mut self, chain_key: &crypto::SecretKey) {
+        self.version = FORMAT_VERSION;
+        if !self.chains.contains(&self.chain_id) {
+            self.chains.push(self.chain_id);
+        }
+        self.mac =
+            Some(crypto::mac(chain_key, crypto::context::JOB_MAC, &self.mac_input()).to_vec());
+    }
+
+    /// True when the MAC is valid under the key of `chain_id`.
+    pub fn verify(&self, chain_key: &crypto::SecretKey) -> bool {
+        self.mac.as_deref().is_some_and(|m| {
+            crypto::verify_mac(chain_key, crypto::context::JOB_MAC, &self.mac_input(), m)
+        })
+    }
+
+    /// Every chain of the job (v1 records name only the current one).
+    pub fn all_chains(&self) -> Vec<Id16> {
+        let mut v = self.chains.clone();
+        if !v.contains(&self.chain_id) {
+            v.push(self.chain_id);
+        }
+        v
+    }
 }
 
 /// The JSON form of a [`WrappedKey`].
@@ -301,6 +416,54 @@ pub enum SlotParams {
 }
 
 impl SlotParams {
+    /// v2: the public fields a keyslot's wrapping authenticates (FORMAT.md §5.3).
+    pub fn bound(&self) -> Vec<u8> {
+        let mut c = Canon::default();
+        c.lp(self.provider().as_bytes());
+        match self {
+            SlotParams::Passphrase { kdf } => {
+                c.kdf(kdf);
+            }
+            SlotParams::Raw { fingerprint } => {
+                c.lp(fingerprint.as_bytes());
+            }
+            SlotParams::Kms { key_arn, .. } => {
+                c.lp(key_arn.as_bytes());
+            }
+            SlotParams::Kmip {
+                server,
+                key_uid,
+                key_name,
+            } => {
+                c.lp(server.as_bytes())
+                    .lp(key_uid.as_bytes())
+                    .lp(key_name.as_deref().unwrap_or("").as_bytes());
+            }
+            SlotParams::None { .. } => {}
+        }
+        c.finish()
+    }
+
+    /// Every byte of the slot's parameters (for the chain MAC).
+    fn canonical_all(&self) -> Vec<u8> {
+        let mut c = Canon::default();
+        c.lp(&self.bound());
+        match self {
+            SlotParams::Kms {
+                ciphertext,
+                key_check,
+                ..
+            } => {
+                c.lp(ciphertext).lp(key_check);
+            }
+            SlotParams::None { chain_key } => {
+                c.lp(chain_key);
+            }
+            _ => {}
+        }
+        c.finish()
+    }
+
     pub fn provider(&self) -> &'static str {
         match self {
             SlotParams::Passphrase { .. } => "passphrase",
@@ -317,11 +480,31 @@ impl SlotParams {
 pub struct Keyslot {
     pub slot_id: Id16,
     pub created: String,
+    /// 2: the wrapping authenticates the slot's public parameters (v2 label). Absent: a
+    /// keyslot made by arca 0.1 and kept by `arca migrate` (v1 wrapping; the chain MAC
+    /// covers it all the same).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub format: Option<u32>,
     #[serde(flatten)]
     pub params: SlotParams,
     /// Absent for provider "none".
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub wrapped: Option<WrappedKeyJson>,
+}
+
+impl Keyslot {
+    fn canonical(&self) -> Vec<u8> {
+        let mut c = Canon::default();
+        c.raw(&self.slot_id.0)
+            .lp(self.created.as_bytes())
+            .u32(self.format.unwrap_or(1))
+            .lp(&self.params.canonical_all());
+        match &self.wrapped {
+            Some(w) => c.raw(&[1]).lp(&w.nonce).lp(&w.commitment).lp(&w.ciphertext),
+            None => c.raw(&[0]),
+        };
+        c.finish()
+    }
 }
 
 /// `repository/chains/<chain_id>.json`: a chain's encryption settings and envelopes.
@@ -336,21 +519,53 @@ pub struct ChainRecord {
     pub created: String,
     pub encryption: EncryptionMode,
     pub keyslots: Vec<Keyslot>,
+    /// v2: incremented at every change of the keyslot list; the catalog pins the highest seen.
+    #[serde(default)]
+    pub revision: u64,
+    /// v2: "keyed-gear" when chunk boundaries come from a gear table keyed with the chain
+    /// key; absent for chains made by arca 0.1 (fastcdc's public table, kept so that
+    /// deduplication continues after `arca migrate`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub chunker: Option<String>,
+    /// v2: MAC of [`ChainRecord::mac_input`] under `derive(chain key, CHAIN_MAC)`: nobody
+    /// without the chain key can add, remove, swap or edit a keyslot or the mode.
+    #[serde(default, skip_serializing_if = "Option::is_none", with = "opt_b64")]
+    pub mac: Option<Vec<u8>>,
 }
 
 impl ChainRecord {
     pub const KIND: &'static str = "arca-chain";
+    pub const KEYED_GEAR: &'static str = "keyed-gear";
 
-    pub fn keyslot_aad(&self, slot_id: &Id16) -> Vec<u8> {
-        crypto::aad(
-            label::KEYSLOT,
-            &[
-                &self.repo_id.0,
-                &self.job_id.0,
-                &self.chain_id.0,
-                &slot_id.0,
-            ],
-        )
+    /// The canonical bytes the chain record's MAC covers.
+    pub fn mac_input(&self) -> Vec<u8> {
+        let mut c = Canon::new(label::CHAIN_RECORD2);
+        c.raw(&self.repo_id.0)
+            .raw(&self.job_id.0)
+            .raw(&self.chain_id.0)
+            .lp(self.created.as_bytes())
+            .lp(self.encryption.as_str().as_bytes())
+            .lp(self.chunker.as_deref().unwrap_or("").as_bytes())
+            .u64(self.revision)
+            .u32(self.keyslots.len() as u32);
+        for k in &self.keyslots {
+            c.lp(&k.canonical());
+        }
+        c.finish()
+    }
+
+    /// Sets the MAC (v2) under the chain key.
+    pub fn seal(&mut self, chain_key: &crypto::SecretKey) {
+        self.version = FORMAT_VERSION;
+        self.mac =
+            Some(crypto::mac(chain_key, crypto::context::CHAIN_MAC, &self.mac_input()).to_vec());
+    }
+
+    /// True when the MAC is valid under `chain_key` (v2 records).
+    pub fn verify(&self, chain_key: &crypto::SecretKey) -> bool {
+        self.mac.as_deref().is_some_and(|m| {
+            crypto::verify_mac(chain_key, crypto::context::CHAIN_MAC, &self.mac_input(), m)
+        })
     }
 }
 
@@ -382,8 +597,18 @@ pub struct EscrowRecord {
 impl EscrowRecord {
     pub const KIND: &'static str = "arca-escrow";
 
+    /// v1: `AAD(escrow-v1, repo, job)`; v2 also binds the password's name, salt and
+    /// parameters, so a record cannot be renamed onto another password.
     pub fn aad(&self) -> Vec<u8> {
-        crypto::aad(label::ESCROW, &[&self.repo_id.0, &self.job_id.0])
+        if self.version < 2 {
+            return crypto::aad(label::ESCROW, &[&self.repo_id.0, &self.job_id.0]);
+        }
+        let mut c = Canon::default();
+        c.kdf(&self.kdf);
+        crypto::aad(
+            label::ESCROW2,
+            &[&self.repo_id.0, &self.job_id.0, &c.finish()],
+        )
     }
 
     pub fn file_name(job_id: &Id16, password: &str) -> String {
@@ -398,9 +623,14 @@ pub struct PointPlace {
     pub job_id: Id16,
     pub chain_id: Id16,
     pub point_id: Id16,
+    /// The layout of the point's body, index, packs and chunks: 1 (arca 0.1) or 2.
+    pub data_format: u32,
 }
 
 impl PointPlace {
+    fn v2(&self) -> bool {
+        self.data_format >= 2
+    }
     fn fields(&self) -> [&[u8]; 4] {
         [
             &self.repo_id.0,
@@ -409,21 +639,48 @@ impl PointPlace {
             &self.point_id.0,
         ]
     }
-    pub fn data_key_aad(&self) -> Vec<u8> {
-        crypto::aad(label::DATA_KEY, &self.fields())
+    /// The data key's place (its commitment covers this; v2 binds more, see
+    /// [`PointRecord::bound`]). v1 records use the v1 label, whatever their data format.
+    pub fn data_key_aad_v(&self, record_version: u32) -> Vec<u8> {
+        let l = if record_version >= 2 {
+            label::DATA_KEY2
+        } else {
+            label::DATA_KEY
+        };
+        crypto::aad(l, &self.fields())
     }
     pub fn body_aad(&self) -> Vec<u8> {
-        crypto::aad(label::POINT_BODY, &self.fields())
+        let l = if self.v2() {
+            label::POINT_BODY2
+        } else {
+            label::POINT_BODY
+        };
+        crypto::aad(l, &self.fields())
     }
     pub fn index_aad(&self) -> Vec<u8> {
-        crypto::aad(label::INDEX, &self.fields())
+        let l = if self.v2() {
+            label::INDEX2
+        } else {
+            label::INDEX
+        };
+        crypto::aad(l, &self.fields())
     }
     pub fn chunk_aad(&self, chunk_id: &Id32) -> Vec<u8> {
         let f = self.fields();
-        crypto::aad(label::CHUNK, &[f[0], f[1], f[2], f[3], &chunk_id.0])
+        let l = if self.v2() {
+            label::CHUNK2
+        } else {
+            label::CHUNK
+        };
+        crypto::aad(l, &[f[0], f[1], f[2], f[3], &chunk_id.0])
     }
     pub fn pack_header_aad(&self) -> Vec<u8> {
-        crypto::aad(label::PACK_HEADER, &self.fields())
+        let l = if self.v2() {
+            label::PACK_HEADER2
+        } else {
+            label::PACK_HEADER
+        };
+        crypto::aad(l, &self.fields())
     }
 }
 
@@ -444,11 +701,21 @@ pub struct PointRecord {
     /// Salt and parameters of the password whose hash wraps the chain key (passphrase chains).
     #[serde(default)]
     pub kdf: Option<KdfRecord>,
+    /// v2: "tree", or "stdin" (a stream), in clear for listing; authenticated.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source_kind: Option<String>,
+    /// v2: layout of the body, index, packs and chunks (1 for points migrated from arca 0.1).
+    #[serde(default = "one")]
+    pub data_format: u32,
     /// This point's data key, wrapped under the chain key.
     pub data_key: WrappedKeyJson,
     /// [`PointBody`] as JSON, sealed under the point-body subkey of the data key.
     #[serde(with = "b64")]
     pub body: Vec<u8>,
+}
+
+fn one() -> u32 {
+    1
 }
 
 impl PointRecord {
@@ -460,7 +727,37 @@ impl PointRecord {
             job_id: self.job_id,
             chain_id: self.chain_id,
             point_id: self.point_id,
+            data_format: self.data_format,
         }
+    }
+
+    pub fn data_key_place(&self) -> Vec<u8> {
+        self.place().data_key_aad_v(self.version)
+    }
+
+    /// v2: the public fields the data key's wrapping authenticates: the job's name, the
+    /// time, the parent, the kind, the salt record and the data format. Empty for v1.
+    pub fn bound(&self) -> Vec<u8> {
+        if self.version < 2 {
+            return Vec::new();
+        }
+        let mut c = Canon::default();
+        c.lp(self.job.as_bytes())
+            .lp(self.time.as_bytes())
+            .opt_id(self.parent.as_ref())
+            .lp(self.source_kind.as_deref().unwrap_or("").as_bytes());
+        match &self.kdf {
+            None => c.raw(&[0]),
+            Some(k) => c.raw(&[1]).kdf(k),
+        };
+        c.u32(self.data_format);
+        c.finish()
+    }
+
+    /// The point's time as nanoseconds since the epoch, if it parses (RFC 3339).
+    pub fn time_ns(&self) -> Option<i128> {
+        let t = humantime::parse_rfc3339(&self.time).ok()?;
+        Some(t.duration_since(std::time::UNIX_EPOCH).ok()?.as_nanos() as i128)
     }
 }
 
@@ -599,6 +896,7 @@ pub struct IndexEntry {
 }
 
 pub const INDEX_MAGIC: &[u8; 8] = b"ARCAIDX\x01";
+pub const INDEX_MAGIC2: &[u8; 8] = b"ARCAIDX\x02";
 pub const INDEX_RECORD_LEN: usize = 32 + 32 + 8 + 4 + 4;
 
 /// Plaintext of an index file: `count u32 LE || records`.
@@ -640,6 +938,7 @@ pub fn decode_index(b: &[u8]) -> Result<Vec<IndexEntry>, ParseError> {
 }
 
 pub const PACK_MAGIC: &[u8; 8] = b"ARCAPCK\x01";
+pub const PACK_MAGIC2: &[u8; 8] = b"ARCAPCK\x02";
 /// magic (8) || point_id (16)
 pub const PACK_PREFIX_LEN: usize = 8 + 16;
 pub const PACK_HEADER_RECORD_LEN: usize = 32 + 8 + 4 + 4;
@@ -713,7 +1012,13 @@ pub fn encode_payload_with(z: &mut zstd::bulk::Compressor<'_>, data: &[u8]) -> V
     out
 }
 
+/// The largest plaintext a chunk may have (content chunks are at most 4 MiB).
+pub const MAX_CHUNK_RAW: usize = 16 * 1024 * 1024;
+
 pub fn decode_payload(p: &[u8], raw_len: usize) -> Result<Vec<u8>, ParseError> {
+    if raw_len > MAX_CHUNK_RAW {
+        return perr("chunk length beyond the format's limit");
+    }
     match p.split_first() {
         Some((&PAYLOAD_RAW, rest)) if rest.len() == raw_len => Ok(rest.to_vec()),
         Some((&PAYLOAD_RAW, _)) => perr("stored length differs from the index"),
@@ -795,6 +1100,7 @@ mod tests {
                 kind: PointRecord::KIND.into(), version: FORMAT_VERSION,
                 repo_id: ids.0, job_id: ids.1, job, chain_id: ids.2, point_id: ids.3,
                 time: "2026-11-23T11:00:00Z".into(), parent: Some(ids.0),
+                source_kind: Some("tree".into()), data_format: 2,
                 kdf: Some(KdfRecord { password: "p".into(), algorithm: KdfRecord::ARGON2ID.into(),
                     salt, m_kib: 65536, t: 3, p: 2 }),
                 data_key: WrappedKeyJson { nonce: vec![1; 12], commitment: vec![2; 32],
@@ -811,10 +1117,12 @@ mod tests {
             let rec = ChainRecord {
                 kind: ChainRecord::KIND.into(), version: FORMAT_VERSION, repo_id: ids.0,
                 job_id: ids.1, chain_id: ids.2, created: "t".into(), encryption: EncryptionMode::Key,
-                keyslots: vec![Keyslot { slot_id: ids.3, created: "t".into(),
+                chunker: Some(ChainRecord::KEYED_GEAR.into()),
+                keyslots: vec![Keyslot { slot_id: ids.3, created: "t".into(), format: Some(2),
                     params: SlotParams::Raw { fingerprint: fp },
                     wrapped: Some(WrappedKeyJson { nonce: vec![0; 12], commitment: vec![0; 32],
                         ciphertext: vec![0; 48] }) }],
+                revision: 3, mac: Some(vec![1; 32]),
             };
             let s = serde_json::to_string(&rec).unwrap();
             prop_assert_eq!(serde_json::from_str::<ChainRecord>(&s).unwrap(), rec);

@@ -2,30 +2,46 @@
 //!
 //! ```text
 //! config                      RepoConfig (JSON, plaintext)
-//! jobs/<job_id>.json          JobRecord
-//! chains/<chain_id>.json      ChainRecord (keyslots)
-//! escrow/<job_id>.<pw>.json   EscrowRecord (password hash encrypted by KMS)
-//! points/<point_id>.json      PointRecord (sealed body)
+//! jobs/<job_id>.json          JobRecord (v2: MAC under its chain's key)
+//! chains/<chain_id>.json      ChainRecord (keyslots; v2: MAC under the chain key)
+//! escrow/<job_id>.<pw>.json   EscrowRecord (password hash encrypted by KMS or KMIP)
+//! points/<point_id>.json      PointRecord (sealed body; v2: public fields bound to the data key)
 //! index/<point_id>            sealed index of the chunks new in that point
 //! packs/<xx>/<pack_id>        packs of sealed chunks, named by BLAKE3 of their bytes
 //! tmp/                        in-progress writes (renamed into place when complete)
 //! lock                        advisory lock file
 //! ```
 //! Every write goes to `tmp/` first, is fsynced, then renamed: a crash or a full disk leaves
-//! at worst unreferenced files, never a half-written object.
+//! at worst unreferenced files, never a half-written object. Everything below the root is
+//! reached through directory handles without following symlinks ([`fsx`]), every size is
+//! bounded before it allocates, and one malformed object affects only what refers to it.
 
 pub mod format;
+pub mod fsx;
 pub mod pack;
 
-use std::fs::{self, File, OpenOptions};
-use std::io::{Read, Seek, SeekFrom, Write};
+use std::fs::File;
+use std::io::Write;
+use std::os::unix::fs::{DirBuilderExt, FileExt};
 use std::path::{Path, PathBuf};
 
-use crate::error::{Error, IoContext, Result};
+use crate::error::{Error, Result};
 use format::*;
+use fsx::DirHandle;
+
+/// Size limits for objects read from a repository (checked before anything is allocated).
+pub mod limits {
+    pub const CONFIG: u64 = 64 * 1024;
+    pub const RECORD: u64 = 4 * 1024 * 1024;
+    pub const INDEX: u64 = 1024 * 1024 * 1024;
+    pub const PACK: u64 = 256 * 1024 * 1024;
+    /// A sealed chunk: 16 MiB of payload at most, plus framing.
+    pub const SEALED_CHUNK: u32 = 16 * 1024 * 1024 + 64;
+}
 
 pub struct Repository {
     root: PathBuf,
+    dir: DirHandle,
     pub config: RepoConfig,
 }
 
@@ -34,53 +50,104 @@ pub struct RepoLock {
     _file: File,
 }
 
+/// An object the repository holds but that could not be read (damage stays local).
+#[derive(Clone, Debug, serde::Serialize, PartialEq, Eq)]
+pub struct Damaged {
+    pub object: String,
+    pub detail: String,
+}
+
 pub fn now_rfc3339() -> String {
     humantime::format_rfc3339_micros(std::time::SystemTime::now()).to_string()
 }
 
+const SUBDIRS: [&str; 7] = [
+    "jobs", "chains", "escrow", "points", "index", "packs", "tmp",
+];
+
+fn is_hex(s: &str, n: usize) -> bool {
+    s.len() == n
+        && s.bytes()
+            .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase())
+}
+
 impl Repository {
     /// Creates a repository in `dir`, which must not exist or be empty.
-    pub fn init(dir: &Path) -> Result<Repository> {
-        if dir.exists() {
-            let mut it = fs::read_dir(dir).ctx("read", dir)?;
-            if it.next().is_some() {
-                return Err(Error::Usage(format!(
-                    "{} is not empty: a repository needs an empty or new directory",
-                    dir.display()
-                )));
+    pub fn init(dir: &Path, group_readable: bool) -> Result<Repository> {
+        let dmode = if group_readable { 0o750 } else { 0o700 };
+        match std::fs::read_dir(dir) {
+            Ok(mut it) => {
+                if it.next().is_some() {
+                    return Err(Error::Usage(format!(
+                        "{} is not empty: a repository needs an empty or new directory",
+                        dir.display()
+                    )));
+                }
             }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                std::fs::DirBuilder::new()
+                    .recursive(true)
+                    .mode(dmode)
+                    .create(dir)
+                    .map_err(|e| Error::io(format!("create {}", dir.display()), e))?;
+            }
+            Err(e) => return Err(Error::io(format!("read {}", dir.display()), e)),
         }
-        fs::create_dir_all(dir).ctx("create", dir)?;
-        for sub in ["jobs", "chains", "points", "index", "packs", "tmp"] {
-            fs::create_dir_all(dir.join(sub)).ctx("create", &dir.join(sub))?;
+        let handle = DirHandle::open_root(dir)
+            .map_err(|e| Error::io(format!("open {}", dir.display()), e))?;
+        fsx::fchmod(handle.fd(), dmode)
+            .map_err(|e| Error::io(format!("chmod {}", dir.display()), e))?;
+        for sub in SUBDIRS {
+            handle
+                .create_dir(sub, dmode)
+                .map_err(|e| Error::io(format!("create {}/{sub}", dir.display()), e))?;
         }
         let config = RepoConfig {
             kind: RepoConfig::KIND.into(),
             version: FORMAT_VERSION,
             repo_id: Id16::random(),
             created: now_rfc3339(),
+            group_readable,
         };
         let repo = Repository {
             root: dir.to_path_buf(),
+            dir: handle,
             config,
         };
-        repo.write_json("config", &repo.config)?;
+        let mut b = serde_json::to_vec_pretty(&repo.config).expect("config serializes");
+        b.push(b'\n');
+        repo.write_atomic(&[], "config", &b)?;
         Ok(repo)
     }
 
     pub fn open(dir: &Path) -> Result<Repository> {
-        let p = dir.join("config");
-        let bytes = match fs::read(&p) {
-            Ok(b) => b,
+        let handle = match DirHandle::open_root(dir) {
+            Ok(h) => h,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                 return Err(Error::NotFound(format!(
-                    "{} is not an arca repository (no config file); create one with `arca init {}`",
+                    "{} does not exist: is the backup disk mounted? (`arca init {}` creates a new, empty repository)",
                     dir.display(),
                     dir.display()
                 )))
             }
-            Err(e) => return Err(Error::io(format!("read {}", p.display()), e)),
+            Err(e) => return Err(Error::io(format!("open repository {}", dir.display()), e)),
         };
+        let bytes = match handle.read_bounded("config", limits::CONFIG) {
+            Ok(b) => b,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Err(Error::NotFound(format!(
+                    "{} is not an arca repository (no config file); check the path (is the backup disk mounted?)",
+                    dir.display()
+                )))
+            }
+            Err(e) => {
+                return Err(Error::integrity(
+                    format!("repository config {}/config", dir.display()),
+                    e,
+                ))
+            }
+        };
+        let p = dir.join("config");
         let config: RepoConfig = serde_json::from_slice(&bytes)
             .map_err(|e| Error::integrity(format!("repository config {}", p.display()), e))?;
         if config.kind != RepoConfig::KIND {
@@ -89,9 +156,9 @@ impl Repository {
                 "not an arca repository config",
             ));
         }
-        if config.version != FORMAT_VERSION {
+        if config.version != FORMAT_VERSION && config.version != FORMAT_V1 {
             return Err(Error::Usage(format!(
-                "repository {} has format version {}, this arca reads version {FORMAT_VERSION}; \
+                "repository {} has format version {}, this arca reads versions 1 and {FORMAT_VERSION}; \
                  use a matching arca release",
                 dir.display(),
                 config.version
@@ -99,7 +166,20 @@ impl Repository {
         }
         Ok(Repository {
             root: dir.to_path_buf(),
+            dir: handle,
             config,
+        })
+    }
+
+    /// A second handle on the same repository (for another thread).
+    pub fn try_clone(&self) -> Result<Repository> {
+        Ok(Repository {
+            root: self.root.clone(),
+            dir: self
+                .dir
+                .try_clone()
+                .map_err(|e| Error::io(format!("open {}", self.root.display()), e))?,
+            config: self.config.clone(),
         })
     }
 
@@ -111,66 +191,122 @@ impl Repository {
         self.config.repo_id
     }
 
-    /// Takes the repository's exclusive lock (non-blocking).
-    pub fn lock(&self) -> Result<RepoLock> {
-        let p = self.root.join("lock");
-        let f = OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(&p)
-            .ctx("open", &p)?;
-        match f.try_lock() {
-            Ok(()) => Ok(RepoLock { _file: f }),
-            Err(fs::TryLockError::WouldBlock) => Err(Error::Locked {
-                path: self.root.display().to_string(),
-                detail: "another backup is running".into(),
-            }),
-            Err(fs::TryLockError::Error(e)) => Err(Error::io(format!("lock {}", p.display()), e)),
+    /// The format version of this repository's metadata (1: arca 0.1, unauthenticated).
+    pub fn version(&self) -> u32 {
+        self.config.version
+    }
+
+    fn file_mode(&self) -> u32 {
+        if self.config.group_readable {
+            0o640
+        } else {
+            0o600
         }
     }
 
-    fn tmp_path(&self) -> PathBuf {
-        self.root
-            .join("tmp")
-            .join(format!("{}.tmp", Id16::random().hex()))
+    fn dir_mode(&self) -> u32 {
+        if self.config.group_readable {
+            0o750
+        } else {
+            0o700
+        }
     }
 
-    /// Writes `rel` atomically: tmp file, fsync, rename, fsync of the directory.
-    pub fn write_atomic(&self, rel: &str, data: &[u8]) -> Result<()> {
-        let dest = self.root.join(rel);
-        let tmp = self.tmp_path();
+    fn sub(&self, path: &[&str], create: bool) -> Result<DirHandle> {
+        let mut cur = self
+            .dir
+            .try_clone()
+            .map_err(|e| Error::io(format!("open {}", self.root.display()), e))?;
+        for (i, c) in path.iter().enumerate() {
+            let r = if create {
+                cur.create_dir(c, self.dir_mode())
+            } else {
+                cur.open_dir(c)
+            };
+            cur = r.map_err(|e| {
+                let p = self.root.join(path[..=i].join("/"));
+                if fsx::is_symlink_refusal(&e) {
+                    Error::integrity(
+                        format!("repository directory {}", p.display()),
+                        "it is a symlink or not a directory; arca never follows links inside a repository",
+                    )
+                } else if e.kind() == std::io::ErrorKind::NotFound {
+                    Error::NotFound(format!("{} is missing", p.display()))
+                } else {
+                    Error::io(format!("open {}", p.display()), e)
+                }
+            })?;
+        }
+        Ok(cur)
+    }
+
+    /// Takes the repository's exclusive lock (non-blocking). `lock` must be a regular file.
+    pub fn lock(&self) -> Result<RepoLock> {
+        let p = self.root.join("lock");
+        let f = self.dir.open_rw("lock", self.file_mode()).map_err(|e| {
+            if e.raw_os_error() == Some(rustix::io::Errno::LOOP.raw_os_error())
+                || e.kind() == std::io::ErrorKind::InvalidData
+            {
+                Error::integrity(
+                    format!("lock file {}", p.display()),
+                    "it is not a regular file (a symlink?); remove it",
+                )
+            } else {
+                Error::io(format!("open {}", p.display()), e)
+            }
+        })?;
+        match f.try_lock() {
+            Ok(()) => Ok(RepoLock { _file: f }),
+            Err(std::fs::TryLockError::WouldBlock) => Err(Error::Locked {
+                path: self.root.display().to_string(),
+                detail: "another backup is running".into(),
+            }),
+            Err(std::fs::TryLockError::Error(e)) => {
+                Err(Error::io(format!("lock {}", p.display()), e))
+            }
+        }
+    }
+
+    /// Writes `path/name` atomically: a new file in `tmp/` (0600 or 0640, `O_EXCL`), fsync,
+    /// rename into place, fsync of the directory.
+    pub fn write_atomic(&self, path: &[&str], name: &str, data: &[u8]) -> Result<()> {
+        let tmp_dir = self.sub(&["tmp"], true)?;
+        let dest = self.sub(path, true)?;
+        let tmp = format!("{}.tmp", Id16::random().hex());
+        let shown = self.root.join(path.join("/")).join(name);
         let res = (|| -> Result<()> {
-            let mut f = File::create(&tmp).ctx("create", &tmp)?;
-            f.write_all(data).ctx("write", &tmp)?;
-            f.sync_all().ctx("sync", &tmp)?;
+            let mut f = tmp_dir.create_excl(&tmp, self.file_mode()).map_err(|e| {
+                Error::io(
+                    format!("create a temporary file for {}", shown.display()),
+                    e,
+                )
+            })?;
+            f.write_all(data)
+                .and_then(|_| f.sync_all())
+                .map_err(|e| Error::io(format!("write {}", shown.display()), e))?;
             drop(f);
-            if let Some(parent) = dest.parent() {
-                fs::create_dir_all(parent).ctx("create", parent)?;
-            }
-            fs::rename(&tmp, &dest).ctx("rename into place", &dest)?;
-            if let Some(parent) = dest.parent() {
-                File::open(parent)
-                    .and_then(|d| d.sync_all())
-                    .ctx("sync", parent)?;
-            }
+            tmp_dir
+                .rename_to(&tmp, &dest, name)
+                .map_err(|e| Error::io(format!("rename into place {}", shown.display()), e))?;
+            dest.fsync()
+                .map_err(|e| Error::io(format!("sync {}", dest.path().display()), e))?;
             Ok(())
         })();
         if res.is_err() {
-            let _ = fs::remove_file(&tmp);
+            let _ = tmp_dir.unlink(&tmp);
         }
         res
     }
 
-    fn write_json<T: serde::Serialize>(&self, rel: &str, v: &T) -> Result<()> {
-        let mut b = serde_json::to_vec_pretty(v).expect("format objects serialize");
-        b.push(b'\n');
-        self.write_atomic(rel, &b)
-    }
-
-    fn read_json<T: serde::de::DeserializeOwned>(&self, rel: &str, what: &str) -> Result<T> {
-        let p = self.root.join(rel);
-        let b = match fs::read(&p) {
+    fn read_json<T: serde::de::DeserializeOwned>(
+        &self,
+        sub: &str,
+        name: &str,
+        what: &str,
+    ) -> Result<T> {
+        let p = self.root.join(sub).join(name);
+        let d = self.sub(&[sub], false)?;
+        let b = match d.read_bounded(name, limits::RECORD) {
             Ok(b) => b,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                 return Err(Error::NotFound(format!(
@@ -178,18 +314,30 @@ impl Repository {
                     p.display()
                 )))
             }
+            Err(e)
+                if e.kind() == std::io::ErrorKind::InvalidData || fsx::is_symlink_refusal(&e) =>
+            {
+                return Err(Error::integrity(format!("{what} ({})", p.display()), e))
+            }
             Err(e) => return Err(Error::io(format!("read {}", p.display()), e)),
         };
         serde_json::from_slice(&b)
             .map_err(|e| Error::integrity(format!("{what} ({})", p.display()), e))
     }
 
+    /// Stems of the entries of `sub` named `<stem><suffix>`, sorted; other names are ignored.
     fn list_dir_ids(&self, sub: &str, suffix: &str) -> Result<Vec<String>> {
-        let d = self.root.join(sub);
+        let d = match self.sub(&[sub], false) {
+            Ok(d) => d,
+            Err(Error::NotFound(_)) => return Ok(Vec::new()),
+            Err(e) => return Err(e),
+        };
         let mut out = Vec::new();
-        for e in fs::read_dir(&d).ctx("list", &d)? {
-            let e = e.ctx("list", &d)?;
-            let name = e.file_name().to_string_lossy().into_owned();
+        for (name, _) in d
+            .list()
+            .map_err(|e| Error::io(format!("list {}", d.path().display()), e))?
+        {
+            let name = name.to_string_lossy().into_owned();
             if let Some(stem) = name.strip_suffix(suffix) {
                 out.push(stem.to_string());
             }
@@ -198,55 +346,139 @@ impl Repository {
         Ok(out)
     }
 
+    /// Checks `type`, `version` and the repository of a record: a record older than the
+    /// repository's format (a v1 record in a v2 repository) is refused, never trusted.
+    fn check_kind(
+        &self,
+        kind: &str,
+        want: &str,
+        version: u32,
+        repo_id: &Id16,
+        what: &str,
+    ) -> Result<()> {
+        self.check_kind_min(kind, want, version, repo_id, what, self.version())
+    }
+
+    fn check_kind_min(
+        &self,
+        kind: &str,
+        want: &str,
+        version: u32,
+        repo_id: &Id16,
+        what: &str,
+        min_version: u32,
+    ) -> Result<()> {
+        if kind != want {
+            return Err(Error::integrity(
+                what.to_string(),
+                format!("type {kind:?}, expected {want:?}"),
+            ));
+        }
+        if version != FORMAT_V1 && version != FORMAT_VERSION {
+            return Err(Error::integrity(
+                what.to_string(),
+                format!("unknown version {version}"),
+            ));
+        }
+        if version < min_version {
+            return Err(Error::integrity(
+                what.to_string(),
+                format!("a version-{version} record in a version-{} repository (unauthenticated metadata is refused)", self.version()),
+            ));
+        }
+        if *repo_id != self.id() {
+            return Err(Error::integrity(
+                what.to_string(),
+                "it belongs to another repository",
+            ));
+        }
+        Ok(())
+    }
+
     // --- jobs ---
 
     pub fn write_job(&self, job: &JobRecord) -> Result<()> {
-        self.write_json(&format!("jobs/{}.json", job.job_id), job)
+        self.write_record(&["jobs"], &format!("{}.json", job.job_id), job)
     }
 
-    pub fn list_jobs(&self) -> Result<Vec<JobRecord>> {
-        let mut out = Vec::new();
-        for id in self.list_dir_ids("jobs", ".json")? {
-            let j: JobRecord = self.read_json(&format!("jobs/{id}.json"), "job record")?;
-            if j.repo_id != self.id() || j.job_id.hex() != id {
-                return Err(Error::integrity(
-                    format!("job record {id}"),
-                    "it belongs to another place",
-                ));
-            }
-            out.push(j);
+    fn write_record<T: serde::Serialize>(&self, path: &[&str], name: &str, v: &T) -> Result<()> {
+        let mut b = serde_json::to_vec_pretty(v).expect("format objects serialize");
+        b.push(b'\n');
+        self.write_atomic(path, name, &b)
+    }
+
+    pub fn read_job(&self, id: &Id16) -> Result<JobRecord> {
+        let what = format!("job record {id}");
+        let j: JobRecord = self.read_json("jobs", &format!("{id}.json"), &what)?;
+        self.check_kind(&j.kind, JobRecord::KIND, j.version, &j.repo_id, &what)?;
+        if j.job_id != *id {
+            return Err(Error::integrity(what, "its file name names another job"));
         }
-        Ok(out)
+        Ok(j)
+    }
+
+    /// Every readable job record, and the objects that could not be read.
+    pub fn scan_jobs(&self) -> Result<(Vec<JobRecord>, Vec<Damaged>)> {
+        let mut out = Vec::new();
+        let mut bad = Vec::new();
+        for id in self.list_dir_ids("jobs", ".json")? {
+            let r = Id16::parse(&id)
+                .map_err(|e| Error::integrity(format!("jobs/{id}.json"), e))
+                .and_then(|i| self.read_job(&i));
+            match r {
+                Ok(j) => out.push(j),
+                Err(Error::Integrity { object, detail }) => bad.push(Damaged { object, detail }),
+                Err(e) => return Err(e),
+            }
+        }
+        Ok((out, bad))
+    }
+
+    /// Readable job records (damaged ones are logged and skipped).
+    pub fn list_jobs(&self) -> Result<Vec<JobRecord>> {
+        let (jobs, bad) = self.scan_jobs()?;
+        for b in bad {
+            tracing::warn!("skipping damaged {}: {}", b.object, b.detail);
+        }
+        Ok(jobs)
     }
 
     pub fn find_job(&self, name: &str) -> Result<JobRecord> {
-        self.list_jobs()?.into_iter().find(|j| j.name == name).ok_or_else(|| {
-            Error::NotFound(format!(
-                "no job named '{name}' in repository {}; `arca points --repo` lists nothing until a job was created there",
+        let mut m: Vec<JobRecord> = self
+            .list_jobs()?
+            .into_iter()
+            .filter(|j| j.name == name)
+            .collect();
+        match m.len() {
+            1 => Ok(m.remove(0)),
+            0 => Err(Error::NotFound(format!(
+                "no job named '{name}' in repository {}; `arca catalog rebuild --repo {}` lists the jobs it holds",
+                self.root.display(),
                 self.root.display()
-            ))
-        })
+            ))),
+            n => Err(Error::integrity(
+                format!("job records of '{name}'"),
+                format!("{n} job records carry this name in {}; one of them was not written by this job's owner", self.root.display()),
+            )),
+        }
     }
 
     // --- chains ---
 
     pub fn write_chain(&self, chain: &ChainRecord) -> Result<()> {
-        self.write_json(&format!("chains/{}.json", chain.chain_id), chain)
+        self.write_record(&["chains"], &format!("{}.json", chain.chain_id), chain)
     }
 
     pub fn read_chain(&self, chain_id: &Id16) -> Result<ChainRecord> {
-        let c: ChainRecord = self.read_json(&format!("chains/{chain_id}.json"), "chain record")?;
-        if c.kind != ChainRecord::KIND || c.version != FORMAT_VERSION {
-            return Err(Error::integrity(
-                format!("chain {chain_id}"),
-                "unknown type or version",
-            ));
+        let what = format!("chain {chain_id}");
+        let c: ChainRecord =
+            self.read_json("chains", &format!("{chain_id}.json"), "chain record")?;
+        self.check_kind(&c.kind, ChainRecord::KIND, c.version, &c.repo_id, &what)?;
+        if c.chain_id != *chain_id {
+            return Err(Error::integrity(what, "it belongs to another place"));
         }
-        if c.chain_id != *chain_id || c.repo_id != self.id() {
-            return Err(Error::integrity(
-                format!("chain {chain_id}"),
-                "it belongs to another place",
-            ));
+        if c.keyslots.len() > 64 {
+            return Err(Error::integrity(what, "more than 64 keyslots"));
         }
         Ok(c)
     }
@@ -254,30 +486,48 @@ impl Repository {
     // --- escrow ---
 
     pub fn write_escrow(&self, e: &EscrowRecord) -> Result<()> {
-        self.write_json(
-            &format!(
-                "escrow/{}",
-                EscrowRecord::file_name(&e.job_id, &e.kdf.password)
-            ),
+        self.write_record(
+            &["escrow"],
+            &EscrowRecord::file_name(&e.job_id, &e.kdf.password),
             e,
         )
     }
 
-    /// Escrow records of a job (all jobs if `None`).
+    /// Readable escrow records of a job (all jobs if `None`); damaged ones are skipped.
     pub fn list_escrow(&self, job_id: Option<&Id16>) -> Result<Vec<EscrowRecord>> {
-        let d = self.root.join("escrow");
-        if !d.exists() {
-            return Ok(Vec::new());
-        }
         let mut out = Vec::new();
         for name in self.list_dir_ids("escrow", ".json")? {
-            let e: EscrowRecord =
-                self.read_json(&format!("escrow/{name}.json"), "escrow record")?;
-            if e.kind != EscrowRecord::KIND || e.repo_id != self.id() {
-                return Err(Error::integrity(
-                    format!("escrow record {name}"),
-                    "unknown type or another repository",
-                ));
+            let r: Result<EscrowRecord> =
+                self.read_json("escrow", &format!("{name}.json"), "escrow record");
+            let e = match r {
+                Ok(e) => e,
+                Err(Error::Integrity { object, detail }) => {
+                    tracing::warn!("skipping damaged {object}: {detail}");
+                    continue;
+                }
+                Err(e) => return Err(e),
+            };
+            let what = format!("escrow record {name}");
+            // Escrow records made by arca 0.1 stay usable after `arca migrate`: KMS binds them
+            // to repository, job and password, and the password hash they hold must still
+            // open an authenticated keyslot with the same salt record.
+            let min = e.version.max(FORMAT_V1);
+            if let Err(err) = self.check_kind_min(
+                &e.kind,
+                EscrowRecord::KIND,
+                e.version,
+                &e.repo_id,
+                &what,
+                min,
+            ) {
+                tracing::warn!("skipping {err}");
+                continue;
+            }
+            if EscrowRecord::file_name(&e.job_id, &e.kdf.password) != format!("{name}.json") {
+                tracing::warn!(
+                    "skipping {what}: its file name does not match its job and password"
+                );
+                continue;
             }
             if job_id.is_none_or(|j| *j == e.job_id) {
                 out.push(e);
@@ -287,13 +537,11 @@ impl Repository {
     }
 
     pub fn delete_escrow(&self, job_id: &Id16, password: &str) -> Result<()> {
-        let p = self
-            .root
-            .join("escrow")
-            .join(EscrowRecord::file_name(job_id, password));
-        match fs::remove_file(&p) {
+        let name = EscrowRecord::file_name(job_id, password);
+        let d = self.sub(&["escrow"], true)?;
+        match d.unlink(&name) {
             Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
-                Err(Error::io(format!("remove {}", p.display()), e))
+                Err(Error::io(format!("remove escrow/{name}"), e))
             }
             _ => Ok(()),
         }
@@ -302,72 +550,103 @@ impl Repository {
     // --- points ---
 
     pub fn write_point(&self, p: &PointRecord) -> Result<()> {
-        self.write_json(&format!("points/{}.json", p.point_id), p)
+        self.write_record(&["points"], &format!("{}.json", p.point_id), p)
     }
 
     pub fn read_point(&self, id: &Id16) -> Result<PointRecord> {
-        let p: PointRecord = self.read_json(&format!("points/{id}.json"), "recovery point")?;
-        if p.kind != PointRecord::KIND || p.version != FORMAT_VERSION {
+        let what = format!("recovery point {id}");
+        let p: PointRecord = self.read_json("points", &format!("{id}.json"), "recovery point")?;
+        self.check_kind(&p.kind, PointRecord::KIND, p.version, &p.repo_id, &what)?;
+        if p.point_id != *id {
+            return Err(Error::integrity(what, "it belongs to another place"));
+        }
+        if p.data_format != 1 && p.data_format != 2 {
             return Err(Error::integrity(
-                format!("recovery point {id}"),
-                "unknown type or version",
+                what,
+                format!("unknown data format {}", p.data_format),
             ));
         }
-        if p.point_id != *id || p.repo_id != self.id() {
-            return Err(Error::integrity(
-                format!("recovery point {id}"),
-                "it belongs to another place",
-            ));
+        if p.data_format > p.version {
+            return Err(Error::integrity(what, "data format newer than the record"));
+        }
+        if p.time_ns().is_none() {
+            return Err(Error::integrity(what, "its time is not an RFC 3339 time"));
         }
         Ok(p)
     }
 
-    /// All recovery points of a job, oldest first.
-    pub fn list_points(&self, job_id: &Id16) -> Result<Vec<PointRecord>> {
+    /// Every readable point record, and the ones that could not be read.
+    pub fn scan_points(&self) -> Result<(Vec<PointRecord>, Vec<Damaged>)> {
         let mut out = Vec::new();
+        let mut bad = Vec::new();
         for id in self.list_dir_ids("points", ".json")? {
-            let id =
-                Id16::parse(&id).map_err(|e| Error::integrity(format!("points/{id}.json"), e))?;
-            let p = self.read_point(&id)?;
-            if p.job_id == *job_id {
-                out.push(p);
+            let r = Id16::parse(&id)
+                .map_err(|e| Error::integrity(format!("points/{id}.json"), e))
+                .and_then(|i| self.read_point(&i));
+            match r {
+                Ok(p) => out.push(p),
+                Err(Error::Integrity { object, detail }) => bad.push(Damaged { object, detail }),
+                Err(e) => return Err(e),
             }
         }
-        out.sort_by(|a, b| a.time.cmp(&b.time).then(a.point_id.cmp(&b.point_id)));
+        Ok((out, bad))
+    }
+
+    /// Readable recovery points of a job, oldest first (by time, then id). Whether their
+    /// metadata authenticates is checked when their chain is opened.
+    pub fn list_points(&self, job_id: &Id16) -> Result<Vec<PointRecord>> {
+        let (all, _) = self.scan_points()?;
+        let mut out: Vec<PointRecord> = all.into_iter().filter(|p| p.job_id == *job_id).collect();
+        out.sort_by(|a, b| {
+            a.time_ns()
+                .cmp(&b.time_ns())
+                .then(a.point_id.cmp(&b.point_id))
+        });
         Ok(out)
     }
 
     pub fn delete_point_file(&self, id: &Id16) -> Result<()> {
-        let p = self.root.join(format!("points/{id}.json"));
-        fs::remove_file(&p).ctx("remove", &p)
+        let d = self.sub(&["points"], false)?;
+        d.unlink(format!("{id}.json"))
+            .map_err(|e| Error::io(format!("remove points/{id}.json"), e))
     }
 
     // --- index ---
 
-    pub fn write_index(&self, point_id: &Id16, sealed: &[u8]) -> Result<()> {
-        let mut b = Vec::with_capacity(INDEX_MAGIC.len() + sealed.len());
-        b.extend_from_slice(INDEX_MAGIC);
+    pub fn write_index(&self, point_id: &Id16, data_format: u32, sealed: &[u8]) -> Result<()> {
+        let magic = if data_format >= 2 {
+            INDEX_MAGIC2
+        } else {
+            INDEX_MAGIC
+        };
+        let mut b = Vec::with_capacity(magic.len() + sealed.len());
+        b.extend_from_slice(magic);
         b.extend_from_slice(sealed);
-        self.write_atomic(&format!("index/{point_id}"), &b)
+        self.write_atomic(&["index"], &point_id.hex(), &b)
     }
 
     /// The sealed part of an index file.
-    pub fn read_index(&self, point_id: &Id16) -> Result<Vec<u8>> {
-        let p = self.root.join(format!("index/{point_id}"));
-        let b = fs::read(&p).map_err(|e| {
+    pub fn read_index(&self, point_id: &Id16, data_format: u32) -> Result<Vec<u8>> {
+        let what = format!("index of recovery point {point_id}");
+        let d = self.sub(&["index"], false)?;
+        let b = d.read_bounded(point_id.hex(), limits::INDEX).map_err(|e| {
             if e.kind() == std::io::ErrorKind::NotFound {
-                Error::integrity(format!("index of recovery point {point_id}"), "missing")
+                Error::integrity(&what, "missing")
+            } else if e.kind() == std::io::ErrorKind::InvalidData || fsx::is_symlink_refusal(&e) {
+                Error::integrity(&what, e)
             } else {
-                Error::io(format!("read {}", p.display()), e)
+                Error::io(format!("read index/{point_id}"), e)
             }
         })?;
-        if !b.starts_with(INDEX_MAGIC) {
-            return Err(Error::integrity(
-                format!("index {}", p.display()),
-                "bad magic or version",
-            ));
+        let magic = if data_format >= 2 {
+            INDEX_MAGIC2
+        } else {
+            INDEX_MAGIC
+        };
+        if !b.starts_with(magic) {
+            return Err(Error::integrity(what, "bad magic or version"));
         }
-        Ok(b[INDEX_MAGIC.len()..].to_vec())
+        Ok(b[magic.len()..].to_vec())
     }
 
     // --- packs ---
@@ -382,23 +661,56 @@ impl Repository {
     }
 
     pub fn write_pack(&self, id: &Id32, data: &[u8]) -> Result<()> {
-        self.write_atomic(&Self::pack_rel(id), data)
+        let h = id.hex();
+        self.write_atomic(&["packs", &h[..2]], &h, data)
+    }
+
+    fn pack_err(&self, id: &Id32, e: std::io::Error) -> Error {
+        if e.kind() == std::io::ErrorKind::NotFound {
+            Error::integrity(
+                format!("pack {id}"),
+                format!("missing ({})", self.pack_path(id).display()),
+            )
+        } else if e.kind() == std::io::ErrorKind::InvalidData || fsx::is_symlink_refusal(&e) {
+            Error::integrity(format!("pack {id}"), e)
+        } else {
+            Error::io(format!("read {}", self.pack_path(id).display()), e)
+        }
     }
 
     pub fn read_pack(&self, id: &Id32) -> Result<Vec<u8>> {
-        let p = self.pack_path(id);
-        fs::read(&p).map_err(|e| pack_read_err(id, &p, e))
+        let h = id.hex();
+        let d = self.sub(&["packs", &h[..2]], false).map_err(|e| match e {
+            Error::NotFound(_) => Error::integrity(format!("pack {id}"), "missing"),
+            e => e,
+        })?;
+        d.read_bounded(&h, limits::PACK)
+            .map_err(|e| self.pack_err(id, e))
     }
 
     pub fn open_pack(&self, id: &Id32) -> Result<File> {
-        let p = self.pack_path(id);
-        File::open(&p).map_err(|e| pack_read_err(id, &p, e))
+        let h = id.hex();
+        let d = self.sub(&["packs", &h[..2]], false).map_err(|e| match e {
+            Error::NotFound(_) => Error::integrity(format!("pack {id}"), "missing"),
+            e => e,
+        })?;
+        d.open_read(&h).map_err(|e| self.pack_err(id, e))
+    }
+
+    /// Size of a pack file, if it exists (never through a symlink).
+    pub fn pack_len(&self, id: &Id32) -> Option<u64> {
+        self.open_pack(id).ok()?.metadata().ok().map(|m| m.len())
     }
 
     pub fn read_pack_range(f: &mut File, id: &Id32, offset: u64, len: u32) -> Result<Vec<u8>> {
+        if len > limits::SEALED_CHUNK {
+            return Err(Error::integrity(
+                format!("pack {id}"),
+                "a chunk length beyond the format's limit",
+            ));
+        }
         let mut buf = vec![0u8; len as usize];
-        f.seek(SeekFrom::Start(offset))
-            .and_then(|_| f.read_exact(&mut buf))
+        f.read_exact_at(&mut buf, offset)
             .map_err(|e| match e.kind() {
                 std::io::ErrorKind::UnexpectedEof => Error::integrity(
                     format!("pack {id}"),
@@ -411,16 +723,16 @@ impl Repository {
 
     /// All pack ids present on disk.
     pub fn list_packs(&self) -> Result<Vec<Id32>> {
-        let d = self.root.join("packs");
+        let d = self.sub(&["packs"], false)?;
         let mut out = Vec::new();
-        for sub in fs::read_dir(&d).ctx("list", &d)? {
-            let sub = sub.ctx("list", &d)?.path();
-            if !sub.is_dir() {
+        for (sub, _) in d.list().map_err(|e| Error::io("list packs", e))? {
+            let sub = sub.to_string_lossy().into_owned();
+            if !is_hex(&sub, 2) {
                 continue;
             }
-            for e in fs::read_dir(&sub).ctx("list", &sub)? {
-                let e = e.ctx("list", &sub)?;
-                if let Ok(id) = Id32::parse(&e.file_name().to_string_lossy()) {
+            let Ok(sd) = d.open_dir(&sub) else { continue };
+            for (e, _) in sd.list().map_err(|e| Error::io("list packs", e))? {
+                if let Ok(id) = Id32::parse(&e.to_string_lossy()) {
                     out.push(id);
                 }
             }
@@ -429,36 +741,36 @@ impl Repository {
         Ok(out)
     }
 
-    /// Removes leftovers of interrupted writes.
+    /// Removes leftovers of interrupted writes: only names arca itself makes in `tmp/`
+    /// (`<32 hex>.tmp`), never through a symlink. A symlinked `tmp/` is refused.
     pub fn clean_tmp(&self) -> Result<()> {
-        let d = self.root.join("tmp");
-        fs::create_dir_all(&d).ctx("create", &d)?;
-        for e in fs::read_dir(&d).ctx("list", &d)? {
-            let _ = fs::remove_file(e.ctx("list", &d)?.path());
+        let d = self.sub(&["tmp"], true)?;
+        for (name, ft) in d.list().map_err(|e| Error::io("list tmp", e))? {
+            let n = name.to_string_lossy();
+            let ours = n.strip_suffix(".tmp").is_some_and(|s| is_hex(s, 32));
+            if ours && ft == rustix::fs::FileType::RegularFile {
+                let _ = d.unlink(&name);
+            }
         }
         Ok(())
-    }
-}
-
-fn pack_read_err(id: &Id32, p: &Path, e: std::io::Error) -> Error {
-    if e.kind() == std::io::ErrorKind::NotFound {
-        Error::integrity(format!("pack {id}"), format!("missing ({})", p.display()))
-    } else {
-        Error::io(format!("read {}", p.display()), e)
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::os::unix::fs::PermissionsExt;
 
     #[test]
     fn init_refuses_non_empty_and_open_checks_config() {
         let d = tempfile::tempdir().unwrap();
         std::fs::write(d.path().join("x"), b"1").unwrap();
-        assert!(matches!(Repository::init(d.path()), Err(Error::Usage(_))));
+        assert!(matches!(
+            Repository::init(d.path(), false),
+            Err(Error::Usage(_))
+        ));
         let r = d.path().join("r");
-        let repo = Repository::init(&r).unwrap();
+        let repo = Repository::init(&r, false).unwrap();
         let again = Repository::open(&r).unwrap();
         assert_eq!(repo.id(), again.id());
         assert!(matches!(
@@ -472,10 +784,58 @@ mod tests {
     #[test]
     fn lock_is_exclusive() {
         let d = tempfile::tempdir().unwrap();
-        let repo = Repository::init(&d.path().join("r")).unwrap();
+        let repo = Repository::init(&d.path().join("r"), false).unwrap();
         let l = repo.lock().unwrap();
         assert!(matches!(repo.lock(), Err(Error::Locked { .. })));
         drop(l);
         repo.lock().unwrap();
+    }
+
+    #[test]
+    fn files_0600_dirs_0700() {
+        let d = tempfile::tempdir().unwrap();
+        let r = d.path().join("r");
+        let repo = Repository::init(&r, false).unwrap();
+        repo.write_pack(&Id32([0xab; 32]), b"x").unwrap();
+        let _l = repo.lock().unwrap();
+        fn walk(p: &Path) {
+            for e in std::fs::read_dir(p).unwrap() {
+                let e = e.unwrap();
+                let m = e.metadata().unwrap();
+                let mode = m.permissions().mode() & 0o777;
+                if m.is_dir() {
+                    assert_eq!(mode, 0o700, "{}", e.path().display());
+                    walk(&e.path());
+                } else {
+                    assert_eq!(mode, 0o600, "{}", e.path().display());
+                }
+            }
+        }
+        assert_eq!(
+            std::fs::metadata(&r).unwrap().permissions().mode() & 0o777,
+            0o700
+        );
+        walk(&r);
+    }
+
+    #[test]
+    fn symlinked_tmp_and_lock_are_refused_and_nothing_outside_is_touched() {
+        let d = tempfile::tempdir().unwrap();
+        let outside = tempfile::tempdir().unwrap();
+        let victim = outside.path().join("0123456789abcdef0123456789abcdef.tmp");
+        std::fs::write(&victim, b"precious").unwrap();
+        std::fs::write(outside.path().join("keep"), b"precious").unwrap();
+        let r = d.path().join("r");
+        let repo = Repository::init(&r, false).unwrap();
+        std::fs::remove_dir(r.join("tmp")).unwrap();
+        std::os::unix::fs::symlink(outside.path(), r.join("tmp")).unwrap();
+        assert!(matches!(repo.clean_tmp(), Err(Error::Integrity { .. })));
+        assert!(repo.write_pack(&Id32([1; 32]), b"x").is_err());
+        assert!(victim.exists() && outside.path().join("keep").exists());
+        assert_eq!(std::fs::read_dir(outside.path()).unwrap().count(), 2);
+        let target = outside.path().join("created-by-lock");
+        std::os::unix::fs::symlink(&target, r.join("lock")).unwrap();
+        assert!(matches!(repo.lock(), Err(Error::Integrity { .. })));
+        assert!(!target.exists());
     }
 }

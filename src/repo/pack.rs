@@ -1,4 +1,6 @@
 //! Pack files: `magic || point_id || sealed chunks... || sealed header || header_len u32 LE`.
+//! Version 1 chunks carry their nonce; version 2 chunks do not (it is derived from the chunk
+//! id), so nothing in a v2 pack marks where one chunk ends and the next begins.
 
 use super::format::*;
 use crate::crypto::{content_hash, Opener, Sealer};
@@ -17,9 +19,13 @@ pub struct FinishedPack {
 }
 
 impl PackBuilder {
-    pub fn new(point_id: &Id16, capacity: usize) -> Self {
+    pub fn new(point_id: &Id16, capacity: usize, data_format: u32) -> Self {
         let mut buf = Vec::with_capacity(capacity);
-        buf.extend_from_slice(PACK_MAGIC);
+        buf.extend_from_slice(if data_format >= 2 {
+            PACK_MAGIC2
+        } else {
+            PACK_MAGIC
+        });
         buf.extend_from_slice(&point_id.0);
         PackBuilder {
             buf,
@@ -62,16 +68,22 @@ impl PackBuilder {
 
 /// The unauthenticated frame of a pack: which point wrote it and where its header is.
 pub struct PackFrame<'a> {
+    pub data_format: u32,
     pub point_id: Id16,
     pub sealed_header: &'a [u8],
 }
 
 pub fn parse_frame(b: &[u8]) -> Result<PackFrame<'_>, ParseError> {
-    if b.len() < PACK_PREFIX_LEN + 4 || &b[..8] != PACK_MAGIC {
-        return Err(ParseError(
-            "not a pack (bad magic, version or length)".into(),
-        ));
+    if b.len() < PACK_PREFIX_LEN + 4 {
+        return Err(ParseError("not a pack (too short)".into()));
     }
+    let data_format = if &b[..8] == PACK_MAGIC2 {
+        2
+    } else if &b[..8] == PACK_MAGIC {
+        1
+    } else {
+        return Err(ParseError("not a pack (bad magic or version)".into()));
+    };
     let point_id = Id16(b[8..24].try_into().unwrap());
     let hlen = u32::from_le_bytes(b[b.len() - 4..].try_into().unwrap()) as usize;
     let end = b.len() - 4;
@@ -81,6 +93,7 @@ pub fn parse_frame(b: &[u8]) -> Result<PackFrame<'_>, ParseError> {
         ));
     }
     Ok(PackFrame {
+        data_format,
         point_id,
         sealed_header: &b[end - hlen..end],
     })
@@ -110,6 +123,7 @@ mod tests {
             job_id: Id16([2; 16]),
             chain_id: Id16([3; 16]),
             point_id: Id16([4; 16]),
+            data_format: 2,
         }
     }
 
@@ -124,14 +138,15 @@ mod tests {
             let dk = SecretKey::random();
             let ck = dk.derive(crate::crypto::context::POINT_CHUNKS);
             let hk = dk.derive(crate::crypto::context::POINT_PACK_HEADERS);
-            let (cs, hs) = (Sealer::new(&ck), Sealer::new(&hk));
-            let mut b = PackBuilder::new(&pl.point_id, 1024);
+            let cs = crate::crypto::ChunkSealer::new(&ck, &dk.derive(crate::crypto::context::CHUNK_NONCE));
+            let hs = Sealer::new(&hk);
+            let mut b = PackBuilder::new(&pl.point_id, 1024, 2);
             let mut plain = Vec::new();
             for (data, rep) in &chunks {
                 let mut d = data.clone();
                 for _ in 0..*rep { d.extend_from_slice(data); }
                 let id = Id32(idk.id(&d));
-                let sealed = cs.seal(&pl.chunk_aad(&id), &encode_payload(&d, 3));
+                let sealed = cs.seal(&id.0, &pl.chunk_aad(&id), &encode_payload(&d, 3));
                 b.add(id, &sealed, d.len() as u32);
                 plain.push((id, d));
             }
@@ -141,17 +156,17 @@ mod tests {
             prop_assert_eq!(frame.point_id, pl.point_id);
             let hdr = open_header(&frame, &Opener::new(&hk), &pl).unwrap();
             prop_assert_eq!(&hdr, &fin.entries);
-            let co = Opener::new(&ck);
+            let co = &cs;
             for (e, (id, d)) in hdr.iter().zip(plain.iter()) {
                 prop_assert_eq!(e.chunk_id, *id);
                 let s = &fin.bytes[e.offset as usize..e.offset as usize + e.length as usize];
-                let p = co.open(&pl.chunk_aad(id), s).unwrap();
+                let p = co.open(&id.0, &pl.chunk_aad(id), s).unwrap();
                 let out = decode_payload(&p, e.raw_len as usize).unwrap();
                 prop_assert_eq!(&out, d);
                 prop_assert_eq!(idk.id(&out), id.0);
                 // The same sealed bytes under another chunk id do not authenticate.
                 let other = Id32([0xee; 32]);
-                prop_assert!(co.open(&pl.chunk_aad(&other), s).is_err());
+                prop_assert!(co.open(&other.0, &pl.chunk_aad(&other), s).is_err());
             }
         }
     }
@@ -159,7 +174,7 @@ mod tests {
     #[test]
     fn frame_rejects_garbage() {
         assert!(parse_frame(b"short").is_err());
-        let mut b = PACK_MAGIC.to_vec();
+        let mut b = PACK_MAGIC2.to_vec();
         b.extend_from_slice(&[0; 16]);
         b.extend_from_slice(&1000u32.to_le_bytes());
         assert!(parse_frame(&b).is_err());

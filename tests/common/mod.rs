@@ -11,6 +11,8 @@ use std::process::{Command, Output, Stdio};
 pub struct Env {
     pub dir: tempfile::TempDir,
     pub catalog: PathBuf,
+    /// Environment for every later command (e.g. keys trusted after a simulated reinstall).
+    pub extra_env: std::sync::Mutex<Vec<(String, String)>>,
 }
 
 pub struct Run {
@@ -48,7 +50,16 @@ impl Env {
     pub fn new() -> Env {
         let dir = tempfile::tempdir().unwrap();
         let catalog = dir.path().join("catalog/catalog.db");
-        Env { dir, catalog }
+        Env {
+            dir,
+            catalog,
+            extra_env: Default::default(),
+        }
+    }
+
+    /// Sets an environment variable for every later command of this test.
+    pub fn set_env(&self, k: &str, v: &str) {
+        self.extra_env.lock().unwrap().push((k.into(), v.into()));
     }
 
     pub fn path(&self, p: &str) -> PathBuf {
@@ -64,6 +75,7 @@ impl Env {
             .env_remove("ARCA_KEY")
             .env_remove("ARCA_LOG")
             .env_remove("ARCA_CONFIG")
+            .env_remove("ARCA_TRUST_KMS_KEYS")
             .env_remove("AWS_PROFILE")
             .env_remove("AWS_SESSION_TOKEN")
             .env("XDG_CONFIG_HOME", self.dir.path().join("xdg-config"))
@@ -76,6 +88,9 @@ impl Env {
             Ok(e) => c.env("AWS_ENDPOINT_URL", e),
             Err(_) => c.env_remove("AWS_ENDPOINT_URL"),
         };
+        for (k, v) in self.extra_env.lock().unwrap().iter() {
+            c.env(k, v);
+        }
         c
     }
 

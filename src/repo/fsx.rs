@@ -1,0 +1,360 @@
+//! Filesystem access that never follows a symlink below a directory handle.
+//!
+//! Repositories and restore targets may contain symlinks planted by someone else. Every
+//! path below a root is reached one component at a time with `openat(O_NOFOLLOW)`, files are
+//! created with `O_EXCL`, and renames and deletions are relative to directory handles, so a
+//! symlink where a directory or file is expected is refused (or, for a restore with
+//! `--overwrite`, replaced) and never followed.
+
+use std::ffi::OsStr;
+use std::fs::File;
+use std::io;
+use std::os::fd::{AsFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+
+use rustix::fs::{self as rfs, AtFlags, FileType, Mode, OFlags};
+
+/// An open directory, for `*at` calls. Its path is kept for messages only.
+pub struct DirHandle {
+    fd: OwnedFd,
+    path: PathBuf,
+}
+
+fn invalid(msg: &str) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidInput, msg.to_string())
+}
+
+/// One path component: not empty, no '/', not "." or "..".
+pub fn check_name(name: &OsStr) -> io::Result<()> {
+    let b = name.as_bytes();
+    if b.is_empty() || b == b"." || b == b".." || b.contains(&b'/') || b.contains(&0) {
+        return Err(invalid("not a single path component"));
+    }
+    Ok(())
+}
+
+/// The error for a symlink (or other non-directory) where a directory must be.
+pub fn is_symlink_refusal(e: &io::Error) -> bool {
+    let r = e.raw_os_error();
+    r == Some(rustix::io::Errno::LOOP.raw_os_error())
+        || r == Some(rustix::io::Errno::NOTDIR.raw_os_error())
+}
+
+impl DirHandle {
+    /// Opens a root directory given by the user (symlinks in that path are the user's own
+    /// choice and are followed; nothing below it is).
+    pub fn open_root(path: &Path) -> io::Result<DirHandle> {
+        let fd = rfs::open(
+            path,
+            OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
+            Mode::empty(),
+        )?;
+        Ok(DirHandle {
+            fd,
+            path: path.to_path_buf(),
+        })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    pub fn try_clone(&self) -> io::Result<DirHandle> {
+        Ok(DirHandle {
+            fd: self.fd.try_clone()?,
+            path: self.path.clone(),
+        })
+    }
+
+    /// Opens a subdirectory; a symlink there is an error (ELOOP/ENOTDIR).
+    pub fn open_dir(&self, name: impl AsRef<OsStr>) -> io::Result<DirHandle> {
+        let name = name.as_ref();
+        check_name(name)?;
+        let fd = rfs::openat(
+            &self.fd,
+            name,
+            OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+            Mode::empty(),
+        )?;
+        Ok(DirHandle {
+            fd,
+            path: self.path.join(name),
+        })
+    }
+
+    /// Creates a subdirectory with `mode` (if missing) and opens it.
+    pub fn create_dir(&self, name: impl AsRef<OsStr>, mode: u32) -> io::Result<DirHandle> {
+        let name = name.as_ref();
+        check_name(name)?;
+        match rfs::mkdirat(&self.fd, name, Mode::from_raw_mode(mode)) {
+            Ok(()) => {}
+            Err(e) if e == rustix::io::Errno::EXIST => {}
+            Err(e) => return Err(e.into()),
+        }
+        self.open_dir(name)
+    }
+
+    /// Walks `rel` (relative, '/'-separated) one component at a time, creating missing
+    /// directories with `mode` when `create`.
+    pub fn walk(&self, rel: &Path, create: Option<u32>) -> io::Result<DirHandle> {
+        let mut cur = self.try_clone()?;
+        for c in rel.components() {
+            let std::path::Component::Normal(n) = c else {
+                return Err(invalid("path component is not a plain name"));
+            };
+            cur = match create {
+                Some(m) => cur.create_dir(n, m)?,
+                None => cur.open_dir(n)?,
+            };
+        }
+        Ok(cur)
+    }
+
+    /// Opens a regular file for reading; a symlink or anything else is refused.
+    pub fn open_read(&self, name: impl AsRef<OsStr>) -> io::Result<File> {
+        let name = name.as_ref();
+        check_name(name)?;
+        let fd = rfs::openat(
+            &self.fd,
+            name,
+            OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC | OFlags::NONBLOCK,
+            Mode::empty(),
+        )?;
+        let st = rfs::fstat(&fd)?;
+        if FileType::from_raw_mode(st.st_mode) != FileType::RegularFile {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                "not a regular file",
+            ));
+        }
+        Ok(File::from(fd))
+    }
+
+    /// Reads a whole regular file, refusing one larger than `max` bytes before allocating.
+    pub fn read_bounded(&self, name: impl AsRef<OsStr>, max: u64) -> io::Result<Vec<u8>> {
+        use std::io::Read;
+        let f = self.open_read(name)?;
+        let len = f.metadata()?.len();
+        if len > max {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!("{len} bytes, more than the {max} this object may have"),
+            ));
+        }
+        let mut buf = Vec::with_capacity(len as usize);
+        f.take(max + 1).read_to_end(&mut buf)?;
+        if buf.len() as u64 > max {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                "file grew while read",
+            ));
+        }
+        Ok(buf)
+    }
+
+    /// Creates a new file (`O_EXCL`, never through a symlink) with `mode`.
+    pub fn create_excl(&self, name: impl AsRef<OsStr>, mode: u32) -> io::Result<File> {
+        let name = name.as_ref();
+        check_name(name)?;
+        let fd = rfs::openat(
+            &self.fd,
+            name,
+            OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+            Mode::from_raw_mode(mode),
+        )?;
+        Ok(File::from(fd))
+    }
+
+    /// Opens (creating with `mode` if missing) a regular file for read and write, for locks.
+    pub fn open_rw(&self, name: impl AsRef<OsStr>, mode: u32) -> io::Result<File> {
+        let name = name.as_ref();
+        check_name(name)?;
+        let fd = rfs::openat(
+            &self.fd,
+            name,
+            OFlags::RDWR | OFlags::CREATE | OFlags::NOFOLLOW | OFlags::CLOEXEC | OFlags::NONBLOCK,
+            Mode::from_raw_mode(mode),
+        )?;
+        let st = rfs::fstat(&fd)?;
+        if FileType::from_raw_mode(st.st_mode) != FileType::RegularFile {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                "not a regular file",
+            ));
+        }
+        Ok(File::from(fd))
+    }
+
+    /// Renames `from` (in this directory) to `to` in `dest`, replacing what is there (a file
+    /// or a symlink itself, never what a symlink points to).
+    pub fn rename_to(
+        &self,
+        from: impl AsRef<OsStr>,
+        dest: &DirHandle,
+        to: impl AsRef<OsStr>,
+    ) -> io::Result<()> {
+        check_name(from.as_ref())?;
+        check_name(to.as_ref())?;
+        rfs::renameat(&self.fd, from.as_ref(), &dest.fd, to.as_ref())?;
+        Ok(())
+    }
+
+    /// Removes a file or symlink entry (never what it points to).
+    pub fn unlink(&self, name: impl AsRef<OsStr>) -> io::Result<()> {
+        check_name(name.as_ref())?;
+        rfs::unlinkat(&self.fd, name.as_ref(), AtFlags::empty())?;
+        Ok(())
+    }
+
+    /// Removes an empty directory entry.
+    pub fn rmdir(&self, name: impl AsRef<OsStr>) -> io::Result<()> {
+        check_name(name.as_ref())?;
+        rfs::unlinkat(&self.fd, name.as_ref(), AtFlags::REMOVEDIR)?;
+        Ok(())
+    }
+
+    /// The type of an entry, without following a symlink; `None` if it does not exist.
+    pub fn entry_type(&self, name: impl AsRef<OsStr>) -> io::Result<Option<FileType>> {
+        check_name(name.as_ref())?;
+        match rfs::statat(&self.fd, name.as_ref(), AtFlags::SYMLINK_NOFOLLOW) {
+            Ok(st) => Ok(Some(FileType::from_raw_mode(st.st_mode))),
+            Err(e) if e == rustix::io::Errno::NOENT => Ok(None),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Names in this directory (not "." or "..").
+    pub fn list(&self) -> io::Result<Vec<(std::ffi::OsString, FileType)>> {
+        let mut out = Vec::new();
+        let dir = rfs::Dir::read_from(&self.fd)?;
+        for e in dir {
+            let e = e?;
+            let n = e.file_name().to_bytes();
+            if n == b"." || n == b".." {
+                continue;
+            }
+            out.push((OsStr::from_bytes(n).to_os_string(), e.file_type()));
+        }
+        out.sort_by(|a, b| a.0.cmp(&b.0));
+        Ok(out)
+    }
+
+    pub fn fsync(&self) -> io::Result<()> {
+        rfs::fsync(&self.fd)?;
+        Ok(())
+    }
+
+    pub fn symlink(&self, target: &[u8], name: impl AsRef<OsStr>) -> io::Result<()> {
+        check_name(name.as_ref())?;
+        rfs::symlinkat(OsStr::from_bytes(target), &self.fd, name.as_ref())?;
+        Ok(())
+    }
+
+    /// Sets a symlink's (or any entry's) times without following it.
+    pub fn set_times_nofollow(&self, name: impl AsRef<OsStr>, mtime_ns: i128) -> io::Result<()> {
+        check_name(name.as_ref())?;
+        let t = timespec(mtime_ns);
+        rfs::utimensat(
+            &self.fd,
+            name.as_ref(),
+            &rfs::Timestamps {
+                last_access: t,
+                last_modification: t,
+            },
+            AtFlags::SYMLINK_NOFOLLOW,
+        )?;
+        Ok(())
+    }
+
+    pub fn chown_nofollow(&self, name: impl AsRef<OsStr>, uid: u32, gid: u32) -> io::Result<()> {
+        check_name(name.as_ref())?;
+        rfs::chownat(
+            &self.fd,
+            name.as_ref(),
+            Some(rustix::fs::Uid::from_raw(uid)),
+            Some(rustix::fs::Gid::from_raw(gid)),
+            AtFlags::SYMLINK_NOFOLLOW,
+        )?;
+        Ok(())
+    }
+
+    /// fchmod/fchown/futimens on the directory itself.
+    pub fn fd(&self) -> impl AsFd + '_ {
+        &self.fd
+    }
+}
+
+pub fn timespec(ns: i128) -> rustix::fs::Timespec {
+    rustix::fs::Timespec {
+        tv_sec: ns.div_euclid(1_000_000_000) as i64,
+        tv_nsec: ns.rem_euclid(1_000_000_000) as _,
+    }
+}
+
+/// Sets mode on an open file or directory.
+pub fn fchmod(fd: impl AsFd, mode: u32) -> io::Result<()> {
+    rfs::fchmod(fd, Mode::from_raw_mode(mode))?;
+    Ok(())
+}
+
+/// Sets owner on an open file or directory.
+pub fn fchown(fd: impl AsFd, uid: u32, gid: u32) -> io::Result<()> {
+    rfs::fchown(
+        fd,
+        Some(rustix::fs::Uid::from_raw(uid)),
+        Some(rustix::fs::Gid::from_raw(gid)),
+    )?;
+    Ok(())
+}
+
+/// Sets access and modification time on an open file or directory.
+pub fn futimens(fd: impl AsFd, mtime_ns: i128) -> io::Result<()> {
+    let t = timespec(mtime_ns);
+    rfs::futimens(
+        fd,
+        &rfs::Timestamps {
+            last_access: t,
+            last_modification: t,
+        },
+    )?;
+    Ok(())
+}
+
+/// True if this process runs as root (effective uid 0).
+pub fn is_root() -> bool {
+    rustix::process::geteuid().is_root()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn refuses_symlinks_below_the_root() {
+        let d = tempfile::tempdir().unwrap();
+        let outside = tempfile::tempdir().unwrap();
+        std::fs::write(outside.path().join("secret"), b"x").unwrap();
+        std::os::unix::fs::symlink(outside.path(), d.path().join("sub")).unwrap();
+        std::os::unix::fs::symlink(outside.path().join("secret"), d.path().join("f")).unwrap();
+        let root = DirHandle::open_root(d.path()).unwrap();
+        let e = root.open_dir("sub").err().unwrap();
+        assert!(is_symlink_refusal(&e), "{e}");
+        assert!(root.open_read("f").is_err());
+        assert!(root.create_excl("f", 0o600).is_err());
+        assert!(root.open_dir("..").is_err());
+        assert!(root.open_read("a/b").is_err());
+        // Unlinking a symlink removes the link, not the target.
+        root.unlink("f").unwrap();
+        assert!(outside.path().join("secret").exists());
+    }
+
+    #[test]
+    fn bounded_read() {
+        let d = tempfile::tempdir().unwrap();
+        std::fs::write(d.path().join("big"), vec![0u8; 1000]).unwrap();
+        let root = DirHandle::open_root(d.path()).unwrap();
+        assert!(root.read_bounded("big", 999).is_err());
+        assert_eq!(root.read_bounded("big", 1000).unwrap().len(), 1000);
+    }
+}
