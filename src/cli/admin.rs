@@ -283,13 +283,9 @@ pub async fn migrate(ctx: &Ctx, dir: &Path) -> Result<i32> {
                 np.version = FORMAT_VERSION;
                 np.data_format = FORMAT_V1;
                 np.source_kind = Some(body.kind.clone());
-                let w = crate::crypto::wrap_key_bound(
-                    &oc.chain_key,
-                    &dk,
-                    &np.data_key_place(),
-                    &np.bound(),
-                );
+                let w = crate::crypto::wrap_key(&oc.chain_key, &dk, &np.data_key_place());
                 np.data_key = crate::repo::format::WrappedKeyJson::from(&w);
+                np.seal(&dk);
                 repo.write_point(&np)?;
                 points_done += 1;
             }

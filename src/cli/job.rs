@@ -646,7 +646,7 @@ async fn keys(ctx: &Ctx, cmd: KeysCmd) -> Result<i32> {
         } => {
             let h = locate_job(&cat, &name, None)?;
             let _lock = h.repo.lock()?;
-            // A passphrase given here is the new password's, not the chain's.
+            // A passphrase or key given here is the new keyslot's, not the chain's.
             let (oc, _) = super::open_chain_with(
                 ctx,
                 &cat,
@@ -654,7 +654,7 @@ async fn keys(ctx: &Ctx, cmd: KeysCmd) -> Result<i32> {
                 &h.job.chain_id,
                 None,
                 false,
-                password.is_none(),
+                password.is_none() && !raw_key,
             )
             .await?;
             if oc.chain.encryption == EncryptionMode::None {

@@ -338,7 +338,7 @@ async fn open_selected(
                 v.insert(open_chain(ctx, cat, h, &p.chain_id, Some(p), explain).await?);
             }
             let (oc, tier) = &chains[&p.chain_id];
-            match oc.data_key(p) {
+            match oc.verified_data_key(p) {
                 Ok(_) => {
                     let (oc, tier) = chains.remove(&p.chain_id).expect("present");
                     let _ = tier;

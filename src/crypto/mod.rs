@@ -41,6 +41,7 @@ pub mod context {
     // Format v2 additions (docs/FORMAT.md §3).
     pub const CHAIN_MAC: &str = "arca 2026-11 v2 chain record authentication";
     pub const JOB_MAC: &str = "arca 2026-11 v2 job record authentication";
+    pub const POINT_MAC: &str = "arca 2026-11 v2 point record authentication";
     pub const CHAIN_CHECK: &str = "arca 2026-11 v2 chain key check value";
     pub const CHUNKER: &str = "arca 2026-11 v2 chunker gear table";
     pub const CHUNK_NONCE: &str = "arca 2026-11 v2 chunk nonce";

@@ -393,7 +393,7 @@ pub fn run(
     // edited point file is ignored here and reported by `check`).
     let earlier: Vec<PointRecord> = earlier
         .into_iter()
-        .filter(|p| match oc.data_key(p) {
+        .filter(|p| match oc.verified_data_key(p) {
             Ok(_) => true,
             Err(e) => {
                 tracing::warn!("ignoring recovery point {}: {e}", p.point_id);
@@ -592,15 +592,12 @@ pub fn run(
             ciphertext: Vec::new(),
         },
         body: sealed_body,
+        mac: None,
     };
-    // The data key's wrapping authenticates the point's public fields (time, parent, ...).
-    let wrapped = crypto::wrap_key_bound(
-        &oc.chain_key,
-        &data_key,
-        &record.data_key_place(),
-        &record.bound(),
-    );
+    let wrapped = crypto::wrap_key(&oc.chain_key, &data_key, &record.data_key_place());
     record.data_key = WrappedKeyJson::from(&wrapped);
+    // The point's public fields (time, parent, kind, salt record) are authenticated.
+    record.seal(&data_key);
     repo.write_point(&record)?;
     Ok(BackupOutcome {
         record,

@@ -44,7 +44,8 @@ impl OpenChain {
         }
     }
 
-    /// Unwraps a point's data key. A point of another chain, or a moved one, fails.
+    /// Unwraps a point's data key. A point of another chain, or a moved one, fails. This
+    /// does not check the point's public fields: [`OpenChain::verified_data_key`] does.
     pub fn data_key(&self, p: &PointRecord) -> Result<SecretKey> {
         if p.chain_id != self.chain.chain_id {
             return Err(Error::Other(format!(
@@ -60,17 +61,25 @@ impl OpenChain {
                 "a version-1 point record in a version-2 chain",
             ));
         }
-        crypto::unwrap_key_bound(&self.chain_key, &w, &p.data_key_place(), &p.bound()).map_err(
-            |e| {
-                let detail = match e {
-                    crypto::CryptoError::Tampered => {
-                        "its time, parent, kind, salt record or data key was modified".to_string()
-                    }
-                    e => format!("{e} (the chain key opens the chain but not this point)"),
-                };
-                Error::integrity(format!("recovery point {}", p.point_id), detail)
-            },
-        )
+        crypto::unwrap_key(&self.chain_key, &w, &p.data_key_place()).map_err(|e| {
+            Error::integrity(
+                format!("recovery point {}", p.point_id),
+                format!("{e} (the chain key opens the chain but not this point's data key)"),
+            )
+        })
+    }
+
+    /// The data key of a point whose public fields (time, parent, kind, salt record) are
+    /// authentic (v2: the point's MAC under its data key).
+    pub fn verified_data_key(&self, p: &PointRecord) -> Result<SecretKey> {
+        let dk = self.data_key(p)?;
+        if p.version >= 2 && !p.verify(&dk) {
+            return Err(Error::integrity(
+                format!("recovery point {}", p.point_id),
+                "its time, parent, kind or salt record was modified (its MAC does not verify)",
+            ));
+        }
+        Ok(dk)
     }
 }
 
@@ -99,7 +108,7 @@ impl PointKeys {
 
 /// Opens a point's body.
 pub fn open_point(oc: &OpenChain, p: &PointRecord) -> Result<(PointKeys, PointBody)> {
-    let dk = oc.data_key(p)?;
+    let dk = oc.verified_data_key(p)?;
     let keys = PointKeys::new(&dk, p.place());
     let obj = || format!("recovery point {}", p.point_id);
     let pt = crypto::open(&keys.body, &p.place().body_aad(), &p.body)
@@ -294,18 +303,17 @@ pub fn read_tree(reader: &mut ChunkReader<'_>, body: &PointBody) -> Result<Vec<T
     decode_tree(&bytes).map_err(|e| Error::integrity("file index", e))
 }
 
-/// Changes public fields of a point (e.g. its salt record) and rewraps its data key so that
-/// the new fields are what it authenticates. Nothing is re-encrypted.
+/// Changes public fields of a point (e.g. its salt record) and renews its MAC. Nothing is
+/// re-encrypted or rewrapped.
 pub fn rebind_point(
     repo: &Repository,
     oc: &OpenChain,
     mut p: PointRecord,
     change: impl FnOnce(&mut PointRecord),
 ) -> Result<PointRecord> {
-    let dk = oc.data_key(&p)?;
+    let dk = oc.verified_data_key(&p)?;
     change(&mut p);
-    let w = crypto::wrap_key_bound(&oc.chain_key, &dk, &p.data_key_place(), &p.bound());
-    p.data_key = WrappedKeyJson::from(&w);
+    p.seal(&dk);
     repo.write_point(&p)?;
     Ok(p)
 }

@@ -29,6 +29,7 @@ pub mod label {
     pub const ESCROW2: &str = "arca-escrow-v2";
     pub const CHAIN_RECORD2: &str = "arca-chain-v2";
     pub const JOB_RECORD2: &str = "arca-job-v2";
+    pub const POINT_RECORD2: &str = "arca-point-v2";
 }
 
 /// Canonical binary encoding of the public fields an object's MAC or associated data covers
@@ -712,6 +713,10 @@ pub struct PointRecord {
     /// [`PointBody`] as JSON, sealed under the point-body subkey of the data key.
     #[serde(with = "b64")]
     pub body: Vec<u8>,
+    /// v2: MAC of [`PointRecord::mac_input`] under `derive(data key, POINT_MAC)`: the public
+    /// fields (time, parent, kind, salt record, ...) cannot be changed without the keys.
+    #[serde(default, skip_serializing_if = "Option::is_none", with = "opt_b64")]
+    pub mac: Option<Vec<u8>>,
 }
 
 fn one() -> u32 {
@@ -735,14 +740,15 @@ impl PointRecord {
         self.place().data_key_aad_v(self.version)
     }
 
-    /// v2: the public fields the data key's wrapping authenticates: the job's name, the
-    /// time, the parent, the kind, the salt record and the data format. Empty for v1.
-    pub fn bound(&self) -> Vec<u8> {
-        if self.version < 2 {
-            return Vec::new();
-        }
-        let mut c = Canon::default();
-        c.lp(self.job.as_bytes())
+    /// v2: the public fields the point's MAC covers: its place, the job's name, the time,
+    /// the parent, the kind, the salt record and the data format.
+    pub fn mac_input(&self) -> Vec<u8> {
+        let mut c = Canon::new(label::POINT_RECORD2);
+        c.raw(&self.repo_id.0)
+            .raw(&self.job_id.0)
+            .raw(&self.chain_id.0)
+            .raw(&self.point_id.0)
+            .lp(self.job.as_bytes())
             .lp(self.time.as_bytes())
             .opt_id(self.parent.as_ref())
             .lp(self.source_kind.as_deref().unwrap_or("").as_bytes());
@@ -752,6 +758,19 @@ impl PointRecord {
         };
         c.u32(self.data_format);
         c.finish()
+    }
+
+    /// Sets the MAC under the point's data key.
+    pub fn seal(&mut self, data_key: &crypto::SecretKey) {
+        self.mac =
+            Some(crypto::mac(data_key, crypto::context::POINT_MAC, &self.mac_input()).to_vec());
+    }
+
+    /// True when the MAC is valid under the point's data key.
+    pub fn verify(&self, data_key: &crypto::SecretKey) -> bool {
+        self.mac.as_deref().is_some_and(|m| {
+            crypto::verify_mac(data_key, crypto::context::POINT_MAC, &self.mac_input(), m)
+        })
     }
 
     /// The point's time as nanoseconds since the epoch, if it parses (RFC 3339).
@@ -1100,7 +1119,7 @@ mod tests {
                 kind: PointRecord::KIND.into(), version: FORMAT_VERSION,
                 repo_id: ids.0, job_id: ids.1, job, chain_id: ids.2, point_id: ids.3,
                 time: "2026-11-23T11:00:00Z".into(), parent: Some(ids.0),
-                source_kind: Some("tree".into()), data_format: 2,
+                source_kind: Some("tree".into()), data_format: 2, mac: Some(vec![9; 32]),
                 kdf: Some(KdfRecord { password: "p".into(), algorithm: KdfRecord::ARGON2ID.into(),
                     salt, m_kib: 65536, t: 3, p: 2 }),
                 data_key: WrappedKeyJson { nonce: vec![1; 12], commitment: vec![2; 32],
