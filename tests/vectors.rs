@@ -239,3 +239,125 @@ fn fixture_repository_restores() {
     );
     assert_eq!(r.code, 12);
 }
+
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for e in std::fs::read_dir(from).unwrap() {
+        let e = e.unwrap();
+        let t = to.join(e.file_name());
+        if e.file_type().unwrap().is_dir() {
+            copy_dir(&e.path(), &t);
+        } else {
+            std::fs::copy(e.path(), &t).unwrap();
+        }
+    }
+}
+
+fn tree_bytes(dir: &Path) -> BTreeMap<String, Vec<u8>> {
+    let mut out = BTreeMap::new();
+    for e in std::fs::read_dir(dir).unwrap() {
+        let p = e.unwrap().path();
+        if p.is_dir() {
+            out.extend(tree_bytes(&p));
+        } else {
+            out.insert(p.display().to_string(), std::fs::read(&p).unwrap());
+        }
+    }
+    out
+}
+
+/// `arca migrate` upgrades the v1 fixture in place: metadata becomes authenticated, no pack
+/// or index byte changes, the result checks clean and restores identically, and editing a
+/// migrated point's time is then detected.
+#[test]
+fn migrate_upgrades_the_v1_fixture_without_touching_data() {
+    let fixture = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/vectors/repo-v1");
+    let env = common::Env::new();
+    let repo = env.path("repo");
+    copy_dir(&fixture.join("repo"), &repo);
+    let pass = [("ARCA_PASSPHRASE", "vector")];
+    // Reading v1 works, with a warning that its metadata is unauthenticated.
+    let r = env
+        .run_env(
+            &["points", "fixture", "--repo", repo.to_str().unwrap()],
+            &pass,
+        )
+        .ok();
+    assert!(r.stderr.contains("format version 1"), "{}", r.stderr);
+    let packs_before = tree_bytes(&repo.join("packs"));
+    let index_before = tree_bytes(&repo.join("index"));
+    let r = env
+        .run_env(
+            &["--json", "migrate", "--repo", repo.to_str().unwrap()],
+            &pass,
+        )
+        .ok();
+    assert_eq!(r.json()["format_version"], 2);
+    assert_eq!(
+        serde_json::from_slice::<serde_json::Value>(&std::fs::read(repo.join("config")).unwrap())
+            .unwrap()["version"],
+        2
+    );
+    assert_eq!(
+        tree_bytes(&repo.join("packs")),
+        packs_before,
+        "a pack changed"
+    );
+    assert_eq!(
+        tree_bytes(&repo.join("index")),
+        index_before,
+        "an index changed"
+    );
+    // Running it again is harmless.
+    env.run_env(&["migrate", "--repo", repo.to_str().unwrap()], &pass)
+        .ok();
+    let env2 = common::Env::new();
+    let r = env2
+        .run_env(
+            &[
+                "check",
+                "fixture",
+                "--read-data",
+                "--repo",
+                repo.to_str().unwrap(),
+            ],
+            &pass,
+        )
+        .ok();
+    assert!(!r.stderr.contains("format version 1"), "{}", r.stderr);
+    let t = env2.path("t");
+    env2.run_env(
+        &[
+            "restore",
+            "fixture",
+            "--repo",
+            repo.to_str().unwrap(),
+            "--target",
+            t.to_str().unwrap(),
+        ],
+        &pass,
+    )
+    .ok();
+    for f in ["one.txt", "sub/two.bin", "sub/three.csv"] {
+        assert_eq!(
+            std::fs::read(t.join(f)).unwrap(),
+            std::fs::read(fixture.join("expected").join(f)).unwrap(),
+            "{f}"
+        );
+    }
+    // Now the point's time is authenticated.
+    let pf = std::fs::read_dir(repo.join("points"))
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path();
+    let mut p: serde_json::Value = serde_json::from_slice(&std::fs::read(&pf).unwrap()).unwrap();
+    p["time"] = "2099-01-01T00:00:00Z".into();
+    std::fs::write(&pf, serde_json::to_vec(&p).unwrap()).unwrap();
+    let r = common::Env::new().run_env(
+        &["check", "fixture", "--repo", repo.to_str().unwrap()],
+        &pass,
+    );
+    assert_eq!(r.code, 13, "{}", r.stderr);
+}
