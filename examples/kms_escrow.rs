@@ -153,6 +153,7 @@ async fn main() -> Res<()> {
         // Strict mode: KMS is only asked to decrypt with keys the caller trusts (here the
         // escrow key, as `--trust-kms-key` would after a reinstall).
         allowed_kms: vec![info.arn.clone()],
+        allowed_kmip: None,
         explicit: true,
     })
     .await

@@ -252,6 +252,9 @@ pub struct Request<'a> {
     pub tiers: Tiers,
     /// KMS key ARNs unwrapping may use (pinned in the catalog, or trusted by configuration).
     pub allowed_kms: Vec<String>,
+    /// KMIP key uids unwrapping may use when the catalog pins them (`None`: any key on the
+    /// configured KMIP server).
+    pub allowed_kmip: Option<Vec<String>>,
     /// Whether a passphrase or key the user gave must open this chain (false only where the
     /// secret given is meant for something else, e.g. a password being added).
     pub explicit: bool,
@@ -558,6 +561,17 @@ async fn try_tiers(st: &mut State<'_>) -> Option<(SecretKey, &'static str)> {
                     else {
                         continue;
                     };
+                    if req
+                        .allowed_kmip
+                        .as_ref()
+                        .is_some_and(|a| !a.contains(key_uid))
+                    {
+                        st.fail(
+                            "kmip",
+                            format!("KMIP key {key_uid} is not one the catalog pins for this job; not asking the server for it"),
+                        );
+                        continue;
+                    }
                     match p.unwrap(s, &st.ctx).await {
                         Some(Ok(k)) => {
                             st.ok("kmip", format!("KMIP keyslot, key {key_uid} on {server}"));
@@ -666,6 +680,21 @@ async fn tier_kms(
     }
     for e in escrows {
         let tier = if e.provider == "kmip" { "kmip" } else { "kms" };
+        if e.provider == "kmip"
+            && req
+                .allowed_kmip
+                .as_ref()
+                .is_some_and(|a| !a.contains(&e.key_arn))
+        {
+            st.fail(
+                tier,
+                format!(
+                    "escrow record of password '{}': KMIP key {} is not one this catalog trusts",
+                    e.kdf.password, e.key_arn
+                ),
+            );
+            continue;
+        }
         if e.provider != "kmip" && !req.allowed_kms.contains(&e.key_arn) {
             st.fail(
                 tier,

@@ -428,3 +428,38 @@ async fn shared_provider_suite_kmip() {
     );
     provider_suite::run(&good, &wrong, &RawKeyProvider::new(SecretKey::random())).await;
 }
+
+/// The KMIP TLS context trusts only the configured CA: the system store (here made to hold
+/// the server's real CA through SSL_CERT_FILE) is never consulted, so a server certificate
+/// signed by a CA other than the configured one is refused.
+#[test]
+fn tls_trusts_only_the_configured_ca() {
+    let env = Env::new();
+    let d = kmip_dir();
+    let mut e = kmip_env("client");
+    e.retain(|(k, _)| k != "ARCA_KMIP_CA");
+    e.push((
+        "ARCA_KMIP_CA".into(),
+        d.join("other-ca.crt").display().to_string(),
+    ));
+    e.push((
+        "SSL_CERT_FILE".into(),
+        d.join("ca.crt").display().to_string(),
+    ));
+    e.push(("SSL_CERT_DIR".into(), d.display().to_string()));
+    let r = run(&env, &["kmip", "create-key", &unique("arca-ca")], &e);
+    assert_eq!(r.code, 12, "{}", r.stderr);
+    assert!(r.stderr.contains("TLS"), "{}", r.stderr);
+}
+
+/// TLS secrets are never written to SSLKEYLOGFILE (with KMIP Get, they would expose keys).
+#[test]
+fn sslkeylogfile_is_ignored() {
+    let env = Env::new();
+    let log = env.path("keys.log");
+    fs::write(&log, b"").unwrap();
+    let e = with(kmip_env("client"), "SSLKEYLOGFILE", log.to_str().unwrap());
+    create_key(&env, &unique("arca-keylog"));
+    run(&env, &["kmip", "create-key", &unique("arca-keylog2")], &e).ok();
+    assert_eq!(fs::read(&log).unwrap().len(), 0, "TLS secrets were logged");
+}

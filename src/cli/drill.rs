@@ -124,6 +124,7 @@ async fn drill_point(
             escrow: &escrow,
             tiers,
             allowed_kms: allowed_kms.to_vec(),
+            allowed_kmip: None,
             explicit: true,
         };
         let r = match crate::resolve::resolve(req).await {

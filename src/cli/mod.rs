@@ -453,6 +453,15 @@ pub async fn open_chain_with(
         job_key_file: h.row.as_ref().and_then(|r| r.key_file.as_deref()),
         escrow: &escrow,
         tiers: resolve::Tiers::ALL,
+        allowed_kmip: pin.as_ref().map(|p| {
+            let mut v = p.kms_keys.clone();
+            v.extend(
+                cat.setting(crate::passwords::KMIP_ESCROW_KEY_SETTING)
+                    .ok()
+                    .flatten(),
+            );
+            v
+        }),
         allowed_kms: allowed,
         explicit,
     };

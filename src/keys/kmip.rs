@@ -11,7 +11,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use kmip_protocol::client::{ClientCertificate, ConnectionSettings, Error as KmipError};
+use kmip_protocol::client::{
+    Client, ClientBuilder, ClientCertificate, ConnectionSettings, Error as KmipError,
+};
 use kmip_protocol::types::common::{
     AttributeName, AttributeValue, CryptographicAlgorithm, KeyMaterial, ObjectType, State,
     UniqueIdentifier,
@@ -53,6 +55,8 @@ impl KmipSettings {
         self
     }
 }
+
+type TlsClient = Client<openssl::ssl::SslStream<std::net::TcpStream>>;
 
 pub struct KmipClient {
     settings: ConnectionSettings,
@@ -127,9 +131,75 @@ impl KmipClient {
         KeyError::Unavailable(s)
     }
 
+    /// A mutually authenticated TLS connection that trusts only the configured CA (never
+    /// the system store) and never writes TLS secrets to `SSLKEYLOGFILE`.
+    fn connect(&self, key: &str) -> Result<TlsClient, KeyError> {
+        use openssl::ssl::{SslConnector, SslMethod, SslVerifyMode};
+        use openssl::x509::{store::X509StoreBuilder, X509};
+        let tls = |what: &str, e: &dyn std::fmt::Display| {
+            KeyError::Unavailable(format!(
+                "TLS with KMIP server {} failed ({what}: {e}): check the CA certificate and the client certificate and key (mutual TLS)",
+                self.server
+            ))
+        };
+        let s = &self.settings;
+        let mut b = SslConnector::builder(SslMethod::tls_client()).map_err(|e| tls("init", &e))?;
+        // A store holding only the configured CA replaces the default one (which holds the
+        // system's trusted roots, SSL_CERT_FILE and SSL_CERT_DIR).
+        let mut store = X509StoreBuilder::new().map_err(|e| tls("init", &e))?;
+        let ca = X509::from_pem(s.ca_cert.as_deref().unwrap_or_default())
+            .map_err(|e| tls("CA certificate", &e))?;
+        store.add_cert(ca).map_err(|e| tls("CA certificate", &e))?;
+        b.set_cert_store(store.build());
+        b.set_verify(SslVerifyMode::PEER);
+        if let Some(ClientCertificate::SeparatePem {
+            cert_bytes,
+            key_bytes,
+        }) = &s.client_cert
+        {
+            let cert = X509::from_pem(cert_bytes).map_err(|e| tls("client certificate", &e))?;
+            b.set_certificate(&cert)
+                .map_err(|e| tls("client certificate", &e))?;
+            let pkey =
+                openssl::pkey::PKey::private_key_from_pem(key_bytes.as_deref().unwrap_or_default())
+                    .map_err(|e| tls("client key", &e))?;
+            b.set_private_key(&pkey)
+                .map_err(|e| tls("client key", &e))?;
+        }
+        let connector = b.build();
+        let addr = std::net::ToSocketAddrs::to_socket_addrs(&(s.host.as_str(), s.port))
+            .ok()
+            .and_then(|mut a| a.next())
+            .ok_or_else(|| {
+                KeyError::Unavailable(format!(
+                    "KMIP server {}: cannot resolve its address",
+                    self.server
+                ))
+            })?;
+        let unreachable =
+            |e: std::io::Error| self.err(key, KmipError::ServerError(format!("I/O error: {e}")));
+        let tcp = std::net::TcpStream::connect_timeout(
+            &addr,
+            s.connect_timeout.unwrap_or(Duration::from_secs(15)),
+        )
+        .map_err(unreachable)?;
+        tcp.set_read_timeout(s.read_timeout).map_err(unreachable)?;
+        tcp.set_write_timeout(s.write_timeout)
+            .map_err(unreachable)?;
+        let stream = connector
+            .connect(&s.host, tcp)
+            .map_err(|e| tls("handshake", &e))?;
+        let mut reader = kmip_ttlv::Config::default().with_read_buf();
+        if let Some(max) = s.max_response_bytes {
+            reader = reader.with_max_bytes(max);
+        }
+        Ok(ClientBuilder::new(stream)
+            .with_reader_config(reader)
+            .build())
+    }
+
     fn call(&self, key: &str, req: RequestPayload) -> Result<ResponsePayload, KeyError> {
-        let client = kmip_protocol::client::tls::openssl::connect(&self.settings)
-            .map_err(|e| self.err(key, e))?;
+        let client = self.connect(key)?;
         client.do_request(req).map_err(|e| self.err(key, e))
     }
 
@@ -164,8 +234,7 @@ impl KmipClient {
                 )))
             }
         };
-        let client = kmip_protocol::client::tls::openssl::connect(&self.settings)
-            .map_err(|e| self.err(name, e))?;
+        let client = self.connect(name)?;
         client.activate_key(&uid).map_err(|e| self.err(name, e))?;
         Ok(uid)
     }
@@ -201,11 +270,16 @@ impl KmipClient {
     }
 
     pub fn state(&self, uid: &str) -> Result<State, KeyError> {
+        let client = self.connect(uid)?;
+        self.state_on(&client, uid)
+    }
+
+    fn state_on(&self, client: &TlsClient, uid: &str) -> Result<State, KeyError> {
         let req = RequestPayload::GetAttributes(
             Some(UniqueIdentifier(uid.to_string())),
             Some(vec![AttributeName("State".into())]),
         );
-        match self.call(uid, req)? {
+        match client.do_request(req).map_err(|e| self.err(uid, e))? {
             ResponsePayload::GetAttributes(a) => a
                 .attributes
                 .unwrap_or_default()
@@ -226,9 +300,11 @@ impl KmipClient {
         }
     }
 
-    /// Fetches an Active AES-256 key.
+    /// Fetches an Active AES-256 key: the state check and the `Get` run on one connection,
+    /// so the key cannot change state between them from this client's point of view.
     pub fn fetch(&self, uid: &str) -> Result<SecretKey, KeyError> {
-        let state = self.state(uid)?;
+        let client = self.connect(uid)?;
+        let state = self.state_on(&client, uid)?;
         if state != State::Active {
             let what = match state {
                 State::PreActive => "is not active yet (activate it on the KMIP server)",
@@ -242,8 +318,6 @@ impl KmipClient {
                 self.server
             )));
         }
-        let client = kmip_protocol::client::tls::openssl::connect(&self.settings)
-            .map_err(|e| self.err(uid, e))?;
         let got = client.get_key(uid).map_err(|e| self.err(uid, e))?;
         let ManagedObject::SymmetricKey(k) = got.cryptographic_object else {
             return Err(KeyError::Unavailable(format!(
