@@ -436,8 +436,9 @@ pub async fn open_chain_with(
     allowed.extend(cat.setting(crate::passwords::ESCROW_KEY_SETTING)?);
     match &pin {
         Some(p) => allowed.extend(p.kms_keys.iter().cloned()),
-        None if h.row.is_some() && pins.is_empty() => {
-            // A catalog from arca 0.1 has no pins yet: trust what the chain names (once).
+        None if h.row.as_ref().is_some_and(|r| r.job_revision == 0) && pins.is_empty() => {
+            // A job created by arca 0.1 has no pins yet: trust what its chain names, once
+            // (the keys are pinned below as soon as the chain opens).
             allowed.extend(chain_kms_keys(&chain));
         }
         None => {}
