@@ -790,3 +790,122 @@ async fn shared_provider_suite_aws_kms() {
     let other = arca::keys::raw::RawKeyProvider::new(arca::crypto::SecretKey::random());
     arca::keys::provider_suite::run(&good, &wrong, &other).await;
 }
+
+/// An attacker with write access redirects a KMS job to a chain whose keyslot it made with
+/// its own KMS key (and a valid MAC under that chain's key). The victim's catalog refuses the
+/// redirect (exit 14); without a catalog, arca never asks KMS to use the attacker's key.
+#[tokio::test]
+async fn kms_redirect_to_an_attackers_key_is_refused() {
+    use arca::keys::aws_kms::{KmsClient, KmsProvider, KmsSettings};
+    use arca::keys::{KeyProvider, SlotContext};
+    use arca::repo::format::*;
+    let admin = kms_admin();
+    let key = new_kms_key(&admin).await;
+    let evil_key = new_kms_key(&admin).await;
+    let env = Env::new();
+    let src = tree(&env, 5);
+    let repo = init(&env);
+    env.run(&[
+        "job",
+        "create",
+        "j",
+        "--repo",
+        s(&repo),
+        "--source",
+        s(&src),
+        "--encryption",
+        "kms",
+        "--kms-key",
+        &key,
+    ])
+    .ok();
+    env.run(&["backup", "j"]).ok();
+    // The attacker's chain and the rewritten job record.
+    let jf = fs::read_dir(repo.join("jobs"))
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path();
+    let mut job: JobRecord = serde_json::from_slice(&fs::read(&jf).unwrap()).unwrap();
+    let ck = arca::crypto::SecretKey::random();
+    let mut chain = ChainRecord {
+        kind: ChainRecord::KIND.into(),
+        version: FORMAT_VERSION,
+        repo_id: job.repo_id,
+        job_id: job.job_id,
+        chain_id: Id16::random(),
+        created: "2026-01-01T00:00:00Z".into(),
+        encryption: EncryptionMode::Kms,
+        keyslots: vec![],
+        revision: 1,
+        chunker: Some(ChainRecord::KEYED_GEAR.into()),
+        mac: None,
+    };
+    std::env::set_var("AWS_ACCESS_KEY_ID", "testing");
+    std::env::set_var("AWS_SECRET_ACCESS_KEY", "testing");
+    let client = KmsClient::new(&KmsSettings {
+        region: Some("us-east-1".into()),
+        endpoint: Some(kms_endpoint()),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let slot = KmsProvider::new(std::sync::Arc::new(client), Some(evil_key.clone()))
+        .wrap(&ck, &SlotContext::of_chain(&chain, "j"))
+        .await
+        .unwrap();
+    chain.keyslots.push(slot);
+    chain.seal(&ck);
+    fs::write(
+        repo.join(format!("chains/{}.json", chain.chain_id)),
+        serde_json::to_vec(&chain).unwrap(),
+    )
+    .unwrap();
+    job.chain_id = chain.chain_id;
+    job.chains = vec![chain.chain_id];
+    job.revision += 1;
+    job.seal(&ck);
+    fs::write(&jf, serde_json::to_vec(&job).unwrap()).unwrap();
+    // And a point of its own in that chain, newer than the victim's.
+    let evil_src = env.path("evil");
+    write(&evil_src.join("x"), b"forged");
+    arca::engine::backup::run(
+        &repo,
+        &job,
+        &arca::engine::OpenChain::new(chain.clone(), ck, "j"),
+        arca::engine::backup::BackupOptions {
+            source: arca::engine::backup::Source::Tree(evil_src),
+            compression_level: 3,
+            workers: 1,
+            progress: indicatif::ProgressBar::hidden(),
+            kdf: None,
+        },
+    )
+    .unwrap();
+    let points_before = fs::read_dir(repo.join("points")).unwrap().count();
+    let r = env.run(&["backup", "j"]);
+    assert!(
+        r.stderr.contains("the catalog trusts chain"),
+        "{}",
+        r.stderr
+    );
+    assert_eq!(r.code, 14, "{}", r.stderr);
+    assert_eq!(
+        fs::read_dir(repo.join("points")).unwrap().count(),
+        points_before
+    );
+    // No catalog (a reinstall), trusting only the victim's own key: the attacker's key is
+    // never used.
+    let env2 = Env::new();
+    env2.set_env("ARCA_TRUST_KMS_KEYS", &key);
+    let t = env2.path("t");
+    let r = env2.run(&["ls", "j", "--repo", s(&repo)]);
+    assert_eq!(r.code, 12, "{}", r.stderr);
+    assert!(
+        r.stderr.contains(&evil_key) && r.stderr.contains("is not one this job trusts"),
+        "{}",
+        r.stderr
+    );
+    assert!(is_empty_or_missing(&t));
+}
