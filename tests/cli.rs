@@ -394,9 +394,15 @@ fn changing_encryption_starts_a_full_backup_in_a_new_chain() {
         second["bytes_read"], first["bytes_read"],
         "the new chain must re-read everything"
     );
-    assert_eq!(
-        second["bytes_new"], first["bytes_new"],
-        "the new chain reused old chunks"
+    // Nothing reused from the old chain (boundaries are keyed per chain, so duplicates
+    // inside one backup may dedup slightly differently: allow 1%).
+    let (a, b) = (
+        first["bytes_new"].as_u64().unwrap(),
+        second["bytes_new"].as_u64().unwrap(),
+    );
+    assert!(
+        b * 100 >= a * 99,
+        "the new chain reused old chunks: {b} < {a}"
     );
     // Disabling encryption: again a new chain and a full backup.
     env.run(&["job", "encryption", "j", "--encryption", "none"])

@@ -81,22 +81,36 @@ async fn data_keys_single_use_and_nonces_unique() {
         );
     }
     let idx = ChainIndex::load(&repo, &oc, &points).unwrap();
-    // Under each point's chunk key, every sealed chunk has its own nonce.
-    let mut nonces: HashMap<u32, HashSet<Vec<u8>>> = HashMap::new();
+    // Under each point's chunk key, every sealed chunk has its own nonce (format v2: derived
+    // from the chunk id with the point's nonce key, never stored in the pack).
+    let by_point: HashMap<u32, arca::crypto::ChunkSealer> = points
+        .iter()
+        .enumerate()
+        .map(|(i, p)| {
+            let k = arca::engine::PointKeys::new(&oc.data_key(p).unwrap(), p.place());
+            (
+                i as u32,
+                arca::crypto::ChunkSealer::new(&k.chunks, &k.chunk_nonces),
+            )
+        })
+        .collect();
+    let mut nonces: HashMap<u32, HashSet<[u8; 12]>> = HashMap::new();
     let mut files = HashMap::new();
-    for loc in idx.map.values() {
+    for (id, loc) in &idx.map {
+        let nonce = by_point[&loc.point].nonce(&id.0);
+        assert!(
+            nonces.entry(loc.point).or_default().insert(nonce),
+            "nonce reused under one key"
+        );
+        // The sealed chunk is exactly ciphertext and tag: no nonce, no length marker.
         let pack = idx.packs[loc.pack as usize];
         let f = files
             .entry(loc.pack)
             .or_insert_with(|| repo.open_pack(&pack).unwrap());
         let sealed = Repository::read_pack_range(f, &pack, loc.offset, loc.length).unwrap();
-        assert!(
-            nonces
-                .entry(loc.point)
-                .or_default()
-                .insert(sealed[..12].to_vec()),
-            "nonce reused under one key"
-        );
+        let (place, opener, _) = &idx.points[loc.point as usize];
+        let payload = opener.open(id, &place.chunk_aad(id), &sealed).unwrap();
+        assert_eq!(sealed.len(), payload.len() + 16);
     }
     assert_eq!(
         nonces.values().map(|s| s.len()).sum::<usize>(),
@@ -114,7 +128,8 @@ async fn chunk_ids_are_keyed_per_chain() {
     let idx = ChainIndex::load(&repo, &oc, &repo.list_points(&job.job_id).unwrap()).unwrap();
     // The plain BLAKE3 of a known file's first chunk is not its id: ids do not confirm content.
     let src = fs::read(_env.path("src/f0")).unwrap();
-    let cdc = arca::engine::chunker::CdcParams::new(256 * 1024, 1024 * 1024, 4 * 1024 * 1024);
+    let cdc = arca::engine::chunker::CdcParams::new(256 * 1024, 1024 * 1024, 4 * 1024 * 1024)
+        .with_gear(oc.gear.clone());
     let first = cdc.split(&src)[0];
     let keyed = arca::repo::format::Id32(oc.idk.id(first));
     assert!(idx.map.contains_key(&keyed));

@@ -241,8 +241,12 @@ pub struct ChunkReader<'a> {
     repo: &'a Repository,
     idx: &'a ChainIndex,
     idk: &'a ChunkIdKey,
-    open: Option<(u32, File)>,
+    /// Recently used packs, most recent last (a few, so interleaved reads do not reopen).
+    open: Vec<(u32, File)>,
+    zstd: zstd::bulk::Decompressor<'static>,
 }
+
+const OPEN_PACKS: usize = 8;
 
 impl<'a> ChunkReader<'a> {
     pub fn new(repo: &'a Repository, idx: &'a ChainIndex, idk: &'a ChunkIdKey) -> Self {
@@ -250,7 +254,8 @@ impl<'a> ChunkReader<'a> {
             repo,
             idx,
             idk,
-            open: None,
+            open: Vec::with_capacity(OPEN_PACKS),
+            zstd: zstd::bulk::Decompressor::new().expect("zstd decompression context"),
         }
     }
 
@@ -262,17 +267,26 @@ impl<'a> ChunkReader<'a> {
             )
         })?;
         let pack_id = self.idx.packs[loc.pack as usize];
-        if self.open.as_ref().map(|(n, _)| *n) != Some(loc.pack) {
-            self.open = Some((loc.pack, self.repo.open_pack(&pack_id)?));
+        match self.open.iter().position(|(n, _)| *n == loc.pack) {
+            Some(i) => {
+                let e = self.open.remove(i);
+                self.open.push(e);
+            }
+            None => {
+                if self.open.len() == OPEN_PACKS {
+                    self.open.remove(0);
+                }
+                self.open.push((loc.pack, self.repo.open_pack(&pack_id)?));
+            }
         }
-        let f = &mut self.open.as_mut().unwrap().1;
+        let f = &mut self.open.last_mut().expect("just pushed").1;
         let sealed = Repository::read_pack_range(f, &pack_id, loc.offset, loc.length)?;
         let (place, opener, _) = &self.idx.points[loc.point as usize];
         let obj = || format!("chunk {id} in pack {pack_id}");
         let payload = opener
             .open(id, &place.chunk_aad(id), &sealed)
             .map_err(|e| Error::integrity(obj(), e))?;
-        let data = decode_payload(&payload, loc.raw_len as usize)
+        let data = decode_payload_with(&mut self.zstd, &payload, loc.raw_len as usize)
             .map_err(|e| Error::integrity(obj(), e))?;
         if self.idk.id(&data) != id.0 {
             return Err(Error::integrity(obj(), "content does not match its id"));

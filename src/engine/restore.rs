@@ -136,8 +136,66 @@ fn ensure_dir(root: &DirHandle, rel: &Path, overwrite: bool) -> Result<DirHandle
     Ok(cur)
 }
 
+/// A new temporary name: a random prefix per process and a counter (no syscall per file;
+/// `O_EXCL` refuses any name that exists anyway).
+/// Open handles of the target's directories, so each is opened once (bounded: at most
+/// `DIR_CACHE` handles stay open; past that the cache starts over).
+struct DirCache<'a> {
+    root: &'a DirHandle,
+    overwrite: bool,
+    map: Mutex<std::collections::HashMap<PathBuf, std::sync::Arc<DirHandle>>>,
+}
+
+const DIR_CACHE: usize = 4096;
+
+impl<'a> DirCache<'a> {
+    fn new(root: &'a DirHandle, overwrite: bool) -> Self {
+        DirCache {
+            root,
+            overwrite,
+            map: Mutex::new(Default::default()),
+        }
+    }
+
+    /// The directory `rel`, created (0700) if missing, from its nearest open ancestor.
+    fn get(&self, rel: &Path) -> Result<std::sync::Arc<DirHandle>> {
+        if rel.as_os_str().is_empty() {
+            return Ok(std::sync::Arc::new(self.root.try_clone().map_err(|e| {
+                Error::io(format!("open {}", self.root.path().display()), e)
+            })?));
+        }
+        if let Some(d) = self.map.lock().unwrap().get(rel) {
+            return Ok(d.clone());
+        }
+        let parent = match rel.parent() {
+            Some(p) if !p.as_os_str().is_empty() => self.get(p)?,
+            _ => std::sync::Arc::new(
+                self.root
+                    .try_clone()
+                    .map_err(|e| Error::io(format!("open {}", self.root.path().display()), e))?,
+            ),
+        };
+        let name = rel
+            .file_name()
+            .ok_or_else(|| Error::integrity("file index", "unsafe path"))?;
+        let d = std::sync::Arc::new(ensure_dir(&parent, Path::new(name), self.overwrite)?);
+        let mut m = self.map.lock().unwrap();
+        if m.len() >= DIR_CACHE {
+            m.clear();
+        }
+        m.insert(rel.to_path_buf(), d.clone());
+        Ok(d)
+    }
+}
+
 fn tmp_name() -> String {
-    format!(".arca-restore-{}.tmp", Id16::random().hex())
+    static PREFIX: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    static N: AtomicUsize = AtomicUsize::new(0);
+    let p = PREFIX.get_or_init(|| Id16::random().hex()[..16].to_string());
+    format!(
+        ".arca-restore-{p}-{}.tmp",
+        N.fetch_add(1, Ordering::Relaxed)
+    )
 }
 
 /// The mode to apply: setuid/setgid only when running as root and the owner was set.
@@ -203,8 +261,9 @@ pub fn run(
     let chown = fsx::is_root();
     let mut stats = RestoreStats::default();
 
+    let dirs_cache = DirCache::new(&root, opts.overwrite);
     for (rel, _) in planned.iter().filter(|(_, e)| e.kind == EntryType::Dir) {
-        ensure_dir(&root, rel, opts.overwrite)?;
+        dirs_cache.get(rel)?;
         stats.dirs += 1;
     }
 
@@ -215,43 +274,40 @@ pub fn run(
     let next = AtomicUsize::new(0);
     let first_err: Mutex<Option<Error>> = Mutex::new(None);
     let bytes = std::sync::atomic::AtomicU64::new(0);
+    // Files written under temporary names, renamed once all are written and durable.
+    let written: Mutex<Vec<(usize, String)>> = Mutex::new(Vec::with_capacity(files.len()));
+    let owner = fsx::euid_egid();
     thread::scope(|s| {
         for _ in 0..opts.workers.max(1) {
             s.spawn(|| {
                 let mut reader = ChunkReader::new(repo, &point.index, &oc.idk);
-                let mut cache: Option<(PathBuf, DirHandle)> = None;
+                let mut mine = Vec::new();
                 loop {
                     if first_err.lock().unwrap().is_some() {
-                        return;
+                        break;
                     }
                     let i = next.fetch_add(1, Ordering::Relaxed);
                     let Some((rel, e)) = files.get(i).map(|x| (&x.0, x.1)) else {
-                        return;
+                        break;
                     };
-                    let res = (|| -> Result<u64> {
-                        let parent_rel = rel.parent().unwrap_or(Path::new(""));
-                        let fresh = cache.as_ref().is_none_or(|(p, _)| p != parent_rel);
-                        if fresh {
-                            cache = Some((
-                                parent_rel.to_path_buf(),
-                                ensure_dir(&root, parent_rel, opts.overwrite)?,
-                            ));
-                        }
-                        let parent = &cache.as_ref().expect("set above").1;
+                    let res = (|| -> Result<(u64, String)> {
+                        let parent = dirs_cache.get(rel.parent().unwrap_or(Path::new("")))?;
                         let name = rel.file_name().expect("a normal last component");
-                        restore_file(
+                        write_file(
                             &mut reader,
-                            parent,
+                            &parent,
                             name,
                             e,
                             chown,
+                            owner,
                             opts.overwrite,
                             &opts.progress,
                         )
                     })();
                     match res {
-                        Ok(n) => {
+                        Ok((n, tmp)) => {
                             bytes.fetch_add(n, Ordering::Relaxed);
+                            mine.push((i, tmp));
                         }
                         Err(err) => {
                             let err = match err {
@@ -262,21 +318,79 @@ pub fn run(
                                 other => other,
                             };
                             first_err.lock().unwrap().get_or_insert(err);
-                            return;
+                            break;
                         }
+                    }
+                }
+                written.lock().unwrap().extend(mine);
+            });
+        }
+    });
+    let mut written = written.into_inner().unwrap();
+    written.sort_unstable();
+    let for_each_parent =
+        |f: &mut dyn FnMut(&DirHandle, &OsStr, &str) -> Result<()>| -> Result<()> {
+            for (i, tmp) in &written {
+                let rel = &files[*i].0;
+                let parent = dirs_cache.get(rel.parent().unwrap_or(Path::new("")))?;
+                f(
+                    &parent,
+                    rel.file_name().expect("a normal last component"),
+                    tmp,
+                )?;
+            }
+            Ok(())
+        };
+    if let Some(e) = first_err.into_inner().unwrap() {
+        // Nothing was renamed yet: remove what was written; existing files are untouched.
+        let _ = for_each_parent(&mut |parent, _, tmp| {
+            let _ = parent.unlink(tmp);
+            Ok(())
+        });
+        return Err(e);
+    }
+    // One flush makes every written file durable before any rename (instead of an fsync
+    // per file), then each file replaces its final name atomically.
+    fsx::syncfs(root.fd()).map_err(|e| Error::io(format!("sync {}", opts.target.display()), e))?;
+    let workers = opts.workers.max(1);
+    let per = written.len().div_ceil(workers).max(1);
+    let rename_err: Mutex<Option<Error>> = Mutex::new(None);
+    thread::scope(|s| {
+        for part in written.chunks(per) {
+            let (files, cache, rename_err) = (&files, &dirs_cache, &rename_err);
+            s.spawn(move || {
+                for (i, tmp) in part {
+                    let rel = &files[*i].0;
+                    let r = cache
+                        .get(rel.parent().unwrap_or(Path::new("")))
+                        .and_then(|parent| {
+                            let name = rel.file_name().expect("a normal last component");
+                            parent.rename_to(tmp, &parent, name).map_err(|err| {
+                                Error::io(
+                                    format!(
+                                        "rename into place {}",
+                                        parent.path().join(name).display()
+                                    ),
+                                    err,
+                                )
+                            })
+                        });
+                    if let Err(e) = r {
+                        rename_err.lock().unwrap().get_or_insert(e);
+                        return;
                     }
                 }
             });
         }
     });
-    if let Some(e) = first_err.into_inner().unwrap() {
+    if let Some(e) = rename_err.into_inner().unwrap() {
         return Err(e);
     }
     stats.files = files.len() as u64;
     stats.bytes = bytes.into_inner();
 
     for (rel, e) in planned.iter().filter(|(_, e)| e.kind == EntryType::Symlink) {
-        let parent = ensure_dir(&root, rel.parent().unwrap_or(Path::new("")), opts.overwrite)?;
+        let parent = dirs_cache.get(rel.parent().unwrap_or(Path::new("")))?;
         let name = rel.file_name().expect("a normal last component");
         check_dest(&parent, name, opts.overwrite)?;
         let tmp = tmp_name();
@@ -305,9 +419,7 @@ pub fn run(
         .collect();
     dirs.sort_by_key(|(rel, _)| std::cmp::Reverse(rel.components().count()));
     for (rel, e) in dirs {
-        let d = root
-            .walk(rel, None)
-            .map_err(|err| Error::io(format!("open {}", opts.target.join(rel).display()), err))?;
+        let d = dirs_cache.get(rel)?;
         let shown = || opts.target.join(rel).display().to_string();
         let owner_set = chown && fsx::fchown(d.fd(), e.uid, e.gid).is_ok();
         fsx::fchmod(d.fd(), final_mode(e, owner_set))
@@ -318,20 +430,26 @@ pub fn run(
     Ok(stats)
 }
 
-/// Writes one file: a new `O_EXCL` temporary name in its directory (0600), every chunk
-/// verified, fsync, owner, mode and times on the handle, then a rename over the final name.
-/// A failed or killed restore never truncates an existing file and leaves nothing under a
-/// final name that is not complete.
-fn restore_file(
+/// Writes one file under a new `O_EXCL` temporary name in its directory (0600), every chunk
+/// verified, then sets its owner, mode and times on the handle. Returns the bytes written and
+/// the temporary name; the caller renames it over the final name once every file is written
+/// and flushed. A failed or killed restore never truncates an existing file and leaves
+/// nothing incomplete under a final name.
+#[allow(clippy::too_many_arguments)]
+fn write_file(
     reader: &mut ChunkReader<'_>,
     parent: &DirHandle,
     name: &OsStr,
     e: &TreeEntry,
     chown: bool,
+    owner: (u32, u32),
     overwrite: bool,
     progress: &ProgressBar,
-) -> Result<u64> {
-    check_dest(parent, name, overwrite)?;
+) -> Result<(u64, String)> {
+    if overwrite {
+        // The target was empty otherwise: nothing can be in the way but what we restore.
+        check_dest(parent, name, overwrite)?;
+    }
     let dest = parent.path().join(name);
     let tmp = tmp_name();
     let mut f = parent
@@ -352,24 +470,22 @@ fn restore_file(
                 "restored size differs from the index",
             ));
         }
-        f.sync_all()
-            .map_err(|err| Error::io(format!("sync {}", dest.display()), err))?;
-        let owner_set = chown && fsx::fchown(&f, e.uid, e.gid).is_ok();
+        // New files already belong to this process: only root changes owners.
+        let owner_set = chown && ((e.uid, e.gid) == owner || fsx::fchown(&f, e.uid, e.gid).is_ok());
         fsx::fchmod(&f, final_mode(e, owner_set))
             .map_err(|err| Error::io(format!("set mode of {}", dest.display()), err))?;
         fsx::futimens(&f, e.mtime_ns)
             .map_err(|err| Error::io(format!("set times of {}", dest.display()), err))?;
-        parent
-            .rename_to(&tmp, parent, name)
-            .map_err(|err| Error::io(format!("rename into place {}", dest.display()), err))?;
         Ok(n)
     })();
-    if res.is_err() {
-        // The temporary file goes; an existing file under the final name is untouched.
-        drop(f);
-        let _ = parent.unlink(&tmp);
+    drop(f);
+    match res {
+        Ok(n) => Ok((n, tmp)),
+        Err(err) => {
+            let _ = parent.unlink(&tmp);
+            Err(err)
+        }
     }
-    res
 }
 
 #[cfg(test)]

@@ -321,6 +321,21 @@ pub fn futimens(fd: impl AsFd, mtime_ns: i128) -> io::Result<()> {
     Ok(())
 }
 
+/// Flushes the whole filesystem holding `fd` to stable storage (one call instead of an
+/// fsync per file, before renames that must not become durable before the data).
+pub fn syncfs(fd: impl AsFd) -> io::Result<()> {
+    rfs::syncfs(fd)?;
+    Ok(())
+}
+
+/// The effective uid and gid of this process.
+pub fn euid_egid() -> (u32, u32) {
+    (
+        rustix::process::geteuid().as_raw(),
+        rustix::process::getegid().as_raw(),
+    )
+}
+
 /// True if this process runs as root (effective uid 0).
 pub fn is_root() -> bool {
     rustix::process::geteuid().is_root()

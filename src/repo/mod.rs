@@ -43,6 +43,8 @@ pub struct Repository {
     root: PathBuf,
     dir: DirHandle,
     pub config: RepoConfig,
+    /// Open handles of `packs/<hh>` directories (at most 256).
+    pack_dirs: std::sync::Mutex<std::collections::HashMap<String, std::sync::Arc<DirHandle>>>,
 }
 
 /// Holds the repository's advisory lock until dropped.
@@ -113,6 +115,7 @@ impl Repository {
             root: dir.to_path_buf(),
             dir: handle,
             config,
+            pack_dirs: Default::default(),
         };
         let mut b = serde_json::to_vec_pretty(&repo.config).expect("config serializes");
         b.push(b'\n');
@@ -168,6 +171,7 @@ impl Repository {
             root: dir.to_path_buf(),
             dir: handle,
             config,
+            pack_dirs: Default::default(),
         })
     }
 
@@ -180,6 +184,7 @@ impl Repository {
                 .try_clone()
                 .map_err(|e| Error::io(format!("open {}", self.root.display()), e))?,
             config: self.config.clone(),
+            pack_dirs: Default::default(),
         })
     }
 
@@ -690,10 +695,21 @@ impl Repository {
 
     pub fn open_pack(&self, id: &Id32) -> Result<File> {
         let h = id.hex();
-        let d = self.sub(&["packs", &h[..2]], false).map_err(|e| match e {
-            Error::NotFound(_) => Error::integrity(format!("pack {id}"), "missing"),
-            e => e,
-        })?;
+        let d = {
+            let mut m = self.pack_dirs.lock().expect("not poisoned");
+            match m.get(&h[..2]) {
+                Some(d) => d.clone(),
+                None => {
+                    let d = self.sub(&["packs", &h[..2]], false).map_err(|e| match e {
+                        Error::NotFound(_) => Error::integrity(format!("pack {id}"), "missing"),
+                        e => e,
+                    })?;
+                    let d = std::sync::Arc::new(d);
+                    m.insert(h[..2].to_string(), d.clone());
+                    d
+                }
+            }
+        };
         d.open_read(&h).map_err(|e| self.pack_err(id, e))
     }
 
