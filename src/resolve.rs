@@ -543,21 +543,17 @@ async fn try_tiers(st: &mut State<'_>) -> Option<(SecretKey, &'static str)> {
         }
     }
     // Tier 2 too: KMIP keyslots.
-    if req.tiers.kms
-        && slots
-            .iter()
-            .any(|s| matches!(s.params, SlotParams::Kmip { .. }))
-    {
+    if req.tiers.kms && slots.iter().any(|s| s.params.kmip_uid().is_some()) {
         match req.creds.kmip_client() {
             Ok(c) => {
                 let p = crate::keys::kmip::KmipProvider::new(c, None);
-                for s in slots
-                    .iter()
-                    .filter(|s| matches!(s.params, SlotParams::Kmip { .. }))
-                {
-                    let SlotParams::Kmip {
+                for s in slots.iter().filter(|s| s.params.kmip_uid().is_some()) {
+                    let (SlotParams::Kmip {
                         key_uid, server, ..
-                    } = &s.params
+                    }
+                    | SlotParams::KmipEncrypt {
+                        key_uid, server, ..
+                    }) = &s.params
                     else {
                         continue;
                     };
@@ -679,8 +675,12 @@ async fn tier_kms(
         }
     }
     for e in escrows {
-        let tier = if e.provider == "kmip" { "kmip" } else { "kms" };
-        if e.provider == "kmip"
+        let tier = if e.provider.starts_with("kmip") {
+            "kmip"
+        } else {
+            "kms"
+        };
+        if e.provider.starts_with("kmip")
             && req
                 .allowed_kmip
                 .as_ref()
@@ -695,7 +695,7 @@ async fn tier_kms(
             );
             continue;
         }
-        if e.provider != "kmip" && !req.allowed_kms.contains(&e.key_arn) {
+        if !e.provider.starts_with("kmip") && !req.allowed_kms.contains(&e.key_arn) {
             st.fail(
                 tier,
                 format!(

@@ -140,8 +140,14 @@ fn kmip_job_round_trip() {
     )
     .ok();
     let slots = env.run(&["--json", "job", "keys", "list", "j"]).ok().json();
-    assert_eq!(slots[0]["provider"], "kmip");
-    assert!(slots[0]["description"].as_str().unwrap().contains(&uid));
+    // PyKMIP offers Encrypt/Decrypt: the chain key is encrypted by the server, and the KMIP
+    // key never leaves it.
+    assert_eq!(slots[0]["provider"], "kmip-encrypt");
+    let desc = slots[0]["description"].as_str().unwrap();
+    assert!(
+        desc.contains(&uid) && desc.contains("never leaves"),
+        "{desc}"
+    );
     run(&env, &["backup", "j"], &k).ok();
     fs::remove_dir_all(env.catalog.parent().unwrap()).unwrap();
     let t = env.path("t");
@@ -216,7 +222,8 @@ fn escrow_to_kmip_then_restore_after_catalog_loss() {
     let st = run(&env, &["--json", "kmip", "escrow", "status"], &k)
         .ok()
         .json();
-    assert_eq!(st["records"][0]["provider"], "kmip");
+    // The server encrypts the escrowed hash itself (the KMIP key never leaves it).
+    assert_eq!(st["records"][0]["provider"], "kmip-encrypt");
     run(&env, &["backup", "j"], &k).ok();
     fs::remove_dir_all(env.catalog.parent().unwrap()).unwrap();
     let t = env.path("t");
@@ -407,6 +414,7 @@ fn settings(client: &str, port: &str) -> KmipSettings {
         cert: Some(d.join(format!("{client}.crt"))),
         key: Some(d.join(format!("{client}.key"))),
         timeout_seconds: Some(5.0),
+        server_side: None,
     }
 }
 
@@ -462,4 +470,56 @@ fn sslkeylogfile_is_ignored() {
     create_key(&env, &unique("arca-keylog"));
     run(&env, &["kmip", "create-key", &unique("arca-keylog2")], &e).ok();
     assert_eq!(fs::read(&log).unwrap().len(), 0, "TLS secrets were logged");
+}
+
+/// With server-side encryption switched off (`ARCA_KMIP_SERVER_SIDE=0`, for key managers
+/// whose Encrypt is restricted), a KMIP job uses Get + local wrapping, and says so.
+#[test]
+fn get_mode_keyslot_round_trip_when_server_side_is_off() {
+    let env = Env::new();
+    let (src, repo) = setup(&env);
+    let name = unique("arca-get-key");
+    let uid = create_key(&env, &name);
+    let k = with(kmip_env("client"), "ARCA_KMIP_SERVER_SIDE", "0");
+    run(
+        &env,
+        &[
+            "job",
+            "create",
+            "j",
+            "--repo",
+            repo.to_str().unwrap(),
+            "--source",
+            src.to_str().unwrap(),
+            "--encryption",
+            "kmip",
+            "--kmip-key",
+            &name,
+        ],
+        &k,
+    )
+    .ok();
+    let slots = run(&env, &["--json", "job", "keys", "list", "j"], &k)
+        .ok()
+        .json();
+    assert_eq!(slots[0]["provider"], "kmip");
+    run(&env, &["backup", "j"], &k).ok();
+    fs::remove_dir_all(env.catalog.parent().unwrap()).unwrap();
+    let t = env.path("t");
+    let r = run(
+        &env,
+        &[
+            "restore",
+            "j",
+            "--repo",
+            repo.to_str().unwrap(),
+            "--target",
+            t.to_str().unwrap(),
+        ],
+        &k,
+    )
+    .ok();
+    assert!(r.stderr.contains("opened via: kmip"), "{}", r.stderr);
+    assert_eq!(snapshot(&src), snapshot(&t));
+    let _ = uid;
 }

@@ -137,6 +137,20 @@ fn compute() -> Value {
         },
         3,
     );
+    // A KMIP keyslot encrypted by the server: what arca sends as associated data and the
+    // check value (the ciphertext itself comes from the server's key).
+    let kmip_enc = SlotParams::KmipEncrypt {
+        server: "kmip.example.com:5696".into(),
+        key_uid: "42".into(),
+        key_name: Some("arca".into()),
+        iv: vec![0x0a; 12],
+        ciphertext: vec![],
+        key_check: vec![],
+    };
+    v.insert("keyslot_kmip_encrypt", json!({
+        "aad": h(&slot_ctx().full(&SLOT, &kmip_enc)),
+        "key_check": h(&arca::keys::aws_kms::key_check(&chain_key, &slot_ctx().full(&SLOT, &kmip_enc))),
+    }));
     let kms_params = SlotParams::Kms {
         key_arn: "arn:aws:kms:eu-west-1:111122223333:key/1234abcd-12ab-34cd-56ef-1234567890ab"
             .into(),

@@ -101,7 +101,7 @@ async fn drill_point(
                 chain
                     .keyslots
                     .iter()
-                    .any(|s| matches!(s.params.provider(), "kms" | "kmip"))
+                    .any(|s| matches!(s.params.provider(), "kms" | "kmip" | "kmip-encrypt"))
                     || !escrow.is_empty()
             }
             "key" => chain.keyslots.iter().any(|s| s.params.provider() == "raw"),

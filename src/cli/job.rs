@@ -272,6 +272,7 @@ pub async fn new_chain(
         }
     }
     .map_err(|e| Error::KeysUnavailable { job: job_name.to_string(), detail: format!("creating the keyslot failed: {e}") })?;
+    note_kmip_mode(ctx, &slot);
     chain.keyslots.push(slot);
     chain.seal(&chain_key);
     Ok(NewChain {
@@ -280,6 +281,20 @@ pub async fn new_chain(
         password: password_name,
         key_file,
     })
+}
+
+/// Says which KMIP mode a new keyslot uses (never silently the weaker one).
+fn note_kmip_mode(ctx: &Ctx, slot: &crate::repo::format::Keyslot) {
+    match slot.params.provider() {
+        "kmip-encrypt" => ctx.note(
+            "KMIP: the server encrypts the chain key (Encrypt/Decrypt); the key never leaves it",
+        ),
+        "kmip" => ctx.note(
+            "KMIP: the server does not offer Encrypt/Decrypt (or [kmip] server_side = false): \
+             using Get + local wrapping, so the key is fetched into arca's memory when used",
+        ),
+        _ => {}
+    }
 }
 
 /// Pins a freshly made chain in the catalog.
@@ -603,6 +618,15 @@ fn describe_slot(s: &crate::repo::format::Keyslot) -> String {
                 key_name.as_deref().unwrap_or("-")
             )
         }
+        SlotParams::KmipEncrypt {
+            server,
+            key_uid,
+            key_name,
+            ..
+        } => format!(
+            "KMIP key {} (uid {key_uid}) on {server}, encrypted by the server (the key never leaves it)",
+            key_name.as_deref().unwrap_or("-")
+        ),
         SlotParams::None { .. } => "no encryption".into(),
     }
 }
@@ -689,6 +713,7 @@ async fn keys(ctx: &Ctx, cmd: KeysCmd) -> Result<i32> {
                 job: name.clone(),
                 detail: e.to_string(),
             })?;
+            note_kmip_mode(ctx, &slot);
             let mut chain = oc.chain.clone();
             let desc = describe_slot(&slot);
             let id = slot.slot_id;

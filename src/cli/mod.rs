@@ -360,7 +360,9 @@ pub fn chain_kms_keys(chain: &crate::repo::format::ChainRecord) -> Vec<String> {
         .iter()
         .filter_map(|s| match &s.params {
             SlotParams::Kms { key_arn, .. } => Some(key_arn.clone()),
-            SlotParams::Kmip { key_uid, .. } => Some(key_uid.clone()),
+            SlotParams::Kmip { key_uid, .. } | SlotParams::KmipEncrypt { key_uid, .. } => {
+                Some(key_uid.clone())
+            }
             _ => None,
         })
         .collect()

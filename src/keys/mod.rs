@@ -226,7 +226,8 @@ pub mod provider_suite {
             crate::repo::format::SlotParams::Passphrase { kdf } => kdf.password.push('x'),
             crate::repo::format::SlotParams::Raw { fingerprint } => fingerprint.push('0'),
             crate::repo::format::SlotParams::Kms { key_arn, .. } => key_arn.push('0'),
-            crate::repo::format::SlotParams::Kmip { key_name, .. } => {
+            crate::repo::format::SlotParams::Kmip { key_name, .. }
+            | crate::repo::format::SlotParams::KmipEncrypt { key_name, .. } => {
                 *key_name = Some("other".into())
             }
             crate::repo::format::SlotParams::None { .. } => {}
@@ -241,7 +242,9 @@ pub mod provider_suite {
         let mut t = slot.clone();
         if let Some(w) = t.wrapped.as_mut() {
             w.ciphertext[0] ^= 1;
-        } else if let crate::repo::format::SlotParams::Kms { ciphertext, .. } = &mut t.params {
+        } else if let crate::repo::format::SlotParams::Kms { ciphertext, .. }
+        | crate::repo::format::SlotParams::KmipEncrypt { ciphertext, .. } = &mut t.params
+        {
             let n = ciphertext.len() / 2;
             ciphertext[n] ^= 1;
         }

@@ -30,13 +30,29 @@ pub async fn escrow_kmip(
 ) -> Result<EscrowRecord, KeyError> {
     let k = key.to_string();
     let c = kmip.clone();
-    let (uid, kek) = tokio::task::spawn_blocking(move || {
+    let (uid, server_side) = tokio::task::spawn_blocking(move || {
         let uid = c.resolve(&k)?;
-        let kek = c.fetch(&uid)?;
-        Ok::<_, KeyError>((uid, kek))
+        let s = c.offers_encrypt()?;
+        Ok::<_, KeyError>((uid, s))
     })
     .await
     .map_err(|e| KeyError::Unavailable(e.to_string()))??;
+    if server_side {
+        // The server encrypts the password hash: the KMIP key never leaves it.
+        // ciphertext = iv (12) || ciphertext (32) || tag (16).
+        let mut rec = record("kmip-encrypt", uid.clone(), repo_id, job_id, job, kdf, hash);
+        let (c, aad, h) = (kmip.clone(), rec.aad(), hash.duplicate());
+        let (iv, ct) = tokio::task::spawn_blocking(move || c.encrypt(&uid, h.expose(), &aad))
+            .await
+            .map_err(|e| KeyError::Unavailable(e.to_string()))??;
+        rec.ciphertext = [iv, ct].concat();
+        return Ok(rec);
+    }
+    let c = kmip.clone();
+    let u = uid.clone();
+    let kek = tokio::task::spawn_blocking(move || c.fetch(&u))
+        .await
+        .map_err(|e| KeyError::Unavailable(e.to_string()))??;
     let mut rec = record("kmip", uid, repo_id, job_id, job, kdf, hash);
     let w = crate::crypto::wrap_key(&kek, hash, &rec.aad());
     rec.ciphertext = [
@@ -55,6 +71,28 @@ pub async fn open_record(
 ) -> Result<SecretKey, KeyError> {
     match rec.provider.as_str() {
         "aws-kms" => open_escrow(&*creds.kms_client_for(&rec.key_arn).await?, rec).await,
+        "kmip-encrypt" => {
+            let c = creds.kmip_client()?;
+            let b = rec.ciphertext.clone();
+            if b.len() != 12 + 32 + 16 {
+                return Err(KeyError::Malformed(
+                    "KMIP escrow ciphertext has the wrong length".into(),
+                ));
+            }
+            let (uid, aad) = (rec.key_arn.clone(), rec.aad());
+            let hash =
+                tokio::task::spawn_blocking(move || c.decrypt(&uid, &b[..12], &b[12..], &aad))
+                    .await
+                    .map_err(|e| KeyError::Unavailable(e.to_string()))??;
+            let want = blake3::Hash::from_slice(&rec.key_check)
+                .map_err(|_| KeyError::Malformed("escrow check value is not 32 bytes".into()))?;
+            if blake3::Hash::from_bytes(key_check(&hash, &rec.aad())) != want {
+                return Err(KeyError::Tampered(
+                    "escrow record check value mismatch".into(),
+                ));
+            }
+            Ok(hash)
+        }
         "kmip" => {
             let c = creds.kmip_client()?;
             let uid = rec.key_arn.clone();

@@ -409,6 +409,22 @@ pub enum SlotParams {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         key_name: Option<String>,
     },
+    /// Encrypted by the KMIP server itself (KMIP Encrypt, AES-256-GCM, associated data =
+    /// the keyslot's place and bound): the key never leaves the key manager. `ciphertext` is
+    /// ciphertext || tag; `key_check` commits to the chain key, as for KMS.
+    #[serde(rename = "kmip-encrypt")]
+    KmipEncrypt {
+        server: String,
+        key_uid: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        key_name: Option<String>,
+        #[serde(with = "b64")]
+        iv: Vec<u8>,
+        #[serde(with = "b64")]
+        ciphertext: Vec<u8>,
+        #[serde(with = "b64")]
+        key_check: Vec<u8>,
+    },
     /// No encryption: the chain key is stored in clear.
     None {
         #[serde(with = "b64")]
@@ -417,6 +433,16 @@ pub enum SlotParams {
 }
 
 impl SlotParams {
+    /// The KMIP key uid of a KMIP keyslot (either mode).
+    pub fn kmip_uid(&self) -> Option<&str> {
+        match self {
+            SlotParams::Kmip { key_uid, .. } | SlotParams::KmipEncrypt { key_uid, .. } => {
+                Some(key_uid)
+            }
+            _ => None,
+        }
+    }
+
     /// v2: the public fields a keyslot's wrapping authenticates (FORMAT.md §5.3).
     pub fn bound(&self) -> Vec<u8> {
         let mut c = Canon::default();
@@ -435,6 +461,12 @@ impl SlotParams {
                 server,
                 key_uid,
                 key_name,
+            }
+            | SlotParams::KmipEncrypt {
+                server,
+                key_uid,
+                key_name,
+                ..
             } => {
                 c.lp(server.as_bytes())
                     .lp(key_uid.as_bytes())
@@ -457,6 +489,14 @@ impl SlotParams {
             } => {
                 c.lp(ciphertext).lp(key_check);
             }
+            SlotParams::KmipEncrypt {
+                iv,
+                ciphertext,
+                key_check,
+                ..
+            } => {
+                c.lp(iv).lp(ciphertext).lp(key_check);
+            }
             SlotParams::None { chain_key } => {
                 c.lp(chain_key);
             }
@@ -471,6 +511,7 @@ impl SlotParams {
             SlotParams::Raw { .. } => "raw",
             SlotParams::Kms { .. } => "kms",
             SlotParams::Kmip { .. } => "kmip",
+            SlotParams::KmipEncrypt { .. } => "kmip-encrypt",
             SlotParams::None { .. } => "none",
         }
     }
