@@ -502,6 +502,26 @@ pub async fn check(ctx: &Ctx, a: CheckArgs) -> Result<i32> {
             detail: d.detail,
         });
     }
+    // Every point this catalog knows must still be in the repository.
+    if h.row.is_some() {
+        let present: std::collections::HashSet<Id16> = h
+            .repo
+            .list_points(&h.job.job_id)?
+            .iter()
+            .map(|p| p.point_id)
+            .collect();
+        for known in cat.points(&h.job.job_id)? {
+            if !present.contains(&known.point_id) {
+                report.problems.push(check::Problem {
+                    object: format!("recovery point {}", known.point_id),
+                    detail: format!(
+                        "missing: this catalog knew it (made {}), the repository no longer has it",
+                        known.time
+                    ),
+                });
+            }
+        }
+    }
     if let Err(e) = check_latest(&h, &recs) {
         report.problems.push(check::Problem {
             object: "repository".into(),
