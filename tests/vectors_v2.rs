@@ -314,6 +314,17 @@ fn compute() -> Value {
     esc.ciphertext = [ew.nonce.as_slice(), &ew.commitment, &ew.ciphertext].concat();
     esc.key_check = arca::keys::aws_kms::key_check(&ph, &esc.aad()).to_vec();
     v.insert("escrow_kmip", json!({"aad": h(&esc.aad()), "record": esc}));
+    // The AWS KMS form: the encryption context KMS binds, and the check value.
+    let mut kms_esc = esc.clone();
+    kms_esc.provider = "aws-kms".into();
+    kms_esc.key_arn =
+        "arn:aws:kms:eu-west-1:111122223333:key/1234abcd-12ab-34cd-56ef-1234567890ab".into();
+    kms_esc.ciphertext = vec![];
+    v.insert("escrow_aws_kms", json!({
+        "encryption_context": arca::passwords::escrow_context_v(2, &REPO, &JOB, "nightly", &kdf),
+        "aad": h(&kms_esc.aad()),
+        "key_check": h(&arca::keys::aws_kms::key_check(&ph, &kms_esc.aad())),
+    }));
     serde_json::to_value(v).unwrap()
 }
 
