@@ -771,3 +771,53 @@ fn find_searches_the_encrypted_file_index() {
     )
     .ok();
 }
+
+/// A catalog written by arca 0.1 has no pins: its jobs' chains are pinned as they are first
+/// opened (after the migration that adds the pin tables), older chains included.
+#[test]
+fn a_catalog_from_arca_0_1_pins_its_chains_on_first_use() {
+    let env = Env::new();
+    let src = env.path("src");
+    rich_tree(&src, 1);
+    env.passphrase_job("j", &src, PASS);
+    env.run(&["backup", "j"]).ok();
+    env.run_env(
+        &[
+            "job",
+            "encryption",
+            "j",
+            "--encryption",
+            "passphrase",
+            "--password",
+            "p2",
+        ],
+        &[("ARCA_PASSPHRASE", "second")],
+    )
+    .ok();
+    env.run(&["backup", "j"]).ok();
+    // What a 0.1 catalog looks like after migration 3: no pins, no revision, no latest point.
+    let db = rusqlite::Connection::open(&env.catalog).unwrap();
+    db.execute_batch(
+        "DELETE FROM trusted_chains; UPDATE jobs SET job_revision = 0, latest_point = NULL;",
+    )
+    .unwrap();
+    drop(db);
+    let pts = env.run(&["--json", "points", "j"]).ok().json();
+    for (i, p) in pts.as_array().unwrap().iter().enumerate() {
+        let t = env.path(&format!("t{i}"));
+        env.run(&[
+            "restore",
+            "j",
+            p["point_id"].as_str().unwrap(),
+            "--target",
+            t.to_str().unwrap(),
+        ])
+        .ok();
+        assert_eq!(snapshot(&src), snapshot(&t));
+    }
+    let db = rusqlite::Connection::open(&env.catalog).unwrap();
+    let n: i64 = db
+        .query_row("SELECT COUNT(*) FROM trusted_chains", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(n, 2, "both chains pinned on first use");
+}

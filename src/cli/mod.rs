@@ -399,7 +399,10 @@ pub async fn open_chain_with(
         None => Vec::new(),
     };
     let pin = pins.iter().find(|p| p.chain_id == *chain_id).cloned();
-    if !pins.is_empty() {
+    // A job created by arca 0.1 (no job-record revision seen) has its chains pinned one by
+    // one as they are first opened; a job of format 2 only ever trusts pinned chains.
+    let legacy = h.row.as_ref().is_some_and(|r| r.job_revision == 0);
+    if !pins.is_empty() && (pin.is_some() || !legacy) {
         let Some(pin) = &pin else {
             return Err(Error::Untrusted(format!(
                 "chain {chain_id} is not a chain this catalog trusts for job '{name}' (it trusts {}); \
@@ -438,7 +441,7 @@ pub async fn open_chain_with(
     allowed.extend(cat.setting(crate::passwords::ESCROW_KEY_SETTING)?);
     match &pin {
         Some(p) => allowed.extend(p.kms_keys.iter().cloned()),
-        None if h.row.as_ref().is_some_and(|r| r.job_revision == 0) && pins.is_empty() => {
+        None if legacy => {
             // A job created by arca 0.1 has no pins yet: trust what its chain names, once
             // (the keys are pinned below as soon as the chain opens).
             allowed.extend(chain_kms_keys(&chain));
@@ -502,7 +505,7 @@ pub async fn open_chain_with(
             )))
         }
         Some(p) if oc.chain.revision > p.revision => pin_open_chain(cat, &h.job.job_id, &oc)?,
-        None if h.row.is_some() && pins.is_empty() => {
+        None if h.row.is_some() && (pins.is_empty() || legacy) => {
             pin_open_chain(cat, &h.job.job_id, &oc)?;
             if h.repo.version() >= 2 {
                 cat.set_repo_format_version(&h.repo.id(), h.repo.version())?;
@@ -527,21 +530,26 @@ pub fn job_points(
     h: &JobHandle,
 ) -> Result<(Vec<PointRecord>, Vec<crate::repo::Damaged>)> {
     let trusted: Vec<Id16> = match &h.row {
-        Some(_) => {
+        Some(row) => {
             let pins = cat.chain_pins(&h.job.job_id)?;
-            if pins.is_empty() {
-                h.job.all_chains()
-            } else {
-                pins.into_iter().map(|p| p.chain_id).collect()
+            let mut t: Vec<Id16> = pins.iter().map(|p| p.chain_id).collect();
+            // Not pinned yet (a rebuilt catalog whose keys did not resolve, or a job created
+            // by arca 0.1): the chains its job record lists.
+            if pins.is_empty() || row.job_revision == 0 {
+                t.extend(h.job.all_chains());
             }
+            t
         }
         None => h.job.all_chains(),
     };
+    // A format-1 repository authenticates nothing, so its job records do not list their
+    // chains: every point of the job counts (as in arca 0.1; `arca migrate` fixes this).
+    let v1 = h.repo.version() < 2;
     let (ok, bad): (Vec<PointRecord>, Vec<PointRecord>) = h
         .repo
         .list_points(&h.job.job_id)?
         .into_iter()
-        .partition(|p| trusted.contains(&p.chain_id));
+        .partition(|p| v1 || trusted.contains(&p.chain_id));
     let bad = bad
         .into_iter()
         .map(|p| crate::repo::Damaged {
