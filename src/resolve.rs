@@ -429,7 +429,27 @@ async fn explicit_secrets(st: &mut State<'_>) -> Result<Option<(SecretKey, &'sta
             .clone()
             .unwrap_or_else(|| format!("chain {}", req.chain.chain_id));
         return match tier_passphrase(st, &pslots).await {
-            Some(k) => Ok(Some((k, "passphrase"))),
+            Some(k) => {
+                // A key given as well must open the chain too: no secret is ignored.
+                if req.tiers.key && req.creds.explicit_key() {
+                    if let Some((p, from)) = req.creds.raw_key(None)? {
+                        match unwrap_any(&p, &req.chain.keyslots, &st.ctx).await {
+                            Some(Ok(_)) => st.ok("key", format!("{from} (key {}) opens it too", p.fingerprint())),
+                            _ => {
+                                return Err(Error::WrongKey {
+                                    job,
+                                    detail: format!(
+                                        "the passphrase opens chain {}, but {from} (key {}) given as well does not",
+                                        req.chain.chain_id,
+                                        p.fingerprint()
+                                    ),
+                                })
+                            }
+                        }
+                    }
+                }
+                Ok(Some((k, "passphrase")))
+            }
             None => Err(match st.wrong_passphrase.clone() {
                 Some(password) => Error::WrongPassphrase { job, password },
                 None if matches!(req.point_kdf, Some(None)) => Error::integrity(

@@ -922,3 +922,49 @@ fn a_tree_length_of_u64_max_under_a_valid_key_is_an_error_not_a_panic() {
     }
     let _ = Sealer::new(&chain_key);
 }
+
+#[test]
+fn renamed_job_record_is_refused() {
+    let (env, repo, _) = victim();
+    let jf = only_file(&repo.join("jobs"));
+    let mut job = read_json(&jf);
+    job["name"] = "other".into();
+    write_json(&jf, &job);
+    let r = env.run(&["backup", "j"]);
+    assert_eq!(r.code, UNTRUSTED, "{}", r.stderr);
+    assert!(r.stderr.contains("name 'other'"), "{}", r.stderr);
+    assert_eq!(point_count(&repo), 1);
+}
+
+#[test]
+fn a_second_secret_given_is_checked_too() {
+    let (env, _repo, _) = victim();
+    let key = env.path("k.key");
+    env.run(&["key", "generate", "--out", s(&key)]).ok();
+    env.run(&[
+        "--key-file",
+        s(&key),
+        "job",
+        "keys",
+        "add",
+        "j",
+        "--raw-key",
+    ])
+    .ok();
+    let other = env.path("other.key");
+    env.run(&["key", "generate", "--out", s(&other)]).ok();
+    // The passphrase opens the chain, the key given with it does not: exit 12.
+    let t = env.path("t");
+    let r = env.run_env(
+        &["--key-file", s(&other), "restore", "j", "--target", s(&t)],
+        &[("ARCA_PASSPHRASE", PASS)],
+    );
+    assert_eq!(r.code, 12, "{}", r.stderr);
+    assert!(is_empty_or_missing(&t));
+    // Both right: fine.
+    env.run_env(
+        &["--key-file", s(&key), "restore", "j", "--target", s(&t)],
+        &[("ARCA_PASSPHRASE", PASS)],
+    )
+    .ok();
+}

@@ -263,6 +263,12 @@ pub fn check_job_trust(cat: &Catalog, h: &JobHandle) -> Result<()> {
             h.repo.version()
         )));
     }
+    if h.job.name != row.name {
+        return Err(Error::Untrusted(format!(
+            "job '{name}': its record in the repository now says name '{}'; refusing. {adopt}",
+            h.job.name
+        )));
+    }
     if h.job.chain_id != row.chain_id {
         return Err(Error::Untrusted(format!(
             "job '{name}': its record in the repository names chain {}, but the catalog trusts chain {} \
