@@ -68,7 +68,25 @@ pub fn human_bytes(n: u64) -> String {
 }
 
 pub fn print_json<T: serde::Serialize>(v: &T) {
-    println!("{}", serde_json::to_string_pretty(v).expect("serializable"));
+    out(&serde_json::to_string_pretty(v).expect("serializable"));
+}
+
+/// Exit status when standard output was closed by the reader (128 + SIGPIPE), as a program
+/// killed by SIGPIPE would report.
+pub const EXIT_BROKEN_PIPE: i32 = 141;
+
+/// Writes one line to standard output. If the reader went away (`arca ls | head -1`), the
+/// command ends quietly with [`EXIT_BROKEN_PIPE`] instead of panicking.
+pub fn out(line: &str) {
+    use std::io::Write;
+    let mut o = std::io::stdout().lock();
+    if let Err(e) = writeln!(o, "{line}").and_then(|_| o.flush()) {
+        if e.kind() == std::io::ErrorKind::BrokenPipe {
+            std::process::exit(EXIT_BROKEN_PIPE);
+        }
+        eprintln!("error: cannot write to standard output: {e}");
+        std::process::exit(crate::error::exit::ERROR);
+    }
 }
 
 #[cfg(test)]

@@ -821,3 +821,35 @@ fn a_catalog_from_arca_0_1_pins_its_chains_on_first_use() {
         .unwrap();
     assert_eq!(n, 2, "both chains pinned on first use");
 }
+
+/// `arca ls NAME | head -1`: a reader that goes away ends the command quietly (141, as for
+/// SIGPIPE), never with a panic.
+#[test]
+fn closed_stdout_ends_listing_commands_quietly() {
+    let env = Env::new();
+    let src = env.path("src");
+    for i in 0..3000 {
+        write(&src.join(format!("d{}/file-{i:05}.txt", i % 10)), b"x");
+    }
+    env.passphrase_job("j", &src, PASS);
+    env.run(&["backup", "j"]).ok();
+    for args in [
+        &["ls", "j"][..],
+        &["--json", "ls", "j"],
+        &["find", "j", "file"],
+        &["points", "j"],
+    ] {
+        let mut child = env
+            .cmd(args)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        drop(child.stdout.take()); // the reader goes away at once
+        let out = child.wait_with_output().unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!err.contains("panicked"), "{args:?}: {err}");
+        let code = out.status.code().unwrap();
+        assert!(code == 141 || code == 0, "{args:?}: exit {code}: {err}");
+    }
+}

@@ -160,7 +160,7 @@ impl Ctx {
     /// Prints a line for humans (not in --json or --quiet mode).
     pub fn say(&self, s: impl AsRef<str>) {
         if !self.json && !self.quiet {
-            println!("{}", s.as_ref());
+            crate::ui::out(s.as_ref());
         }
     }
 
