@@ -509,6 +509,13 @@ fn unreadable_source_path_exits_3_and_keeps_the_rest() {
     let j = r.json();
     assert!(!j["errors"].as_array().unwrap().is_empty());
     assert!(r.stderr.contains("could not be read"), "{}", r.stderr);
+    // Each unreadable path is reported once, and stderr captured in a file has no colour.
+    let first = j["errors"][0]["path"].as_str().unwrap();
+    assert_eq!(r.stderr.matches(first).count(), 1, "{}", r.stderr);
+    assert!(
+        !r.stderr.contains('\x1b'),
+        "escape codes in captured output"
+    );
     let pts = env.run(&["--json", "points", "j"]).ok().json();
     assert!(
         pts[0]["errors"].as_u64().unwrap() > 0,

@@ -728,6 +728,15 @@ fn malformed_foreign_files_in_every_directory_stay_local() {
     let r = env.run(&["check", "j", "--read-data"]);
     assert_eq!(r.code, INTEGRITY, "{}", r.stderr);
     assert!(r.stderr.contains(&id), "{}", r.stderr);
+    // Reading straight from the repository skips the damaged job record with a warning,
+    // without colour escape codes when stderr is not a terminal.
+    let r = env.run_env(
+        &["points", "j", "--repo", s(&repo)],
+        &[("ARCA_PASSPHRASE", PASS)],
+    );
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert!(r.stderr.contains("skipping damaged"), "{}", r.stderr);
+    assert!(!r.stderr.contains('\x1b'), "{:?}", r.stderr);
     // A reinstall still finds both jobs.
     let env2 = Env::new();
     let r = env2

@@ -185,7 +185,8 @@ struct Walker<'a, 'b> {
 
 impl Walker<'_, '_> {
     fn error(&mut self, path: &Path, e: impl std::fmt::Display) {
-        tracing::warn!("cannot read {}: {e}", path.display());
+        // Listed once, in the command's summary (and in the point).
+        tracing::debug!("cannot read {}: {e}", path.display());
         self.errors.push(SourceError {
             path: path.display().to_string(),
             error: e.to_string(),
