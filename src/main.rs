@@ -12,12 +12,8 @@ fn main() {
     let code = match rt.block_on(arca::cli::run(cli)) {
         Ok(code) => code,
         Err(e) => {
+            // Every message already names its cause: print it once.
             eprintln!("error: {e}");
-            let mut src = std::error::Error::source(&e);
-            while let Some(s) = src {
-                eprintln!("  caused by: {s}");
-                src = s.source();
-            }
             e.exit_code()
         }
     };

@@ -909,3 +909,60 @@ async fn kms_redirect_to_an_attackers_key_is_refused() {
     );
     assert!(is_empty_or_missing(&t));
 }
+
+/// Escrow survives a reinstall: `catalog rebuild` puts back the escrow setting from the
+/// repository's records once it has verified them (the escrowed hash opens the job's
+/// keyslot), and only with a KMS key the user trusts.
+#[tokio::test]
+async fn catalog_rebuild_restores_the_escrow_setting_from_verified_records() {
+    let admin = kms_admin();
+    let key = new_kms_key(&admin).await;
+    let env = Env::new();
+    let src = tree(&env, 4);
+    let repo = init(&env);
+    env.run_env(
+        &[
+            "job",
+            "create",
+            "j",
+            "--repo",
+            s(&repo),
+            "--source",
+            s(&src),
+            "--encryption",
+            "passphrase",
+        ],
+        &[("ARCA_PASSPHRASE", PASS)],
+    )
+    .ok();
+    env.run(&["kms", "escrow", "enable", "--key", &key]).ok();
+    env.run(&["backup", "j"]).ok();
+    // Reinstall, without naming the key: nothing is trusted, escrow stays off.
+    fs::remove_dir_all(env.catalog.parent().unwrap()).unwrap();
+    let r = env
+        .run_env(
+            &["catalog", "rebuild", "--repo", s(&repo)],
+            &[("ARCA_PASSPHRASE", PASS)],
+        )
+        .ok();
+    assert!(r.stderr.contains("--trust-kms-key"), "{}", r.stderr);
+    let st = env.run(&["--json", "kms", "escrow", "status"]).ok().json();
+    assert_eq!(st["enabled"], false);
+    // Naming the key: the record is verified through KMS and escrow is on again.
+    fs::remove_dir_all(env.catalog.parent().unwrap()).unwrap();
+    let r = env
+        .run(&[
+            "--trust-kms-key",
+            &key,
+            "catalog",
+            "rebuild",
+            "--repo",
+            s(&repo),
+        ])
+        .ok();
+    assert!(r.stderr.contains("escrow: enabled again"), "{}", r.stderr);
+    let st = env.run(&["--json", "kms", "escrow", "status"]).ok().json();
+    assert_eq!(st["enabled"], true);
+    assert_eq!(st["key"], key.as_str());
+    assert_eq!(st["records"].as_array().unwrap().len(), 1);
+}

@@ -178,10 +178,73 @@ pub async fn adopt_job(
             job.name, job.chain_id
         ));
     }
+    // Escrow survives a reinstall: records of the repository that really hold the hash of a
+    // password of this chain (verified: the escrowed hash opens the chain's authenticated
+    // keyslot) go back into the catalog, and with them the escrow setting. An AWS KMS key is
+    // asked only if trusted (--trust-kms-key): a planted record naming someone else's key
+    // must never become the key future passwords are escrowed with.
+    let mut escrow = None;
+    if let Some(oc) = open.get(&job.chain_id) {
+        for e in repo.list_escrow(Some(&job.job_id))? {
+            let Some(slot) = oc
+                .chain
+                .keyslots
+                .iter()
+                .find(|s| matches!(&s.params, SlotParams::Passphrase { kdf } if *kdf == e.kdf))
+            else {
+                continue;
+            };
+            let kmip = e.provider.starts_with("kmip");
+            if !kmip && !ctx.creds.kms.trusted_keys.contains(&e.key_arn) {
+                ctx.note(format!(
+                    "escrow record of password '{}' (KMS key {}) not restored: pass --trust-kms-key {} to verify and keep it",
+                    e.kdf.password, e.key_arn, e.key_arn
+                ));
+                continue;
+            }
+            use crate::keys::KeyProvider;
+            let verified = match crate::passwords::open_record(&ctx.creds, &e).await {
+                Ok(hash) => matches!(
+                    crate::keys::passphrase::PasswordHashProvider::new(e.kdf.clone(), hash)
+                        .unwrap(slot, &oc.ctx)
+                        .await,
+                    Some(Ok(_))
+                ),
+                Err(_) => false,
+            };
+            if !verified {
+                ctx.note(format!(
+                    "escrow record of password '{}' ({} key {}) does not open the job's keyslot: not restored",
+                    e.kdf.password, e.provider, e.key_arn
+                ));
+                continue;
+            }
+            cat.upsert_escrow(&e)?;
+            let (setting, other) = if kmip {
+                (
+                    crate::passwords::KMIP_ESCROW_KEY_SETTING,
+                    crate::passwords::ESCROW_KEY_SETTING,
+                )
+            } else {
+                (
+                    crate::passwords::ESCROW_KEY_SETTING,
+                    crate::passwords::KMIP_ESCROW_KEY_SETTING,
+                )
+            };
+            if cat.setting(setting)?.is_none() && cat.setting(other)?.is_none() {
+                cat.set_setting(setting, Some(&e.key_arn))?;
+                ctx.note(format!(
+                    "escrow: enabled again from the repository's verified records ({} key {})",
+                    e.provider, e.key_arn
+                ));
+            }
+            escrow = Some(format!("{} {}", e.provider, e.key_arn));
+        }
+    }
     Ok(serde_json::json!({
         "job": job.name, "points": points.len(), "points_opened": opened,
         "encryption": chain.encryption.as_str(), "chain_id": job.chain_id.hex(), "source": job.source,
-        "chains_pinned": open.len(),
+        "chains_pinned": open.len(), "escrow": escrow,
         "keys": key_note.map(|n| format!("not resolved: {n}")).unwrap_or("resolved".into()),
     }))
 }

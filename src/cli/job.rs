@@ -135,9 +135,11 @@ pub async fn escrow_if_enabled(
     job: &str,
     password: &str,
 ) -> Result<()> {
-    let kms_key = cat.setting(crate::passwords::ESCROW_KEY_SETTING)?;
-    let kmip_key = cat.setting(crate::passwords::KMIP_ESCROW_KEY_SETTING)?;
-    if kms_key.is_none() && kmip_key.is_none() {
+    if cat.setting(crate::passwords::ESCROW_KEY_SETTING)?.is_none()
+        && cat
+            .setting(crate::passwords::KMIP_ESCROW_KEY_SETTING)?
+            .is_none()
+    {
         return Ok(());
     }
     let (rec, hash) = cat.password_hash(password)?.ok_or_else(|| {
@@ -145,6 +147,25 @@ pub async fn escrow_if_enabled(
             "password '{password}' has no stored hash in this catalog"
         ))
     })?;
+    escrow_hash_if_enabled(ctx, cat, repo, job_id, job, &rec, &hash).await?;
+    Ok(())
+}
+
+/// Escrows a given password hash (AWS KMS or KMIP, whichever is enabled) into the
+/// repository and the catalog; the new record replaces an older one of the same password
+/// atomically, so there is never a moment without a record. Returns whether it escrowed.
+pub async fn escrow_hash_if_enabled(
+    ctx: &Ctx,
+    cat: &Catalog,
+    repo: &Repository,
+    job_id: &Id16,
+    job: &str,
+    rec: &crate::repo::format::KdfRecord,
+    hash: &crate::crypto::SecretKey,
+) -> Result<bool> {
+    let kms_key = cat.setting(crate::passwords::ESCROW_KEY_SETTING)?;
+    let kmip_key = cat.setting(crate::passwords::KMIP_ESCROW_KEY_SETTING)?;
+    let password = &rec.password;
     let unavailable = |e: crate::keys::KeyError| Error::KeysUnavailable {
         job: job.into(),
         detail: format!("escrow of password '{password}' failed: {e}"),
@@ -152,17 +173,17 @@ pub async fn escrow_if_enabled(
     let e = match (kms_key, kmip_key) {
         (Some(key), _) => {
             let client = ctx.creds.kms_client().await.map_err(unavailable)?;
-            crate::passwords::escrow(&client, &key, &repo.id(), job_id, job, &rec, &hash)
+            crate::passwords::escrow(&client, &key, &repo.id(), job_id, job, rec, hash)
                 .await
                 .map_err(unavailable)?
         }
         (None, Some(key)) => {
             let client = ctx.creds.kmip_client().map_err(unavailable)?;
-            crate::passwords::escrow_kmip(client, &key, &repo.id(), job_id, job, &rec, &hash)
+            crate::passwords::escrow_kmip(client, &key, &repo.id(), job_id, job, rec, hash)
                 .await
                 .map_err(unavailable)?
         }
-        (None, None) => unreachable!(),
+        (None, None) => return Ok(false),
     };
     repo.write_escrow(&e)?;
     cat.upsert_escrow(&e)?;
@@ -170,7 +191,7 @@ pub async fn escrow_if_enabled(
         "escrowed the hash of password '{password}' for job '{job}' with {} key {}",
         e.provider, e.key_arn
     ));
-    Ok(())
+    Ok(true)
 }
 
 /// A new chain with one keyslot, for a job. Returns it, the password name and key file.

@@ -312,8 +312,8 @@ pub fn locate_job_untrusted(cat: &Catalog, name: &str, repo: Option<&Path>) -> R
         None => {
             let row = cat.job(name)?.ok_or_else(|| {
                 Error::NotFound(format!(
-                    "no job named '{name}' in the catalog {}; pass --repo DIR to read it straight from its repository, \
-                     or run `arca catalog rebuild --repo DIR`",
+                    "no job named '{name}' in the catalog {}; `arca job list` shows the jobs it has. \
+                     After a reinstall, `arca catalog rebuild --repo DIR` adds a repository's jobs",
                     cat.path().display()
                 ))
             })?;

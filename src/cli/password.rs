@@ -267,7 +267,6 @@ async fn rotate(
         passphrase::new_password(name, &pass, params).map_err(|e| Error::Other(e.to_string()))?;
     let old_p = PasswordHashProvider::new(old.clone(), old_hash);
     let new_p = PasswordHashProvider::new(new.clone(), new_hash.duplicate());
-    let escrow_key = cat.setting(ESCROW_KEY_SETTING)?;
     let mut report = Vec::new();
     // Chains whose old keyslot is removed last, once the new hash is stored everywhere.
     let mut pending: Vec<(
@@ -355,34 +354,22 @@ async fn rotate(
                 h.job.job_id,
             ));
         }
-        // 3. Escrow follows the new hash; the old record goes.
-        h.repo.delete_escrow(&h.job.job_id, name)?;
-        cat.delete_escrow(&h.job.job_id, name)?;
-        if let Some(key) = &escrow_key {
-            let client = ctx
-                .creds
-                .kms_client()
-                .await
-                .map_err(|e| Error::KeysUnavailable {
-                    job: job_name.clone(),
-                    detail: e.to_string(),
-                })?;
-            let e = crate::passwords::escrow(
-                &client,
-                key,
-                &h.repo.id(),
-                &h.job.job_id,
-                &job_name,
-                &new,
-                &new_hash,
-            )
-            .await
-            .map_err(|e| Error::KeysUnavailable {
-                job: job_name.clone(),
-                detail: format!("escrow of the new hash failed: {e}"),
-            })?;
-            h.repo.write_escrow(&e)?;
-            cat.upsert_escrow(&e)?;
+        // 3. Escrow follows the new hash (AWS KMS or KMIP, whichever is enabled): the new
+        //    record replaces the old one atomically, so one always exists. Without escrow,
+        //    no record of the old hash may stay behind.
+        if !super::job::escrow_hash_if_enabled(
+            ctx,
+            cat,
+            &h.repo,
+            &h.job.job_id,
+            &job_name,
+            &new,
+            &new_hash,
+        )
+        .await?
+        {
+            h.repo.delete_escrow(&h.job.job_id, name)?;
+            cat.delete_escrow(&h.job.job_id, name)?;
         }
         report.push(serde_json::json!({"job": job_name, "points_updated": points_updated}));
     }
