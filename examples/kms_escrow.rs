@@ -96,6 +96,7 @@ async fn main() -> Res<()> {
         created: job.created.clone(),
         job_revision: job.revision,
         latest_point: None,
+        active: true,
     })?;
 
     // Escrow the password hash with KMS, into the repository.

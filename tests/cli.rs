@@ -377,11 +377,31 @@ fn changing_encryption_starts_a_full_backup_in_a_new_chain() {
     let key = env.path("k.key");
     env.run(&["key", "generate", "--out", key.to_str().unwrap()])
         .ok();
+    // An active job's encryption is immutable: the attempt names deactivate/activate.
+    let r = env.run(&["job", "encryption", "j", "--encryption", "none"]);
+    assert_eq!(r.code, 2, "{}", r.stderr);
+    assert!(
+        r.stderr.contains("arca job deactivate j") && r.stderr.contains("arca job activate j"),
+        "{}",
+        r.stderr
+    );
+    env.run(&["job", "deactivate", "j"]).ok();
+    // Deactivated: backups stop, restores work.
+    let r = env.run(&["backup", "j"]);
+    assert_eq!(r.code, 2, "{}", r.stderr);
+    assert!(r.stderr.contains("arca job activate j"), "{}", r.stderr);
+    env.run(&[
+        "restore",
+        "j",
+        "--target",
+        env.path("t-inactive").to_str().unwrap(),
+    ])
+    .ok();
     env.run(&[
         "--key-file",
         key.to_str().unwrap(),
         "job",
-        "encryption",
+        "activate",
         "j",
         "--encryption",
         "key",
@@ -389,6 +409,13 @@ fn changing_encryption_starts_a_full_backup_in_a_new_chain() {
     .ok();
     let second = env.run(&["--json", "backup", "j"]).ok().json();
     assert_eq!(second["full"], true);
+    assert!(
+        second["full_reason"]
+            .as_str()
+            .unwrap()
+            .contains("new chain"),
+        "{second}"
+    );
     assert_ne!(first["chain_id"], second["chain_id"]);
     assert_eq!(
         second["bytes_read"], first["bytes_read"],
@@ -405,7 +432,8 @@ fn changing_encryption_starts_a_full_backup_in_a_new_chain() {
         "the new chain reused old chunks: {b} < {a}"
     );
     // Disabling encryption: again a new chain and a full backup.
-    env.run(&["job", "encryption", "j", "--encryption", "none"])
+    env.run(&["job", "deactivate", "j"]).ok();
+    env.run(&["job", "activate", "j", "--encryption", "none"])
         .ok();
     let third = env.run(&["--json", "backup", "j"]).ok().json();
     assert_eq!(third["full"], true);
@@ -788,10 +816,11 @@ fn a_catalog_from_arca_0_1_pins_its_chains_on_first_use() {
     rich_tree(&src, 1);
     env.passphrase_job("j", &src, PASS);
     env.run(&["backup", "j"]).ok();
+    env.run(&["job", "deactivate", "j"]).ok();
     env.run_env(
         &[
             "job",
-            "encryption",
+            "activate",
             "j",
             "--encryption",
             "passphrase",

@@ -241,10 +241,11 @@ fn replayed_job_record_and_chain_record_are_refused() {
     fs::write(&old_chain_file, &new_chain).unwrap();
     env.run(&["backup", "j"]).ok();
     // A new chain (encryption change); then the old job record is put back.
+    env.run(&["job", "deactivate", "j"]).ok();
     env.run_env(
         &[
             "job",
-            "encryption",
+            "activate",
             "j",
             "--encryption",
             "passphrase",

@@ -87,6 +87,8 @@ const MIGRATIONS: &[&str] = &[
         pinned TEXT NOT NULL,
         PRIMARY KEY (job_id, chain_id)
      );",
+    // 4: activation (an active job's encryption settings are immutable)
+    "ALTER TABLE jobs ADD COLUMN active INTEGER NOT NULL DEFAULT 1;",
 ];
 
 /// What the catalog trusts about one chain of a job: its mode, the check value of its key,
@@ -122,6 +124,8 @@ pub struct JobRow {
     pub job_revision: u64,
     /// The newest recovery point this catalog knows of.
     pub latest_point: Option<Id16>,
+    /// Backups run only while a job is active; its encryption changes only while it is not.
+    pub active: bool,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -408,7 +412,7 @@ impl Catalog {
         let jobs = self.jobs_using_password(name)?;
         if !jobs.is_empty() {
             return Err(Error::Usage(format!(
-                "password '{name}' is used by job(s) {}; change their encryption first (`arca job encryption`)",
+                "password '{name}' is used by job(s) {}; change their encryption first (`arca job deactivate NAME`, then `arca job activate NAME --encryption MODE`)",
                 jobs.join(", ")
             )));
         }
@@ -544,6 +548,7 @@ impl Catalog {
         let enc: String = r.get(4)?;
         let latest: Option<String> = r.get(11)?;
         Ok(JobRow {
+            active: r.get::<_, i64>(12)? != 0,
             job_revision: r.get::<_, i64>(10)? as u64,
             latest_point: latest.and_then(|l| Id16::parse(&l).ok()),
             name: r.get(0)?,
@@ -559,7 +564,7 @@ impl Catalog {
         })
     }
 
-    const JOB_COLS: &'static str = "j.name, j.job_id, j.repo_id, j.source, j.encryption, j.password, j.key_file, j.chain_id, j.created, r.path, j.job_revision, j.latest_point";
+    const JOB_COLS: &'static str = "j.name, j.job_id, j.repo_id, j.source, j.encryption, j.password, j.key_file, j.chain_id, j.created, r.path, j.job_revision, j.latest_point, j.active";
 
     pub fn job(&self, name: &str) -> Result<Option<JobRow>> {
         self.conn
@@ -681,6 +686,16 @@ impl Catalog {
             .execute(
                 "UPDATE jobs SET job_revision = MAX(job_revision, ?2) WHERE name = ?1",
                 params![name, revision as i64],
+            )
+            .map_err(|e| self.err(e))?;
+        Ok(())
+    }
+
+    pub fn set_active(&self, name: &str, active: bool) -> Result<()> {
+        self.conn
+            .execute(
+                "UPDATE jobs SET active = ?2 WHERE name = ?1",
+                params![name, active as i64],
             )
             .map_err(|e| self.err(e))?;
         Ok(())

@@ -123,6 +123,7 @@ pub async fn adopt_job(
         created: job.created.clone(),
         job_revision: job.revision,
         latest_point: None,
+        active: true,
     };
     if existing.as_ref().is_some_and(|e| e.job_id != job.job_id) {
         return Err(Error::Usage(format!(

@@ -33,6 +33,9 @@ struct Summary<'a> {
     chain_id: String,
     time: &'a str,
     full: bool,
+    /// Why the run was a full backup (absent for an incremental).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    full_reason: Option<&'static str>,
     keys: &'a str,
     files: u64,
     dirs: u64,
@@ -52,6 +55,12 @@ struct Summary<'a> {
 pub async fn run(ctx: &Ctx, a: BackupArgs) -> Result<i32> {
     let cat = ctx.catalog()?;
     let h = locate_job(&cat, &a.name, None)?;
+    if h.row.as_ref().is_some_and(|r| !r.active) {
+        return Err(Error::Usage(format!(
+            "job '{}' is deactivated; `arca job activate {}` resumes its backups",
+            a.name, a.name
+        )));
+    }
     let lock = h.repo.lock()?;
     let (oc, tier) = open_chain(ctx, &cat, &h, &h.job.chain_id, None, false).await?;
     if let Err(e) = check_latest(&h, &h.repo.list_points(&h.job.job_id)?) {
@@ -82,6 +91,12 @@ pub async fn run(ctx: &Ctx, a: BackupArgs) -> Result<i32> {
         kdf,
     };
     let root = h.repo.root().to_path_buf();
+    let other_chain_points = h
+        .repo
+        .list_points(&h.job.job_id)?
+        .iter()
+        .filter(|p| p.chain_id != h.job.chain_id)
+        .count();
     let out = backup::run(&root, &h.job, &oc, opts)?;
     progress.finish_and_clear();
     drop(lock);
@@ -97,6 +112,15 @@ pub async fn run(ctx: &Ctx, a: BackupArgs) -> Result<i32> {
         errors: out.body.errors.len() as u64,
     })?;
     let secs = started.elapsed().as_secs_f64();
+    let full_reason = out.full.then(|| {
+        if out.record.parent.is_some() {
+            "nothing could be reused from the chain's earlier points"
+        } else if other_chain_points > 0 {
+            "first backup in a new chain: the job's encryption changed, and a new chain shares nothing with the old one"
+        } else {
+            "first backup of the job"
+        }
+    });
     if ctx.json {
         crate::ui::print_json(&Summary {
             job: &a.name,
@@ -104,6 +128,7 @@ pub async fn run(ctx: &Ctx, a: BackupArgs) -> Result<i32> {
             chain_id: out.record.chain_id.hex(),
             time: &out.record.time,
             full: out.full,
+            full_reason,
             keys: tier,
             files: s.files,
             dirs: s.dirs,

@@ -21,9 +21,16 @@ pub enum JobCmd {
     List,
     /// Show one job.
     Show { name: String },
-    /// Change a job's encryption. The active chain's settings never change: this starts a
-    /// new chain, and the next backup is a full backup that reuses nothing from the old one.
+    /// Change a deactivated job's encryption: starts a new chain, and the next backup is a
+    /// full backup that reuses nothing from the old one. An active job refuses (deactivate
+    /// it first, or use `job activate NAME --encryption MODE`).
     Encryption(EncryptionArgs),
+    /// Stop a job's backups; every recovery point stays restorable. While a job is
+    /// deactivated its encryption may change.
+    Deactivate { name: String },
+    /// Resume a job's backups; with --encryption (and --password, --kms-key or --kmip-key),
+    /// first switch it to a new chain under that encryption (the next run is a full backup).
+    Activate(ActivateArgs),
     /// The keyslots (envelopes) of a job's active chain: any one opens it.
     #[command(subcommand)]
     Keys(KeysCmd),
@@ -84,6 +91,19 @@ pub struct CreateArgs {
 }
 
 #[derive(Args, Debug)]
+pub struct ActivateArgs {
+    pub name: String,
+    #[arg(long, value_parser = ["passphrase", "key", "kms", "kmip", "none"])]
+    pub encryption: Option<String>,
+    #[arg(long)]
+    pub password: Option<String>,
+    #[arg(long)]
+    pub kms_key: Option<String>,
+    #[arg(long)]
+    pub kmip_key: Option<String>,
+}
+
+#[derive(Args, Debug)]
 pub struct EncryptionArgs {
     pub name: String,
     #[arg(long, value_parser = ["passphrase", "key", "kms", "kmip", "none"])]
@@ -102,6 +122,47 @@ pub async fn run(ctx: &Ctx, cmd: JobCmd) -> Result<i32> {
         JobCmd::List => list(ctx),
         JobCmd::Show { name } => show(ctx, &name),
         JobCmd::Encryption(a) => change_encryption(ctx, a).await,
+        JobCmd::Deactivate { name } => {
+            let cat = ctx.catalog()?;
+            locate_job(&cat, &name, None)?;
+            cat.set_active(&name, false)?;
+            ctx.say(format!(
+                "job '{name}' is deactivated: its backups stop and every recovery point stays restorable. \
+                 `arca job activate {name}` resumes it (with --encryption MODE, under new keys)"
+            ));
+            Ok(0)
+        }
+        JobCmd::Activate(a) => {
+            let cat = ctx.catalog()?;
+            let row = cat.job(&a.name)?.ok_or_else(|| {
+                Error::NotFound(format!(
+                    "no job named '{}' in the catalog; `arca job list` shows them",
+                    a.name
+                ))
+            })?;
+            if let Some(enc) = a.encryption.clone() {
+                if row.active {
+                    return Err(Error::Usage(format!(
+                        "job '{}' is active: deactivate it first (`arca job deactivate {}`), then activate it with the new encryption",
+                        a.name, a.name
+                    )));
+                }
+                change_encryption(
+                    ctx,
+                    EncryptionArgs {
+                        name: a.name.clone(),
+                        encryption: enc,
+                        password: a.password,
+                        kms_key: a.kms_key,
+                        kmip_key: a.kmip_key,
+                    },
+                )
+                .await?;
+            }
+            cat.set_active(&a.name, true)?;
+            ctx.say(format!("job '{}' is active: backups run again", a.name));
+            Ok(0)
+        }
         JobCmd::Keys(c) => keys(ctx, c).await,
         JobCmd::Adopt { name, repo } => adopt(ctx, &name, &repo).await,
     }
@@ -440,6 +501,7 @@ pub async fn create(ctx: &Ctx, a: CreateArgs) -> Result<i32> {
         created: job.created.clone(),
         job_revision: job.revision,
         latest_point: None,
+        active: true,
     })?;
     cat.set_job_revision(&a.name, job.revision)?;
     cat.set_repo_format_version(&repo.id(), repo.version())?;
@@ -474,6 +536,7 @@ struct JobView {
     key_file: Option<String>,
     chain_id: String,
     created: String,
+    active: bool,
 }
 
 impl JobView {
@@ -488,6 +551,7 @@ impl JobView {
             key_file: r.key_file.clone(),
             chain_id: r.chain_id.hex(),
             created: r.created.clone(),
+            active: r.active,
         }
     }
 }
@@ -575,6 +639,14 @@ async fn change_encryption(ctx: &Ctx, a: EncryptionArgs) -> Result<i32> {
     let mode = EncryptionMode::parse(&a.encryption).expect("clap checked");
     let cat = ctx.catalog()?;
     let h = locate_job(&cat, &a.name, None)?;
+    if h.row.as_ref().is_some_and(|r| r.active) {
+        return Err(Error::Usage(format!(
+            "job '{}' is active: an active job's encryption settings cannot change. \
+             Deactivate it (`arca job deactivate {}`), then `arca job activate {} --encryption {}` \
+             starts a new chain (the next backup is a full backup; older points keep their keys)",
+            a.name, a.name, a.name, a.encryption
+        )));
+    }
     let _lock = h.repo.lock()?;
     // The current chain's key authenticates the change of the job record. A passphrase or
     // key given here is meant for the new chain.
