@@ -978,3 +978,30 @@ fn a_second_secret_given_is_checked_too() {
     )
     .ok();
 }
+
+/// The literal attack of arca 0.1: with a catalog of their own, an attacker rebuilds it from
+/// the victim's repository and switches the job to no encryption. Without the job's keys they
+/// can no longer write a job record the victim accepts, and the victim's next backup is
+/// encrypted as before.
+#[test]
+fn attackers_own_catalog_cannot_switch_the_job_to_plaintext() {
+    let (env, repo, _) = victim();
+    let attacker = Env::new();
+    attacker
+        .run(&["catalog", "rebuild", "--repo", s(&repo)])
+        .ok();
+    attacker.run(&["job", "deactivate", "j"]).ok();
+    let r = attacker.run(&["job", "activate", "j", "--encryption", "none"]);
+    assert_eq!(r.code, 12, "{}", r.stderr);
+    let r = attacker.run(&["job", "encryption", "j", "--encryption", "none"]);
+    assert_eq!(r.code, 12, "{}", r.stderr);
+    let out = env.run(&["--json", "backup", "j"]).ok().json();
+    assert_eq!(out["keys"], "catalog");
+    assert_eq!(point_count(&repo), 2);
+    let pts = env.run(&["--json", "points", "j"]).ok().json();
+    assert!(pts
+        .as_array()
+        .unwrap()
+        .iter()
+        .all(|p| p["status"] == "ok" && p["chain_id"] == pts[0]["chain_id"]));
+}
