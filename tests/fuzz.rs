@@ -167,19 +167,6 @@ fn parsers_never_panic() {
     }
 }
 
-fn copy_dir(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to).unwrap();
-    for e in std::fs::read_dir(from).unwrap() {
-        let e = e.unwrap();
-        let t = to.join(e.file_name());
-        if e.file_type().unwrap().is_dir() {
-            copy_dir(&e.path(), &t);
-        } else {
-            std::fs::copy(e.path(), &t).unwrap();
-        }
-    }
-}
-
 fn all_files(dir: &Path) -> Vec<PathBuf> {
     let mut out = Vec::new();
     for e in std::fs::read_dir(dir).unwrap() {
@@ -255,39 +242,6 @@ fn mutate_json(rng: &mut Rng, v: &mut Value) -> bool {
     true
 }
 
-fn manifest(root: &Path) -> BTreeMap<String, String> {
-    use std::os::unix::ffi::OsStrExt;
-    let mut out = BTreeMap::new();
-    fn walk(root: &Path, dir: &Path, out: &mut BTreeMap<String, String>) {
-        let mut names: Vec<_> = std::fs::read_dir(dir)
-            .unwrap()
-            .map(|e| e.unwrap().path())
-            .collect();
-        names.sort();
-        for p in names {
-            let rel = hex::encode(p.strip_prefix(root).unwrap().as_os_str().as_bytes());
-            let m = std::fs::symlink_metadata(&p).unwrap();
-            let v = if m.file_type().is_symlink() {
-                format!(
-                    "link {}",
-                    hex::encode(std::fs::read_link(&p).unwrap().as_os_str().as_bytes())
-                )
-            } else if m.is_dir() {
-                walk(root, &p, out);
-                "dir".into()
-            } else {
-                format!(
-                    "file {}",
-                    blake3::hash(&std::fs::read(&p).unwrap()).to_hex()
-                )
-            };
-            out.insert(rel, v);
-        }
-    }
-    walk(root, root, &mut out);
-    out
-}
-
 #[test]
 fn mutated_repository_never_panics_or_lies() {
     let fixture = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/vectors/repo-v2");
@@ -295,14 +249,14 @@ fn mutated_repository_never_panics_or_lies() {
         serde_json::from_slice(&std::fs::read(fixture.join("manifest.json")).unwrap()).unwrap();
     let env = common::Env::new();
     let pristine = env.path("pristine");
-    copy_dir(&fixture.join("repo"), &pristine);
+    common::copy_dir(&fixture.join("repo"), &pristine);
     let mut rng = Rng(iters("ARCA_FUZZ_SEED", 0xA5CA_2026) as u64 | 1);
     let n = iters("ARCA_FUZZ_REPO_ITERS", 200);
     let pass = [("ARCA_PASSPHRASE", "vector")];
     let allowed = [0, 1, 2, 12, 13, 14];
     for i in 0..n {
         let repo = env.path(&format!("r{i}"));
-        copy_dir(&pristine, &repo);
+        common::copy_dir(&pristine, &repo);
         let files = all_files(&repo);
         let f = &files[rng.below(files.len())];
         let mut b = std::fs::read(f).unwrap();
@@ -347,7 +301,7 @@ fn mutated_repository_never_panics_or_lies() {
         );
         if r.code == 0 {
             assert_eq!(
-                &manifest(&t),
+                &common::manifest(&t),
                 files_want,
                 "iteration {i} ({what}): wrong plaintext restored"
             );

@@ -875,10 +875,12 @@ async fn same_data_under_different_keys_gives_different_chunk_lengths() {
     let mut l1 = chunk_lengths(&r1, "one").await;
     let mut l2 = chunk_lengths(&r2, "two").await;
     assert!(l1.len() > 5 && l2.len() > 5, "{l1:?} {l2:?}");
-    assert_eq!(
-        l1.iter().map(|n| *n as u64).sum::<u64>(),
-        l2.iter().map(|n| *n as u64).sum::<u64>()
-    );
+    // Both hold the whole file (chunks under 100 KB, the file index and a short tail, are
+    // left out of the lists, hence at most a few hundred KB less).
+    for l in [&l1, &l2] {
+        let sum: u64 = l.iter().map(|n| *n as u64).sum();
+        assert!(sum <= 24 << 20 && sum + (600 << 10) >= 24 << 20, "{sum}");
+    }
     l1.sort();
     l2.sort();
     assert_ne!(l1, l2, "chunk boundaries do not depend on the key");

@@ -240,19 +240,6 @@ fn fixture_repository_restores() {
     assert_eq!(r.code, 12);
 }
 
-fn copy_dir(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to).unwrap();
-    for e in std::fs::read_dir(from).unwrap() {
-        let e = e.unwrap();
-        let t = to.join(e.file_name());
-        if e.file_type().unwrap().is_dir() {
-            copy_dir(&e.path(), &t);
-        } else {
-            std::fs::copy(e.path(), &t).unwrap();
-        }
-    }
-}
-
 fn tree_bytes(dir: &Path) -> BTreeMap<String, Vec<u8>> {
     let mut out = BTreeMap::new();
     for e in std::fs::read_dir(dir).unwrap() {
@@ -274,7 +261,7 @@ fn migrate_upgrades_the_v1_fixture_without_touching_data() {
     let fixture = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/vectors/repo-v1");
     let env = common::Env::new();
     let repo = env.path("repo");
-    copy_dir(&fixture.join("repo"), &repo);
+    common::copy_dir(&fixture.join("repo"), &repo);
     let pass = [("ARCA_PASSPHRASE", "vector")];
     // Reading v1 works, with a warning that its metadata is unauthenticated.
     let r = env

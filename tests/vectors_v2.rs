@@ -412,46 +412,6 @@ fn fixture() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/vectors/repo-v2")
 }
 
-fn manifest(root: &Path) -> BTreeMap<String, String> {
-    use std::os::unix::ffi::OsStrExt;
-    let mut out = BTreeMap::new();
-    fn walk(root: &Path, dir: &Path, out: &mut BTreeMap<String, String>) {
-        let mut names: Vec<_> = std::fs::read_dir(dir)
-            .unwrap()
-            .map(|e| e.unwrap().path())
-            .collect();
-        names.sort();
-        for p in names {
-            let rel = p
-                .strip_prefix(root)
-                .unwrap()
-                .as_os_str()
-                .as_bytes()
-                .to_vec();
-            let key = hex::encode(&rel);
-            let m = std::fs::symlink_metadata(&p).unwrap();
-            let v = if m.file_type().is_symlink() {
-                format!(
-                    "link {}",
-                    hex::encode(std::fs::read_link(&p).unwrap().as_os_str().as_bytes())
-                )
-            } else if m.is_dir() {
-                walk(root, &p, out);
-                "dir".into()
-            } else {
-                format!(
-                    "file {}",
-                    blake3::hash(&std::fs::read(&p).unwrap()).to_hex()
-                )
-            };
-            out.insert(key, v);
-        }
-    }
-    walk(root, root, &mut out);
-    let _ = std::ffi::OsStr::from_bytes(b"");
-    out
-}
-
 fn make_fixture(dir: &Path) {
     use std::os::unix::ffi::OsStrExt;
     let env = common::Env::new();
@@ -517,7 +477,7 @@ fn make_fixture(dir: &Path) {
         let t = env.path(&format!("t-{id}"));
         env.run(&["restore", "fixture", id, "--target", t.to_str().unwrap()])
             .ok();
-        m.insert(id.to_string(), manifest(&t));
+        m.insert(id.to_string(), common::manifest(&t));
     }
     std::fs::write(
         dir.join("manifest.json"),
@@ -538,7 +498,7 @@ fn v2_fixture_repository_restores_with_passphrase_and_raw_key() {
     // Copy the repository (git does not keep modes; arca never writes to it in this test).
     let env = common::Env::new();
     let repo = env.path("repo");
-    copy_dir(&dir.join("repo"), &repo);
+    common::copy_dir(&dir.join("repo"), &repo);
     let packs = common::packs(&repo);
     assert!(packs.len() >= 3, "several packs");
     for (i, (point, files)) in want.iter().enumerate() {
@@ -565,7 +525,7 @@ fn v2_fixture_repository_restores_with_passphrase_and_raw_key() {
             t.to_str().unwrap(),
         ]);
         env.run_env(&a, &envs).ok();
-        assert_eq!(&manifest(&t), files, "point {point}");
+        assert_eq!(&common::manifest(&t), files, "point {point}");
     }
     let r = common::Env::new().run_env(
         &[
@@ -578,17 +538,4 @@ fn v2_fixture_repository_restores_with_passphrase_and_raw_key() {
         &[("ARCA_PASSPHRASE", "vector")],
     );
     assert_eq!(r.code, 0, "{}", r.stderr);
-}
-
-pub fn copy_dir(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to).unwrap();
-    for e in std::fs::read_dir(from).unwrap() {
-        let e = e.unwrap();
-        let t = to.join(e.file_name());
-        if e.file_type().unwrap().is_dir() {
-            copy_dir(&e.path(), &t);
-        } else {
-            std::fs::copy(e.path(), &t).unwrap();
-        }
-    }
 }

@@ -422,14 +422,18 @@ impl Repository {
         Ok(j)
     }
 
-    /// Every readable job record, and the objects that could not be read.
-    pub fn scan_jobs(&self) -> Result<(Vec<JobRecord>, Vec<Damaged>)> {
+    /// Every readable `<sub>/<id>.json` object, and the ones that could not be read.
+    fn scan<T>(
+        &self,
+        sub: &str,
+        read: impl Fn(&Id16) -> Result<T>,
+    ) -> Result<(Vec<T>, Vec<Damaged>)> {
         let mut out = Vec::new();
         let mut bad = Vec::new();
-        for id in self.list_dir_ids("jobs", ".json")? {
+        for id in self.list_dir_ids(sub, ".json")? {
             let r = Id16::parse(&id)
-                .map_err(|e| Error::integrity(format!("jobs/{id}.json"), e))
-                .and_then(|i| self.read_job(&i));
+                .map_err(|e| Error::integrity(format!("{sub}/{id}.json"), e))
+                .and_then(|i| read(&i));
             match r {
                 Ok(j) => out.push(j),
                 Err(Error::Integrity { object, detail }) => bad.push(Damaged { object, detail }),
@@ -437,6 +441,11 @@ impl Repository {
             }
         }
         Ok((out, bad))
+    }
+
+    /// Every readable job record, and the objects that could not be read.
+    pub fn scan_jobs(&self) -> Result<(Vec<JobRecord>, Vec<Damaged>)> {
+        self.scan("jobs", |i| self.read_job(i))
     }
 
     /// Readable job records (damaged ones are logged and skipped).
@@ -582,19 +591,7 @@ impl Repository {
 
     /// Every readable point record, and the ones that could not be read.
     pub fn scan_points(&self) -> Result<(Vec<PointRecord>, Vec<Damaged>)> {
-        let mut out = Vec::new();
-        let mut bad = Vec::new();
-        for id in self.list_dir_ids("points", ".json")? {
-            let r = Id16::parse(&id)
-                .map_err(|e| Error::integrity(format!("points/{id}.json"), e))
-                .and_then(|i| self.read_point(&i));
-            match r {
-                Ok(p) => out.push(p),
-                Err(Error::Integrity { object, detail }) => bad.push(Damaged { object, detail }),
-                Err(e) => return Err(e),
-            }
-        }
-        Ok((out, bad))
+        self.scan("points", |i| self.read_point(i))
     }
 
     /// Readable recovery points of a job, oldest first (by time, then id). Whether their

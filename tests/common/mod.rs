@@ -416,3 +416,49 @@ impl Drop for AuthKms {
         let _ = self.child.wait();
     }
 }
+
+/// Copies a directory tree (regular files and directories).
+pub fn copy_dir(from: &Path, to: &Path) {
+    fs::create_dir_all(to).unwrap();
+    for e in fs::read_dir(from).unwrap() {
+        let e = e.unwrap();
+        let t = to.join(e.file_name());
+        if e.file_type().unwrap().is_dir() {
+            copy_dir(&e.path(), &t);
+        } else {
+            fs::copy(e.path(), &t).unwrap();
+        }
+    }
+}
+
+/// What a restored tree holds, keyed by the hex of each path's bytes (names need not be
+/// UTF-8): "dir", "link <hex target>", or "file <blake3>".
+pub fn manifest(root: &Path) -> BTreeMap<String, String> {
+    use std::os::unix::ffi::OsStrExt;
+    fn walk(root: &Path, dir: &Path, out: &mut BTreeMap<String, String>) {
+        let mut names: Vec<_> = fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .collect();
+        names.sort();
+        for p in names {
+            let rel = hex::encode(p.strip_prefix(root).unwrap().as_os_str().as_bytes());
+            let m = fs::symlink_metadata(&p).unwrap();
+            let v = if m.file_type().is_symlink() {
+                format!(
+                    "link {}",
+                    hex::encode(fs::read_link(&p).unwrap().as_os_str().as_bytes())
+                )
+            } else if m.is_dir() {
+                walk(root, &p, out);
+                "dir".into()
+            } else {
+                format!("file {}", blake3::hash(&fs::read(&p).unwrap()).to_hex())
+            };
+            out.insert(rel, v);
+        }
+    }
+    let mut out = BTreeMap::new();
+    walk(root, root, &mut out);
+    out
+}
