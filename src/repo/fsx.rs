@@ -111,15 +111,14 @@ impl DirHandle {
         Ok(cur)
     }
 
-    /// Opens a regular file for reading; a symlink or anything else is refused.
-    pub fn open_read(&self, name: impl AsRef<OsStr>) -> io::Result<File> {
-        let name = name.as_ref();
+    /// Opens `name` (never through a symlink) and refuses anything but a regular file.
+    fn open_regular(&self, name: &OsStr, flags: OFlags, mode: u32) -> io::Result<File> {
         check_name(name)?;
         let fd = rfs::openat(
             &self.fd,
             name,
-            OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC | OFlags::NONBLOCK,
-            Mode::empty(),
+            flags | OFlags::NOFOLLOW | OFlags::CLOEXEC | OFlags::NONBLOCK,
+            Mode::from_raw_mode(mode),
         )?;
         let st = rfs::fstat(&fd)?;
         if FileType::from_raw_mode(st.st_mode) != FileType::RegularFile {
@@ -129,6 +128,11 @@ impl DirHandle {
             ));
         }
         Ok(File::from(fd))
+    }
+
+    /// Opens a regular file for reading; a symlink or anything else is refused.
+    pub fn open_read(&self, name: impl AsRef<OsStr>) -> io::Result<File> {
+        self.open_regular(name.as_ref(), OFlags::RDONLY, 0)
     }
 
     /// Reads a whole regular file, refusing one larger than `max` bytes before allocating.
@@ -168,22 +172,7 @@ impl DirHandle {
 
     /// Opens (creating with `mode` if missing) a regular file for read and write, for locks.
     pub fn open_rw(&self, name: impl AsRef<OsStr>, mode: u32) -> io::Result<File> {
-        let name = name.as_ref();
-        check_name(name)?;
-        let fd = rfs::openat(
-            &self.fd,
-            name,
-            OFlags::RDWR | OFlags::CREATE | OFlags::NOFOLLOW | OFlags::CLOEXEC | OFlags::NONBLOCK,
-            Mode::from_raw_mode(mode),
-        )?;
-        let st = rfs::fstat(&fd)?;
-        if FileType::from_raw_mode(st.st_mode) != FileType::RegularFile {
-            return Err(io::Error::new(
-                io::ErrorKind::InvalidData,
-                "not a regular file",
-            ));
-        }
-        Ok(File::from(fd))
+        self.open_regular(name.as_ref(), OFlags::RDWR | OFlags::CREATE, mode)
     }
 
     /// Renames `from` (in this directory) to `to` in `dest`, replacing what is there (a file
