@@ -58,6 +58,8 @@ async fn main() -> Res<()> {
         keyslots: Vec::new(),
         revision: 1,
         chunker: Some(ChainRecord::KEYED_GEAR.into()),
+        generation: None,
+        retired: Vec::new(),
         mac: None,
     };
     let chain_key = SecretKey::random();
@@ -109,7 +111,7 @@ async fn main() -> Res<()> {
     println!("escrowed password 'example' with {}", info.arn);
 
     // Back up.
-    let oc = OpenChain::new(chain, chain_key, &job.name);
+    let oc = OpenChain::new(chain, chain_key, &job.name)?;
     let out = backup::run(
         repo.root(),
         &job,
@@ -145,6 +147,7 @@ async fn main() -> Res<()> {
         job_name: &job.name,
         chain: repo.read_chain(&point.chain_id)?,
         point_kdf: Some(point.kdf.as_ref()),
+        point_generation: Some(point.key_generation()),
         point_label: Some(format!("recovery point {}", point.point_id)),
         catalog: None,
         creds: &creds,

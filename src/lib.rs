@@ -13,6 +13,7 @@ pub mod crypto;
 pub mod engine;
 pub mod error;
 pub mod keys;
+pub mod ops;
 pub mod passwords;
 pub mod repo;
 pub mod resolve;

@@ -243,6 +243,10 @@ pub struct Request<'a> {
     pub chain: ChainRecord,
     /// For one recovery point: the salt record it stores (`Some(None)`: it stores none).
     pub point_kdf: Option<Option<&'a KdfRecord>>,
+    /// For one recovery point: the key generation it was written under. A point older than
+    /// a rotation stores the salt of the retired password; the chain's keyslots hold the
+    /// current one (authenticated by the chain record's MAC).
+    pub point_generation: Option<u32>,
     pub point_label: Option<String>,
     pub catalog: Option<&'a Catalog>,
     pub creds: &'a Credentials,
@@ -336,18 +340,6 @@ pub async fn resolve(req: Request<'_>) -> std::result::Result<Resolution, Resolv
             })
         }
     };
-    // v2: the chain record (mode, keyslot list, KDF records) must authenticate under the key.
-    if let Some((key, _)) = &found {
-        if req.chain.version >= 2 && !req.chain.verify(key) {
-            return Err(ResolveFailure {
-                attempts: st.attempts,
-                error: Error::integrity(
-                    format!("chain record {}", req.chain.chain_id),
-                    "its MAC does not verify: its mode or keyslots were changed by someone without the chain key",
-                ),
-            });
-        }
-    }
     let State {
         attempts,
         wrong_passphrase,
@@ -356,11 +348,16 @@ pub async fn resolve(req: Request<'_>) -> std::result::Result<Resolution, Resolv
     } = st;
     let job = req.job_name.to_string();
     match found {
-        Some((key, tier)) => Ok(Resolution {
-            chain: OpenChain::new(req.chain, key, &job),
-            tier,
-            attempts,
-        }),
+        // v2: the chain record (mode, keyslots, KDF records, generations) must authenticate
+        // under the key.
+        Some((key, tier)) => match OpenChain::new(req.chain, key, &job) {
+            Ok(chain) => Ok(Resolution {
+                chain,
+                tier,
+                attempts,
+            }),
+            Err(error) => Err(ResolveFailure { attempts, error }),
+        },
         None => {
             let what = req
                 .point_label
@@ -620,7 +617,15 @@ async fn tier_catalog(st: &mut State<'_>, pslots: &[(&Keyslot, &KdfRecord)]) -> 
     };
     let mut why = Vec::new();
     for (_, kdf) in pslots {
-        match cat.password_hash(&kdf.password) {
+        // A rotation in progress: chains already moved open with the journal's new hash.
+        let stored = match cat.password_hash(&kdf.password) {
+            Ok(Some((rec, _))) if rec.salt != kdf.salt => match cat.rotation(&kdf.password) {
+                Ok(Some((_, _, new, hash))) if new.salt == kdf.salt => Ok(Some((new, hash))),
+                _ => Ok(Some((rec, SecretKey::random()))),
+            },
+            other => other,
+        };
+        match stored {
             Ok(None) => why.push(format!("no stored hash for password '{}'", kdf.password)),
             Err(e) => why.push(e.to_string()),
             Ok(Some((rec, _))) if rec.salt != kdf.salt => why.push(format!(
@@ -768,10 +773,23 @@ async fn tier_passphrase(
         .point_label
         .clone()
         .unwrap_or_else(|| format!("chain {}", req.chain.chain_id));
+    let retired = req
+        .point_generation
+        .is_some_and(|g| g < req.chain.current_generation());
     let records: Vec<&KdfRecord> = match req.point_kdf {
         Some(None) => {
             st.fail("passphrase", format!("{what} stores no salt"));
             return None;
+        }
+        Some(Some(k)) if retired && !pslots.iter().any(|(_, s)| s.salt == k.salt) => {
+            st.ok(
+                "passphrase",
+                format!(
+                    "the salt of password '{}' stored in {what} was retired by a rotation: using the chain's current keyslots",
+                    k.password
+                ),
+            );
+            pslots.iter().map(|(_, k)| *k).collect()
         }
         Some(Some(k)) => vec![k],
         None => pslots.iter().map(|(_, k)| *k).collect(),

@@ -251,9 +251,10 @@ fn flipped_byte_in_pack_is_found_and_fails_restore_with_13() {
     // a_big.bin is the first file walked, so its first chunk starts right after the
     // 24-byte pack prefix of the first pack written.
     let packs = packs(&repo);
+    // Packs are written one after another: the first has the oldest mtime.
     let victim = packs
         .iter()
-        .max_by_key(|p| fs::metadata(p).unwrap().len())
+        .min_by_key(|p| fs::metadata(p).unwrap().modified().unwrap())
         .unwrap();
     let mut b = fs::read(victim).unwrap();
     b[24 + 5000] ^= 0x01;
@@ -708,7 +709,8 @@ fn password_rotation_rewraps_without_touching_data() {
         )
         .ok()
         .json();
-    assert_eq!(r["jobs"][0]["points_updated"], 2);
+    assert_eq!(r["jobs"][0]["chains"][0]["points"], 2);
+    assert_eq!(r["jobs"][0]["chains"][0]["generation"], 2);
     // No data re-encrypted or re-written.
     assert_eq!(snapshot(&repo.join("packs")), packs_before);
     assert_eq!(snapshot(&repo.join("index")), index_before);

@@ -98,6 +98,8 @@ fn plant_none_chain(repo: &Path, job_id: &str) -> (Id16, SecretKey) {
         }],
         revision: 1,
         chunker: Some(ChainRecord::KEYED_GEAR.into()),
+        generation: None,
+        retired: Vec::new(),
         mac: None,
     };
     chain.seal(&key);
@@ -278,7 +280,7 @@ fn plant_forged_point(env: &Env, repo: &Path) -> Id16 {
     fs::set_permissions(evil.join("suid"), fs::Permissions::from_mode(0o4755)).unwrap();
     job.source = s(&evil).into();
     job.chain_id = chain_id;
-    let oc = arca::engine::OpenChain::new(chain, key, "j");
+    let oc = arca::engine::OpenChain::new(chain, key, "j").unwrap();
     let out = arca::engine::backup::run(
         repo,
         &job,
@@ -847,7 +849,7 @@ async fn chunk_lengths(repo: &Path, pass: &str) -> Vec<u32> {
     .await
     .unwrap()
     .unwrap();
-    let oc = arca::engine::OpenChain::new(chain, key, &job.name);
+    let oc = arca::engine::OpenChain::new(chain, key, &job.name).unwrap();
     let pts = r.list_points(&job.job_id).unwrap();
     let idx = arca::engine::ChainIndex::load(&r, &oc, &pts).unwrap();
     let mut locs: Vec<_> = idx

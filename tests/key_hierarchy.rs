@@ -62,7 +62,7 @@ async fn open(repo: &Repository, key: &str) -> OpenChain {
         .await
         .unwrap()
         .unwrap();
-    OpenChain::new(chain, k, "j")
+    OpenChain::new(chain, k, "j").unwrap()
 }
 
 #[tokio::test]

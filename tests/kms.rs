@@ -840,6 +840,8 @@ async fn kms_redirect_to_an_attackers_key_is_refused() {
         keyslots: vec![],
         revision: 1,
         chunker: Some(ChainRecord::KEYED_GEAR.into()),
+        generation: None,
+        retired: Vec::new(),
         mac: None,
     };
     std::env::set_var("AWS_ACCESS_KEY_ID", "testing");
@@ -873,7 +875,7 @@ async fn kms_redirect_to_an_attackers_key_is_refused() {
     arca::engine::backup::run(
         &repo,
         &job,
-        &arca::engine::OpenChain::new(chain.clone(), ck, "j"),
+        &arca::engine::OpenChain::new(chain.clone(), ck, "j").unwrap(),
         arca::engine::backup::BackupOptions {
             source: arca::engine::backup::Source::Tree(evil_src),
             compression_level: 3,

@@ -181,6 +181,8 @@ fn compute() -> Value {
         keyslots: vec![pslot, rslot],
         revision: 3,
         chunker: Some(ChainRecord::KEYED_GEAR.into()),
+        generation: None,
+        retired: Vec::new(),
         mac: None,
     };
     let mut sealed_chain = chain.clone();
@@ -242,6 +244,7 @@ fn compute() -> Value {
         kdf: Some(kdf.clone()),
         source_kind: Some("tree".into()),
         data_format: 2,
+        generation: None,
         data_key: WrappedKeyJson::from(&dw),
         body: sealed_body.clone(),
         mac: None,

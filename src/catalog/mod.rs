@@ -89,6 +89,31 @@ const MIGRATIONS: &[&str] = &[
      );",
     // 4: activation (an active job's encryption settings are immutable)
     "ALTER TABLE jobs ADD COLUMN active INTEGER NOT NULL DEFAULT 1;",
+    // 5: key generations (pinned per chain), escrow records per password version, and the
+    //    journal of password rotations (so an interrupted one can be finished).
+    "ALTER TABLE trusted_chains ADD COLUMN generation INTEGER NOT NULL DEFAULT 1;
+     ALTER TABLE trusted_chains ADD COLUMN generation_check TEXT NOT NULL DEFAULT '';
+     CREATE TABLE escrow5 (
+        job_id TEXT NOT NULL,
+        password TEXT NOT NULL,
+        salt TEXT NOT NULL,
+        repo_id TEXT NOT NULL,
+        key_arn TEXT NOT NULL,
+        created TEXT NOT NULL,
+        record TEXT NOT NULL,
+        PRIMARY KEY (job_id, password, salt)
+     );
+     INSERT INTO escrow5 SELECT job_id, password, COALESCE(json_extract(record, '$.kdf.salt'), ''),
+        repo_id, key_arn, created, record FROM escrow;
+     DROP TABLE escrow;
+     ALTER TABLE escrow5 RENAME TO escrow;
+     CREATE TABLE rotations (
+        password TEXT PRIMARY KEY,
+        started TEXT NOT NULL,
+        old_kdf TEXT NOT NULL,
+        new_kdf TEXT NOT NULL,
+        new_hash BLOB NOT NULL
+     );",
 ];
 
 /// What the catalog trusts about one chain of a job: its mode, the check value of its key,
@@ -100,6 +125,9 @@ pub struct ChainPin {
     pub check_value: String,
     pub revision: u64,
     pub kms_keys: Vec<String>,
+    /// The newest key generation seen, and the check value of its key ("" if not known).
+    pub generation: u32,
+    pub generation_check: String,
 }
 
 pub struct Catalog {
@@ -408,6 +436,75 @@ impl Catalog {
         Ok(Some((pw.kdf, k?)))
     }
 
+    fn rotation_aad(name: &str) -> Vec<u8> {
+        crypto::aad("arca-catalog-rotation-hash-v1", &[name.as_bytes()])
+    }
+
+    /// Journals the start of a rotation of password `name`: the old version's salt record,
+    /// and the new version's record and hash (sealed like stored hashes), so that an
+    /// interrupted rotation can be finished, and chains already moved to the new password
+    /// still open meanwhile.
+    pub fn begin_rotation(&self, old: &KdfRecord, new: &KdfRecord, hash: &SecretKey) -> Result<()> {
+        let sealed = crypto::seal_random_nonce(
+            &self.seal_key.derive(crypto::context::CATALOG_SEAL),
+            &Self::rotation_aad(&new.password),
+            hash.expose(),
+        );
+        self.conn
+            .execute(
+                "INSERT INTO rotations (password, started, old_kdf, new_kdf, new_hash) VALUES (?1, ?2, ?3, ?4, ?5)",
+                params![
+                    new.password,
+                    crate::repo::now_rfc3339(),
+                    serde_json::to_string(old).expect("serializes"),
+                    serde_json::to_string(new).expect("serializes"),
+                    sealed
+                ],
+            )
+            .map_err(|e| self.err(e))?;
+        Ok(())
+    }
+
+    /// The unfinished rotation of password `name`: (when it started, the old version's
+    /// record, the new version's record and hash).
+    #[allow(clippy::type_complexity)]
+    pub fn rotation(
+        &self,
+        name: &str,
+    ) -> Result<Option<(String, KdfRecord, KdfRecord, SecretKey)>> {
+        let row: Option<(String, String, String, Vec<u8>)> = self
+            .conn
+            .query_row(
+                "SELECT started, old_kdf, new_kdf, new_hash FROM rotations WHERE password = ?1",
+                [name],
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
+            )
+            .optional()
+            .map_err(|e| self.err(e))?;
+        let Some((started, old, new, sealed)) = row else {
+            return Ok(None);
+        };
+        let old: KdfRecord = serde_json::from_str(&old).map_err(|e| self.err(e))?;
+        let new: KdfRecord = serde_json::from_str(&new).map_err(|e| self.err(e))?;
+        let mut pt = crypto::open(
+            &self.seal_key.derive(crypto::context::CATALOG_SEAL),
+            &Self::rotation_aad(name),
+            &sealed,
+        )
+        .map_err(|_| self.err(format!("the journal of the rotation of password '{name}' does not open with this catalog's key file")))?;
+        let k = SecretKey::from_slice(&pt).map_err(|e| self.err(e));
+        zeroize::Zeroize::zeroize(&mut pt);
+        Ok(Some((started, old, new, k?)))
+    }
+
+    /// Ends a rotation: the password row holds the new version by now.
+    pub fn end_rotation(&self, name: &str) -> Result<()> {
+        self.conn
+            .execute("DELETE FROM rotations WHERE password = ?1", [name])
+            .map_err(|e| self.err(e))?;
+        Ok(())
+    }
+
     pub fn delete_password(&self, name: &str) -> Result<bool> {
         let jobs = self.jobs_using_password(name)?;
         if !jobs.is_empty() {
@@ -454,9 +551,9 @@ impl Catalog {
     pub fn upsert_escrow(&self, e: &EscrowRecord) -> Result<()> {
         self.conn
             .execute(
-                "INSERT INTO escrow (job_id, password, repo_id, key_arn, created, record) VALUES (?1, ?2, ?3, ?4, ?5, ?6)
-                 ON CONFLICT(job_id, password) DO UPDATE SET key_arn = excluded.key_arn, created = excluded.created, record = excluded.record",
-                params![e.job_id.hex(), e.kdf.password, e.repo_id.hex(), e.key_arn, e.created, serde_json::to_string(e).expect("serializes")],
+                "INSERT INTO escrow (job_id, password, salt, repo_id, key_arn, created, record) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
+                 ON CONFLICT(job_id, password, salt) DO UPDATE SET key_arn = excluded.key_arn, created = excluded.created, record = excluded.record",
+                params![e.job_id.hex(), e.kdf.password, crate::repo::format::b64::encode(&e.kdf.salt), e.repo_id.hex(), e.key_arn, e.created, serde_json::to_string(e).expect("serializes")],
             )
             .map_err(|e| self.err(e))?;
         Ok(())
@@ -478,11 +575,13 @@ impl Catalog {
         Ok(out)
     }
 
-    pub fn delete_escrow(&self, job_id: &Id16, password: &str) -> Result<()> {
+    /// Deletes a job's escrow records of a password: of one salt, or all of them.
+    pub fn delete_escrow(&self, job_id: &Id16, password: &str, salt: Option<&[u8]>) -> Result<()> {
+        let salt = salt.map(crate::repo::format::b64::encode);
         self.conn
             .execute(
-                "DELETE FROM escrow WHERE job_id = ?1 AND password = ?2",
-                params![job_id.hex(), password],
+                "DELETE FROM escrow WHERE job_id = ?1 AND password = ?2 AND (?3 IS NULL OR salt = ?3)",
+                params![job_id.hex(), password, salt],
             )
             .map_err(|e| self.err(e))?;
         Ok(())
@@ -632,7 +731,7 @@ impl Catalog {
     pub fn chain_pins(&self, job_id: &Id16) -> Result<Vec<ChainPin>> {
         let mut st = self
             .conn
-            .prepare("SELECT chain_id, mode, check_value, revision, kms_keys FROM trusted_chains WHERE job_id = ?1 ORDER BY pinned")
+            .prepare("SELECT chain_id, mode, check_value, revision, kms_keys, generation, generation_check FROM trusted_chains WHERE job_id = ?1 ORDER BY pinned")
             .map_err(|e| self.err(e))?;
         let rows = st
             .query_map([job_id.hex()], |r| {
@@ -642,18 +741,23 @@ impl Catalog {
                     r.get::<_, String>(2)?,
                     r.get::<_, i64>(3)?,
                     r.get::<_, String>(4)?,
+                    r.get::<_, i64>(5)?,
+                    r.get::<_, String>(6)?,
                 ))
             })
             .map_err(|e| self.err(e))?;
         let mut out = Vec::new();
         for row in rows {
-            let (c, m, v, rev, keys) = row.map_err(|e| self.err(e))?;
+            let (c, m, v, rev, keys, generation, generation_check) =
+                row.map_err(|e| self.err(e))?;
             out.push(ChainPin {
                 chain_id: Id16::parse(&c).map_err(|e| self.err(e))?,
                 mode: EncryptionMode::parse(&m).ok_or_else(|| self.err(format!("bad mode {m}")))?,
                 check_value: v,
                 revision: rev as u64,
                 kms_keys: serde_json::from_str(&keys).map_err(|e| self.err(e))?,
+                generation: generation as u32,
+                generation_check,
             });
         }
         Ok(out)
@@ -663,10 +767,11 @@ impl Catalog {
     pub fn pin_chain(&self, job_id: &Id16, p: &ChainPin) -> Result<()> {
         self.conn
             .execute(
-                "INSERT INTO trusted_chains (job_id, chain_id, mode, check_value, revision, kms_keys, pinned)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
+                "INSERT INTO trusted_chains (job_id, chain_id, mode, check_value, revision, kms_keys, pinned, generation, generation_check)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)
                  ON CONFLICT(job_id, chain_id) DO UPDATE SET mode = excluded.mode, check_value = excluded.check_value,
-                   revision = excluded.revision, kms_keys = excluded.kms_keys",
+                   revision = excluded.revision, kms_keys = excluded.kms_keys, generation = excluded.generation,
+                   generation_check = excluded.generation_check",
                 params![
                     job_id.hex(),
                     p.chain_id.hex(),
@@ -674,7 +779,9 @@ impl Catalog {
                     p.check_value,
                     p.revision as i64,
                     serde_json::to_string(&p.kms_keys).expect("serializes"),
-                    crate::repo::now_rfc3339()
+                    crate::repo::now_rfc3339(),
+                    p.generation as i64,
+                    p.generation_check
                 ],
             )
             .map_err(|e| self.err(e))?;

@@ -326,14 +326,14 @@ pub async fn migrate(ctx: &Ctx, dir: &Path) -> Result<i32> {
             // A view of the chain as version 1, to open points not migrated yet.
             let mut v1 = oc.chain.clone();
             v1.version = FORMAT_V1;
-            let v1 = OpenChain::new(v1, oc.chain_key.duplicate(), &job.name);
+            let v1 = OpenChain::new(v1, oc.chain_key.duplicate(), &job.name)?;
             let mut chain = oc.chain.clone();
             if chain.version < FORMAT_VERSION {
                 chain.revision = 1;
                 chain.seal(&oc.chain_key);
                 repo.write_chain(&chain)?;
             }
-            let v2 = OpenChain::new(chain, oc.chain_key.duplicate(), &job.name);
+            let v2 = OpenChain::new(chain, oc.chain_key.duplicate(), &job.name)?;
             for p in all_points
                 .iter()
                 .filter(|p| p.chain_id == *c && p.job_id == job.job_id)
@@ -472,10 +472,12 @@ pub async fn quickstart(ctx: &Ctx, a: QuickstartArgs) -> Result<i32> {
                 ));
             }
             key_ctx = Some(Ctx {
-                catalog_path: ctx.catalog_path.clone(),
+                session: crate::ops::Session {
+                    catalog_path: ctx.catalog_path.clone(),
+                    quiet: ctx.quiet,
+                    creds: crate::resolve::Credentials::new(None, Some(kf)),
+                },
                 json: ctx.json,
-                quiet: ctx.quiet,
-                creds: crate::resolve::Credentials::new(None, Some(kf)),
             });
         }
         let c = key_ctx.as_ref().unwrap_or(ctx);

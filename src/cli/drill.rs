@@ -117,6 +117,7 @@ async fn drill_point(
             job_name: &job.name,
             chain: chain.clone(),
             point_kdf: Some(p.kdf.as_ref()),
+            point_generation: Some(p.key_generation()),
             point_label: Some(format!("recovery point {}", p.point_id)),
             catalog: None,
             creds: &ctx.creds,

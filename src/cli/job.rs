@@ -34,6 +34,10 @@ pub enum JobCmd {
     /// The keyslots (envelopes) of a job's active chain: any one opens it.
     #[command(subcommand)]
     Keys(KeysCmd),
+    /// Renew a job's keys with the same secrets: its chain starts a new key generation
+    /// (every keyslot re-wrapped; nothing re-encrypted). Points written afterwards are out of
+    /// reach of any key or metadata copy from before, e.g. after removing a keyslot.
+    Rekey { name: String },
     /// Accept what a repository says about a job (after a reinstall, or a change made on
     /// another machine): its chain, mode, source and keys become what this catalog trusts.
     /// The keys must resolve; the previous pins of the job are replaced.
@@ -164,6 +168,19 @@ pub async fn run(ctx: &Ctx, cmd: JobCmd) -> Result<i32> {
             Ok(0)
         }
         JobCmd::Keys(c) => keys(ctx, c).await,
+        JobCmd::Rekey { name } => {
+            let r = crate::ops::lifecycle::rekey_job(ctx, &name).await?;
+            if ctx.json {
+                crate::ui::print_json(&r);
+            } else {
+                ctx.say(format!(
+                    "job '{name}': chain {} now at key generation {}; earlier points stay readable, later ones use the new keys",
+                    &r.chain_id[..8],
+                    r.generation
+                ));
+            }
+            Ok(0)
+        }
         JobCmd::Adopt { name, repo } => adopt(ctx, &name, &repo).await,
     }
 }
@@ -187,73 +204,7 @@ async fn kms_provider(
     ))
 }
 
-/// If escrow is enabled (AWS KMS or KMIP), escrows the password hash of `password` for this job.
-pub async fn escrow_if_enabled(
-    ctx: &Ctx,
-    cat: &Catalog,
-    repo: &Repository,
-    job_id: &Id16,
-    job: &str,
-    password: &str,
-) -> Result<()> {
-    if cat.setting(crate::passwords::ESCROW_KEY_SETTING)?.is_none()
-        && cat
-            .setting(crate::passwords::KMIP_ESCROW_KEY_SETTING)?
-            .is_none()
-    {
-        return Ok(());
-    }
-    let (rec, hash) = cat.password_hash(password)?.ok_or_else(|| {
-        Error::NotFound(format!(
-            "password '{password}' has no stored hash in this catalog"
-        ))
-    })?;
-    escrow_hash_if_enabled(ctx, cat, repo, job_id, job, &rec, &hash).await?;
-    Ok(())
-}
-
-/// Escrows a given password hash (AWS KMS or KMIP, whichever is enabled) into the
-/// repository and the catalog; the new record replaces an older one of the same password
-/// atomically, so there is never a moment without a record. Returns whether it escrowed.
-pub async fn escrow_hash_if_enabled(
-    ctx: &Ctx,
-    cat: &Catalog,
-    repo: &Repository,
-    job_id: &Id16,
-    job: &str,
-    rec: &crate::repo::format::KdfRecord,
-    hash: &crate::crypto::SecretKey,
-) -> Result<bool> {
-    let kms_key = cat.setting(crate::passwords::ESCROW_KEY_SETTING)?;
-    let kmip_key = cat.setting(crate::passwords::KMIP_ESCROW_KEY_SETTING)?;
-    let password = &rec.password;
-    let unavailable = |e: crate::keys::KeyError| Error::KeysUnavailable {
-        job: job.into(),
-        detail: format!("escrow of password '{password}' failed: {e}"),
-    };
-    let e = match (kms_key, kmip_key) {
-        (Some(key), _) => {
-            let client = ctx.creds.kms_client().await.map_err(unavailable)?;
-            crate::passwords::escrow(&client, &key, &repo.id(), job_id, job, rec, hash)
-                .await
-                .map_err(unavailable)?
-        }
-        (None, Some(key)) => {
-            let client = ctx.creds.kmip_client().map_err(unavailable)?;
-            crate::passwords::escrow_kmip(client, &key, &repo.id(), job_id, job, rec, hash)
-                .await
-                .map_err(unavailable)?
-        }
-        (None, None) => return Ok(false),
-    };
-    repo.write_escrow(&e)?;
-    cat.upsert_escrow(&e)?;
-    ctx.note(format!(
-        "escrowed the hash of password '{password}' for job '{job}' with {} key {}",
-        e.provider, e.key_arn
-    ));
-    Ok(true)
-}
+pub use crate::ops::lifecycle::escrow_if_enabled;
 
 /// A new chain with one keyslot, for a job. Returns it, the password name and key file.
 /// What a new chain's encryption is made of.
@@ -312,6 +263,8 @@ pub async fn new_chain(
         keyslots: Vec::new(),
         revision: 1,
         chunker: Some(ChainRecord::KEYED_GEAR.into()),
+        generation: None,
+        retired: Vec::new(),
         mac: None,
     };
     let ChainSpec {
@@ -389,6 +342,8 @@ fn pin_new(cat: &Catalog, job_id: &Id16, nc: &NewChain) -> Result<()> {
             check_value: hex::encode(crate::crypto::check_value(&nc.key)),
             revision: nc.chain.revision,
             kms_keys: super::chain_kms_keys(&nc.chain),
+            generation: nc.chain.current_generation(),
+            generation_check: hex::encode(crate::crypto::check_value(&nc.key)),
         },
     )
 }
@@ -814,7 +769,7 @@ async fn keys(ctx: &Ctx, cmd: KeysCmd) -> Result<i32> {
             chain.revision += 1;
             chain.seal(&oc.chain_key);
             h.repo.write_chain(&chain)?;
-            let oc = crate::engine::OpenChain::new(chain.clone(), oc.chain_key.duplicate(), &name);
+            let oc = crate::engine::OpenChain::new(chain.clone(), oc.chain_key.duplicate(), &name)?;
             super::pin_open_chain(&cat, &h.job.job_id, &oc)?;
             if let Some(pw) = password {
                 // Points made before the chain had a passphrase keyslot record no salt yet:
@@ -871,10 +826,11 @@ async fn keys(ctx: &Ctx, cmd: KeysCmd) -> Result<i32> {
             chain.revision += 1;
             chain.seal(&oc.chain_key);
             h.repo.write_chain(&chain)?;
-            let oc = crate::engine::OpenChain::new(chain, oc.chain_key.duplicate(), &name);
+            let oc = crate::engine::OpenChain::new(chain, oc.chain_key.duplicate(), &name)?;
             super::pin_open_chain(&cat, &h.job.job_id, &oc)?;
             ctx.say(format!(
-                "removed keyslot {} ({}) from job '{name}'",
+                "removed keyslot {} ({}) from job '{name}'. A copy of the old chain record still lets its secret \
+                 open the points written so far; run `arca job rekey {name}` so that it opens none written later",
                 removed.slot_id.short(),
                 describe_slot(&removed)
             ));

@@ -22,10 +22,12 @@ pub enum PasswordCmd {
     Show { name: String },
     /// Delete a password no job uses (its stored hash and escrow records go with it).
     Delete { name: String },
-    /// Change a password's passphrase. Rewraps key material only: no data is re-encrypted or
-    /// re-uploaded. Afterwards the new passphrase opens every recovery point of every job using
-    /// it, the old one opens none, and the next backup is an incremental under fresh data keys.
-    /// The new passphrase comes from ARCA_NEW_PASSPHRASE, --new-passphrase-file, or a prompt.
+    /// Change a password's passphrase. Starts a new key generation in every chain using it:
+    /// no data is re-encrypted or re-uploaded. Afterwards the new passphrase opens every
+    /// recovery point of every job using it, the old one opens none (not even with a copy of
+    /// the repository's metadata), and the next backup is an incremental under the new keys.
+    /// Interrupted, run it again with the same new passphrase to finish it. The new
+    /// passphrase comes from ARCA_NEW_PASSPHRASE, --new-passphrase-file, or a prompt (twice).
     Rotate {
         name: String,
         #[arg(long, value_name = "FILE")]
@@ -248,156 +250,31 @@ fn new_passphrase(
 
 async fn rotate(
     ctx: &Ctx,
-    cat: &Catalog,
+    _cat: &Catalog,
     name: &str,
     file: Option<std::path::PathBuf>,
 ) -> Result<i32> {
-    use crate::keys::passphrase::PasswordHashProvider;
-    use crate::keys::{unwrap_any, KeyProvider, SlotContext};
-    use crate::repo::format::SlotParams;
-
-    let (old, old_hash) = cat.password_hash(name)?.ok_or_else(|| {
-        Error::NotFound(format!(
-            "password '{name}' has no stored hash in this catalog; restore it first (any restore with the passphrase, or `arca catalog rebuild --repo DIR` with ARCA_PASSPHRASE)"
-        ))
-    })?;
     let pass = new_passphrase(ctx, name, file)?;
-    let params = KdfParams::for_new_password().map_err(|e| Error::Usage(e.to_string()))?;
-    let (new, new_hash) =
-        passphrase::new_password(name, &pass, params).map_err(|e| Error::Other(e.to_string()))?;
-    let old_p = PasswordHashProvider::new(old.clone(), old_hash);
-    let new_p = PasswordHashProvider::new(new.clone(), new_hash.duplicate());
-    let mut report = Vec::new();
-    // Chains whose old keyslot is removed last, once the new hash is stored everywhere.
-    let mut pending: Vec<(
-        std::path::PathBuf,
-        Id16,
-        crate::crypto::SecretKey,
-        String,
-        Id16,
-    )> = Vec::new();
-    for job_name in cat.jobs_using_password(name)? {
-        let h = locate_job(cat, &job_name, None)?;
-        let _lock = h.repo.lock()?;
-        let mut chain_ids: Vec<Id16> = h
-            .repo
-            .list_points(&h.job.job_id)?
-            .iter()
-            .map(|p| p.chain_id)
-            .collect();
-        chain_ids.push(h.job.chain_id);
-        chain_ids.sort();
-        chain_ids.dedup();
-        let mut points_updated = 0;
-        for chain_id in chain_ids {
-            let mut chain = h.repo.read_chain(&chain_id)?;
-            if !chain.keyslots.iter().any(
-                |s| matches!(&s.params, SlotParams::Passphrase { kdf } if kdf.salt == old.salt),
-            ) {
-                continue;
-            }
-            let sctx = SlotContext::of_chain(&chain, &job_name);
-            let key = match unwrap_any(&old_p, &chain.keyslots, &sctx).await {
-                Some(Ok(k)) => k,
-                Some(Err(e)) => {
-                    return Err(Error::KeysUnavailable {
-                        job: job_name.clone(),
-                        detail: format!(
-                            "the stored hash of '{name}' does not open chain {chain_id}: {e}"
-                        ),
-                    })
-                }
-                None => continue,
-            };
-            if chain.version >= 2 && !chain.verify(&key) {
-                return Err(Error::integrity(
-                    format!("chain record {chain_id}"),
-                    "its MAC does not verify: its keyslots were changed by someone without the chain key",
+    let r = crate::ops::lifecycle::rotate_password(ctx, name, &pass).await?;
+    if ctx.json {
+        crate::ui::print_json(&r);
+    } else {
+        for j in &r.jobs {
+            for c in &j.chains {
+                ctx.say(format!(
+                    "job '{}': chain {} now at key generation {} ({} earlier point(s) re-wrapped, none rewritten)",
+                    j.job,
+                    &c.chain_id[..8],
+                    c.generation,
+                    c.points
                 ));
             }
-            // 1. Add the new keyslot (both passwords work if we stop here).
-            let slot = new_p
-                .wrap(&key, &sctx)
-                .await
-                .map_err(|e| Error::Other(e.to_string()))?;
-            chain.keyslots.push(slot);
-            if chain.version >= 2 {
-                chain.revision += 1;
-                chain.seal(&key);
-            }
-            h.repo.write_chain(&chain)?;
-            let oc = crate::engine::OpenChain::new(chain.clone(), key.duplicate(), &job_name);
-            if h.row.is_some() {
-                super::pin_open_chain(cat, &h.job.job_id, &oc)?;
-            }
-            // 2. Points record the new salt (public metadata bound to their data key, which
-            //    is rewrapped; no data is touched).
-            for p in crate::engine::chain_points(&h.repo, &h.job.job_id, &chain_id)? {
-                if p.kdf.as_ref().is_some_and(|k| k.salt == old.salt) {
-                    if p.version >= 2 {
-                        crate::engine::rebind_point(&h.repo, &oc, p, |p| {
-                            p.kdf = Some(new.clone())
-                        })?;
-                    } else {
-                        let mut p = p;
-                        p.kdf = Some(new.clone());
-                        h.repo.write_point(&p)?;
-                    }
-                    points_updated += 1;
-                }
-            }
-            pending.push((
-                h.repo.root().to_path_buf(),
-                chain_id,
-                key,
-                job_name.clone(),
-                h.job.job_id,
-            ));
         }
-        // 3. Escrow follows the new hash (AWS KMS or KMIP, whichever is enabled): the new
-        //    record replaces the old one atomically, so one always exists. Without escrow,
-        //    no record of the old hash may stay behind.
-        if !super::job::escrow_hash_if_enabled(
-            ctx,
-            cat,
-            &h.repo,
-            &h.job.job_id,
-            &job_name,
-            &new,
-            &new_hash,
-        )
-        .await?
-        {
-            h.repo.delete_escrow(&h.job.job_id, name)?;
-            cat.delete_escrow(&h.job.job_id, name)?;
-        }
-        report.push(serde_json::json!({"job": job_name, "points_updated": points_updated}));
-    }
-    cat.create_password(&new, "", &new_hash)?;
-    // 4. Remove the old keyslots: from here on the old passphrase opens nothing.
-    for (root, chain_id, key, job_name, job_id) in pending {
-        let repo = Repository::open(&root)?;
-        let _lock = repo.lock()?;
-        let mut chain = repo.read_chain(&chain_id)?;
-        chain.keyslots.retain(
-            |s| !matches!(&s.params, SlotParams::Passphrase { kdf } if kdf.salt == old.salt),
-        );
-        if chain.version >= 2 {
-            chain.revision += 1;
-            chain.seal(&key);
-        }
-        repo.write_chain(&chain)?;
-        if cat.job(&job_name)?.is_some_and(|r| r.job_id == job_id) {
-            let oc = crate::engine::OpenChain::new(chain, key, &job_name);
-            super::pin_open_chain(cat, &job_id, &oc)?;
-        }
-    }
-    if ctx.json {
-        crate::ui::print_json(&serde_json::json!({"password": name, "jobs": report}));
-    } else {
         ctx.say(format!(
-            "rotated password '{name}': {} job(s) rewrapped; no data was re-encrypted. The old passphrase opens nothing any more.",
-            report.len()
+            "{} password '{name}': {} job(s); no data was re-encrypted. New recovery points use new keys; \
+             the old passphrase opens nothing any more, not even with a copy of the repository's metadata.",
+            if r.resumed { "finished rotating" } else { "rotated" },
+            r.jobs.len()
         ));
     }
     Ok(0)
@@ -477,10 +354,10 @@ async fn escrow(ctx: &Ctx, cmd: EscrowCmd, target: Target) -> Result<i32> {
             for r in cat.escrow_records(None)? {
                 if let Some(row) = cat.list_jobs()?.into_iter().find(|j| j.job_id == r.job_id) {
                     if let Ok(repo) = Repository::open(&row.repo_path) {
-                        repo.delete_escrow(&r.job_id, &r.kdf.password)?;
+                        repo.delete_escrow(&r.job_id, &r.kdf.password, None)?;
                     }
                 }
-                cat.delete_escrow(&r.job_id, &r.kdf.password)?;
+                cat.delete_escrow(&r.job_id, &r.kdf.password, None)?;
                 n += 1;
             }
             cat.set_setting(setting, None)?;

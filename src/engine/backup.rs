@@ -587,6 +587,7 @@ pub fn run(
         kdf: opts.kdf,
         source_kind: Some(kind.to_string()),
         data_format: 2,
+        generation: Some(oc.chain.current_generation()),
         data_key: WrappedKeyJson {
             nonce: Vec::new(),
             commitment: Vec::new(),

@@ -18,10 +18,21 @@ use crate::keys::SlotContext;
 use crate::repo::format::*;
 use crate::repo::Repository;
 
+/// Most key generations a chain may have (a rotation or rekey each adds one).
+pub const MAX_GENERATIONS: u32 = 100_000;
+
 /// A chain whose key has been resolved.
 pub struct OpenChain {
     pub chain: ChainRecord,
+    /// The current generation key: what the keyslots wrap. It wraps the data keys of new
+    /// points and authenticates the chain record.
     pub chain_key: SecretKey,
+    /// Generation 1's key (the chain's first key): chunk ids, chunk boundaries, the job
+    /// record's MAC and the catalog's check value derive from it, so deduplication spans
+    /// generations.
+    pub root: SecretKey,
+    /// Keys of the retired generations, generation g at index g-1.
+    retired: Vec<SecretKey>,
     pub idk: ChunkIdKey,
     pub ctx: SlotContext,
     /// The chunker's keyed gear tables (v2 chains).
@@ -29,23 +40,120 @@ pub struct OpenChain {
 }
 
 impl OpenChain {
-    pub fn new(chain: ChainRecord, chain_key: SecretKey, job_name: &str) -> Self {
-        let idk = ChunkIdKey::from_chain_key(&chain_key);
+    /// Opens a chain with the key its keyslots wrap (the current generation key): checks
+    /// the record's MAC (v2) and unwraps every retired generation.
+    pub fn new(chain: ChainRecord, chain_key: SecretKey, job_name: &str) -> Result<Self> {
+        let obj = || format!("chain record {}", chain.chain_id);
+        if chain.version >= 2 && !chain.verify(&chain_key) {
+            return Err(Error::integrity(
+                obj(),
+                "its MAC does not verify: its mode, keyslots or generations were changed by someone without the chain key",
+            ));
+        }
+        let current = chain.current_generation();
+        if current == 0
+            || current > MAX_GENERATIONS
+            || chain.retired.len() as u64 != (current - 1) as u64
+        {
+            return Err(Error::integrity(
+                obj(),
+                format!(
+                    "key generation {current} with {} retired generations",
+                    chain.retired.len()
+                ),
+            ));
+        }
+        let mut retired = Vec::with_capacity(chain.retired.len());
+        for (i, r) in chain.retired.iter().enumerate() {
+            if r.generation != i as u32 + 1 || !r.points.windows(2).all(|w| w[0] < w[1]) {
+                return Err(Error::integrity(
+                    obj(),
+                    format!("retired generation {} is out of order", r.generation),
+                ));
+            }
+            let w = WrappedKey::try_from(&r.wrapped).map_err(|e| Error::integrity(obj(), e))?;
+            let k = crypto::unwrap_key(&chain_key, &w, &chain.generation_aad(r.generation))
+                .map_err(|e| {
+                    Error::integrity(obj(), format!("retired generation {}: {e}", r.generation))
+                })?;
+            retired.push(k);
+        }
+        let root = match retired.first() {
+            Some(k) => k.duplicate(),
+            None => chain_key.duplicate(),
+        };
+        let idk = ChunkIdKey::from_chain_key(&root);
         let ctx = SlotContext::of_chain(&chain, job_name);
         let gear = (chain.version >= 2
             && chain.chunker.as_deref() == Some(ChainRecord::KEYED_GEAR))
-        .then(|| Arc::new(crypto::gear_tables(&chain_key)));
-        OpenChain {
+        .then(|| Arc::new(crypto::gear_tables(&root)));
+        Ok(OpenChain {
             chain,
             chain_key,
+            root,
+            retired,
             idk,
             ctx,
             gear,
+        })
+    }
+
+    /// The key of generation `g`, if the chain has it.
+    pub fn generation_key(&self, g: u32) -> Option<&SecretKey> {
+        let current = self.chain.current_generation();
+        if g == current {
+            Some(&self.chain_key)
+        } else if g >= 1 && g < current {
+            self.retired.get(g as usize - 1)
+        } else {
+            None
         }
     }
 
-    /// Unwraps a point's data key. A point of another chain, or a moved one, fails. This
-    /// does not check the point's public fields: [`OpenChain::verified_data_key`] does.
+    /// Starts generation n+1: a fresh key; every earlier generation's key wrapped under it;
+    /// `points` (every point of the chain, written under generation n or earlier) sealed
+    /// into the retired generation's list. The caller adds keyslots wrapping the returned
+    /// key, then seals the record with it. No point, index or pack changes.
+    pub fn next_generation(&self, points: &[Id16]) -> (ChainRecord, SecretKey) {
+        let key = SecretKey::random();
+        let mut c = self.chain.clone();
+        let current = c.current_generation();
+        let mut listed: Vec<Id16> = points.to_vec();
+        listed.sort();
+        listed.dedup();
+        // A point already listed by an older generation stays there only.
+        for r in &c.retired {
+            listed.retain(|p| r.points.binary_search(p).is_err());
+        }
+        c.generation = Some(current + 1);
+        c.revision += 1;
+        c.keyslots.clear();
+        c.mac = None;
+        let now = crate::repo::now_rfc3339();
+        let mut retired = Vec::with_capacity(current as usize);
+        for g in 1..=current {
+            let old = self
+                .generation_key(g)
+                .expect("every generation up to the current");
+            let (when, pts) = match self.chain.retired.get(g as usize - 1) {
+                Some(r) => (r.retired.clone(), r.points.clone()),
+                None => (now.clone(), std::mem::take(&mut listed)),
+            };
+            retired.push(RetiredGeneration {
+                generation: g,
+                retired: when,
+                wrapped: WrappedKeyJson::from(&crypto::wrap_key(&key, old, &c.generation_aad(g))),
+                points: pts,
+            });
+        }
+        c.retired = retired;
+        (c, key)
+    }
+
+    /// Unwraps a point's data key. A point of another chain, or a moved one, fails; so does
+    /// a point claiming a retired generation that did not list it (written with an old key
+    /// after a rotation). This does not check the point's public fields:
+    /// [`OpenChain::verified_data_key`] does.
     pub fn data_key(&self, p: &PointRecord) -> Result<SecretKey> {
         if p.chain_id != self.chain.chain_id {
             return Err(Error::Other(format!(
@@ -53,17 +161,43 @@ impl OpenChain {
                 p.point_id, p.chain_id, self.chain.chain_id
             )));
         }
-        let w = WrappedKey::try_from(&p.data_key)
-            .map_err(|e| Error::integrity(format!("recovery point {}", p.point_id), e))?;
+        let obj = || format!("recovery point {}", p.point_id);
+        let w = WrappedKey::try_from(&p.data_key).map_err(|e| Error::integrity(obj(), e))?;
         if p.version < self.chain.version {
             return Err(Error::integrity(
-                format!("recovery point {}", p.point_id),
+                obj(),
                 "a version-1 point record in a version-2 chain",
             ));
         }
-        crypto::unwrap_key(&self.chain_key, &w, &p.data_key_place()).map_err(|e| {
+        let g = p.key_generation();
+        let current = self.chain.current_generation();
+        if g < current
+            && self
+                .chain
+                .retired
+                .get(g.saturating_sub(1) as usize)
+                .is_some_and(|r| r.points.binary_search(&p.point_id).is_err())
+        {
+            return Err(Error::integrity(
+                obj(),
+                format!(
+                    "it claims key generation {g}, which was retired before this point existed: \
+                     it was written with an old key after a rotation (planted?)"
+                ),
+            ));
+        }
+        let kek = self.generation_key(g).ok_or_else(|| {
             Error::integrity(
-                format!("recovery point {}", p.point_id),
+                obj(),
+                format!(
+                    "it names key generation {g}, which chain {} does not have",
+                    self.chain.chain_id
+                ),
+            )
+        })?;
+        crypto::unwrap_key(kek, &w, &p.data_key_place()).map_err(|e| {
+            Error::integrity(
+                obj(),
                 format!("{e} (the chain key opens the chain but not this point's data key)"),
             )
         })

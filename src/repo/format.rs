@@ -30,6 +30,7 @@ pub mod label {
     pub const CHAIN_RECORD2: &str = "arca-chain-v2";
     pub const JOB_RECORD2: &str = "arca-job-v2";
     pub const POINT_RECORD2: &str = "arca-point-v2";
+    pub const GENERATION2: &str = "arca-generation-v2";
 }
 
 /// Canonical binary encoding of the public fields an object's MAC or associated data covers
@@ -569,8 +570,18 @@ pub struct ChainRecord {
     /// deduplication continues after `arca migrate`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub chunker: Option<String>,
-    /// v2: MAC of [`ChainRecord::mac_input`] under `derive(chain key, CHAIN_MAC)`: nobody
-    /// without the chain key can add, remove, swap or edit a keyslot or the mode.
+    /// v2: the current key generation (absent: 1, the chain's first key). The keyslots wrap
+    /// the current generation key; new points' data keys are wrapped under it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub generation: Option<u32>,
+    /// v2: every earlier generation (1 .. generation-1), its key wrapped under the current
+    /// generation key, with the points written under it (a point claiming a retired
+    /// generation must be listed here).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub retired: Vec<RetiredGeneration>,
+    /// v2: MAC of [`ChainRecord::mac_input`] under `derive(current generation key,
+    /// CHAIN_MAC)`: nobody without it can add, remove, swap or edit a keyslot, the mode or a
+    /// generation.
     #[serde(default, skip_serializing_if = "Option::is_none", with = "opt_b64")]
     pub mac: Option<Vec<u8>>,
 }
@@ -593,7 +604,41 @@ impl ChainRecord {
         for k in &self.keyslots {
             c.lp(&k.canonical());
         }
+        // Chains that never rotated (no generation field) keep their 0.2 MAC input.
+        if let Some(g) = self.generation {
+            c.u32(g).u32(self.retired.len() as u32);
+            for r in &self.retired {
+                c.u32(r.generation)
+                    .lp(r.retired.as_bytes())
+                    .lp(&r.wrapped.nonce)
+                    .lp(&r.wrapped.commitment)
+                    .lp(&r.wrapped.ciphertext)
+                    .u32(r.points.len() as u32);
+                for p in &r.points {
+                    c.raw(&p.0);
+                }
+            }
+        }
         c.finish()
+    }
+
+    /// The current key generation (1 for a chain that never rotated).
+    pub fn current_generation(&self) -> u32 {
+        self.generation.unwrap_or(1)
+    }
+
+    /// The place a retired generation's key is bound to when wrapped under the current one.
+    pub fn generation_aad(&self, generation: u32) -> Vec<u8> {
+        crypto::aad(
+            label::GENERATION2,
+            &[
+                &self.repo_id.0,
+                &self.job_id.0,
+                &self.chain_id.0,
+                &generation.to_be_bytes(),
+                &self.current_generation().to_be_bytes(),
+            ],
+        )
     }
 
     /// Sets the MAC (v2) under the chain key.
@@ -609,6 +654,19 @@ impl ChainRecord {
             crypto::verify_mac(chain_key, crypto::context::CHAIN_MAC, &self.mac_input(), m)
         })
     }
+}
+
+/// A key generation a rotation or rekey retired: its key, wrapped under the chain's current
+/// generation key, stays so that its points remain readable.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct RetiredGeneration {
+    pub generation: u32,
+    /// When it was retired (RFC 3339).
+    pub retired: String,
+    /// Its key, wrapped under the current generation key at [`ChainRecord::generation_aad`].
+    pub wrapped: WrappedKeyJson,
+    /// The points written under it, sorted (nothing can be written under it any more).
+    pub points: Vec<Id16>,
 }
 
 /// `repository/escrow/<job_id>.<password>.json`: a password hash encrypted by a KMS, so
@@ -653,7 +711,23 @@ impl EscrowRecord {
         )
     }
 
-    pub fn file_name(job_id: &Id16, password: &str) -> String {
+    /// Version-2 records are named by job, password and salt, so the record of a new
+    /// password hash can be written before the old one is removed (rotation).
+    pub fn file_name(&self) -> String {
+        if self.version >= 2 {
+            format!(
+                "{}.{}.{}.json",
+                self.job_id,
+                self.kdf.password,
+                hex::encode(&self.kdf.salt[..self.kdf.salt.len().min(8)])
+            )
+        } else {
+            Self::legacy_file_name(&self.job_id, &self.kdf.password)
+        }
+    }
+
+    /// The name arca 0.1 (and 0.2 before rotation records) used: job and password only.
+    pub fn legacy_file_name(job_id: &Id16, password: &str) -> String {
         format!("{job_id}.{password}.json")
     }
 }
@@ -749,6 +823,9 @@ pub struct PointRecord {
     /// v2: layout of the body, index, packs and chunks (1 for points migrated from arca 0.1).
     #[serde(default = "one")]
     pub data_format: u32,
+    /// v2: the chain's key generation whose key wraps `data_key` (absent: 1).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub generation: Option<u32>,
     /// This point's data key, wrapped under the chain key.
     pub data_key: WrappedKeyJson,
     /// [`PointBody`] as JSON, sealed under the point-body subkey of the data key.
@@ -798,7 +875,15 @@ impl PointRecord {
             Some(k) => c.raw(&[1]).kdf(k),
         };
         c.u32(self.data_format);
+        if let Some(g) = self.generation {
+            c.u32(g);
+        }
         c.finish()
+    }
+
+    /// The key generation that wraps this point's data key.
+    pub fn key_generation(&self) -> u32 {
+        self.generation.unwrap_or(1)
     }
 
     /// Sets the MAC under the point's data key.
@@ -1172,7 +1257,7 @@ mod tests {
                 kind: PointRecord::KIND.into(), version: FORMAT_VERSION,
                 repo_id: ids.0, job_id: ids.1, job, chain_id: ids.2, point_id: ids.3,
                 time: "2026-11-23T11:00:00Z".into(), parent: Some(ids.0),
-                source_kind: Some("tree".into()), data_format: 2, mac: Some(vec![9; 32]),
+                source_kind: Some("tree".into()), data_format: 2, generation: None, mac: Some(vec![9; 32]),
                 kdf: Some(KdfRecord { password: "p".into(), algorithm: KdfRecord::ARGON2ID.into(),
                     salt, m_kib: 65536, t: 3, p: 2 }),
                 data_key: WrappedKeyJson { nonce: vec![1; 12], commitment: vec![2; 32],
@@ -1190,6 +1275,8 @@ mod tests {
                 kind: ChainRecord::KIND.into(), version: FORMAT_VERSION, repo_id: ids.0,
                 job_id: ids.1, chain_id: ids.2, created: "t".into(), encryption: EncryptionMode::Key,
                 chunker: Some(ChainRecord::KEYED_GEAR.into()),
+                generation: None,
+                retired: Vec::new(),
                 keyslots: vec![Keyslot { slot_id: ids.3, created: "t".into(), format: Some(2),
                     params: SlotParams::Raw { fingerprint: fp },
                     wrapped: Some(WrappedKeyJson { nonce: vec![0; 12], commitment: vec![0; 32],

@@ -500,15 +500,20 @@ impl Repository {
     // --- escrow ---
 
     pub fn write_escrow(&self, e: &EscrowRecord) -> Result<()> {
-        self.write_record(
-            &["escrow"],
-            &EscrowRecord::file_name(&e.job_id, &e.kdf.password),
-            e,
-        )
+        self.write_record(&["escrow"], &e.file_name(), e)
     }
 
     /// Readable escrow records of a job (all jobs if `None`); damaged ones are skipped.
     pub fn list_escrow(&self, job_id: Option<&Id16>) -> Result<Vec<EscrowRecord>> {
+        Ok(self
+            .scan_escrow(job_id)?
+            .into_iter()
+            .map(|(_, e)| e)
+            .collect())
+    }
+
+    /// Readable escrow records with the file name each was found under.
+    fn scan_escrow(&self, job_id: Option<&Id16>) -> Result<Vec<(String, EscrowRecord)>> {
         let mut out = Vec::new();
         for name in self.list_dir_ids("escrow", ".json")? {
             let r: Result<EscrowRecord> =
@@ -537,28 +542,38 @@ impl Repository {
                 tracing::warn!("skipping {err}");
                 continue;
             }
-            if EscrowRecord::file_name(&e.job_id, &e.kdf.password) != format!("{name}.json") {
+            let file = format!("{name}.json");
+            if e.file_name() != file
+                && EscrowRecord::legacy_file_name(&e.job_id, &e.kdf.password) != file
+            {
                 tracing::warn!(
-                    "skipping {what}: its file name does not match its job and password"
+                    "skipping {what}: its file name does not match its job, password and salt"
                 );
                 continue;
             }
             if job_id.is_none_or(|j| *j == e.job_id) {
-                out.push(e);
+                out.push((file, e));
             }
         }
         Ok(out)
     }
 
-    pub fn delete_escrow(&self, job_id: &Id16, password: &str) -> Result<()> {
-        let name = EscrowRecord::file_name(job_id, password);
+    /// Deletes the escrow records of a job's password: those of one salt (one version of
+    /// the password), or all of them.
+    pub fn delete_escrow(&self, job_id: &Id16, password: &str, salt: Option<&[u8]>) -> Result<()> {
         let d = self.sub(&["escrow"], true)?;
-        match d.unlink(&name) {
-            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
-                Err(Error::io(format!("remove escrow/{name}"), e))
+        for (name, e) in self.scan_escrow(Some(job_id))? {
+            if e.kdf.password != password || salt.is_some_and(|s| s != e.kdf.salt.as_slice()) {
+                continue;
             }
-            _ => Ok(()),
+            match d.unlink(&name) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                    return Err(Error::io(format!("remove escrow/{name}"), e))
+                }
+                _ => {}
+            }
         }
+        Ok(())
     }
 
     // --- points ---

@@ -1,0 +1,1 @@
+//! The system configuration bundle.

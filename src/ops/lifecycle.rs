@@ -1,0 +1,473 @@
+//! Key lifecycle: password rotation and job rekey (new key generations), escrow of
+//! password hashes, activation.
+//!
+//! A rotation or rekey starts a new **key generation** in each chain it touches: a fresh
+//! generation key, wrapped by every keyslot anew, wraps the data keys of new points; the
+//! keys of earlier generations are wrapped under it (so the new secret opens every older
+//! point), never the other way round (so an old secret opens no later point). Nothing but
+//! the chain record changes: no point, index or pack is rewritten. Each chain moves in one
+//! atomic write, and a journal in the catalog lets an interrupted rotation be finished.
+
+use std::time::Duration;
+
+use serde::Serialize;
+
+use super::{locate_job, open_chain_with, pin_open_chain, JobHandle, Session};
+use crate::catalog::Catalog;
+use crate::crypto::{KdfParams, Passphrase, SecretKey};
+use crate::engine::OpenChain;
+use crate::error::{Error, Result};
+use crate::keys::passphrase::{self, PasswordHashProvider};
+use crate::keys::{KeyProvider, SlotContext};
+use crate::repo::format::{ChainRecord, EncryptionMode, Id16, KdfRecord, Keyslot, SlotParams};
+use crate::repo::{RepoLock, Repository};
+
+/// Fault injection for the crash tests: with `ARCA_FAULT_AFTER_WRITES=N`, the process exits
+/// with status 75 right after the N-th write (to the repository or the catalog) of a
+/// lifecycle operation, as a crash or power loss would leave things.
+pub mod fault {
+    use std::sync::atomic::{AtomicU64, Ordering};
+
+    static WRITES: AtomicU64 = AtomicU64::new(0);
+    pub const EXIT: i32 = 75;
+
+    /// Counts one completed write; stops the process here if told to.
+    pub fn wrote(what: &str) {
+        let n = WRITES.fetch_add(1, Ordering::SeqCst) + 1;
+        let limit = std::env::var("ARCA_FAULT_AFTER_WRITES")
+            .ok()
+            .and_then(|v| v.parse::<u64>().ok());
+        if limit == Some(n) {
+            eprintln!("arca: fault injected after write {n} ({what})");
+            std::process::exit(EXIT);
+        }
+    }
+}
+
+/// How long lifecycle operations wait for a repository lock held by a backup.
+pub fn lock_wait() -> Duration {
+    std::env::var("ARCA_LOCK_WAIT")
+        .ok()
+        .and_then(|v| humantime::parse_duration(&v).ok())
+        .unwrap_or(Duration::from_secs(600))
+}
+
+/// Takes a repository's lock, waiting up to `wait` while another process holds it.
+pub fn lock_waiting(s: &Session, repo: &Repository, wait: Duration) -> Result<RepoLock> {
+    let start = std::time::Instant::now();
+    let mut said = false;
+    loop {
+        match repo.lock() {
+            Err(Error::Locked { path, detail }) => {
+                if start.elapsed() >= wait {
+                    return Err(Error::Locked {
+                        path,
+                        detail: format!(
+                            "{detail}; waited {}",
+                            humantime::format_duration(Duration::from_secs(wait.as_secs()))
+                        ),
+                    });
+                }
+                if !said {
+                    s.note(format!(
+                        "waiting for the lock of {} ({detail}; up to {}, ARCA_LOCK_WAIT)",
+                        repo.root().display(),
+                        humantime::format_duration(wait)
+                    ));
+                    said = true;
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            other => return other,
+        }
+    }
+}
+
+/// If escrow is enabled (AWS KMS or KMIP), escrows the stored hash of `password` for a job.
+pub async fn escrow_if_enabled(
+    s: &Session,
+    cat: &Catalog,
+    repo: &Repository,
+    job_id: &Id16,
+    job: &str,
+    password: &str,
+) -> Result<()> {
+    if escrow_target(cat)?.is_none() {
+        return Ok(());
+    }
+    let (rec, hash) = cat.password_hash(password)?.ok_or_else(|| {
+        Error::NotFound(format!(
+            "password '{password}' has no stored hash in this catalog"
+        ))
+    })?;
+    escrow_hash_if_enabled(s, cat, repo, job_id, job, &rec, &hash).await?;
+    Ok(())
+}
+
+/// The enabled escrow target: ("aws-kms" or "kmip", key).
+pub fn escrow_target(cat: &Catalog) -> Result<Option<(&'static str, String)>> {
+    if let Some(k) = cat.setting(crate::passwords::ESCROW_KEY_SETTING)? {
+        return Ok(Some(("aws-kms", k)));
+    }
+    Ok(cat
+        .setting(crate::passwords::KMIP_ESCROW_KEY_SETTING)?
+        .map(|k| ("kmip", k)))
+}
+
+/// Escrows a password hash (AWS KMS or KMIP, whichever is enabled) into the repository and
+/// the catalog. Records are per password version (salt): this one is added beside the
+/// record of an older version, which its caller removes once nothing needs it. Returns
+/// whether it escrowed.
+pub async fn escrow_hash_if_enabled(
+    s: &Session,
+    cat: &Catalog,
+    repo: &Repository,
+    job_id: &Id16,
+    job: &str,
+    rec: &KdfRecord,
+    hash: &SecretKey,
+) -> Result<bool> {
+    let password = &rec.password;
+    let unavailable = |e: crate::keys::KeyError| Error::KeysUnavailable {
+        job: job.into(),
+        detail: format!("escrow of password '{password}' failed: {e}"),
+    };
+    let e = match escrow_target(cat)? {
+        Some(("aws-kms", key)) => {
+            let client = s.creds.kms_client().await.map_err(unavailable)?;
+            crate::passwords::escrow(&client, &key, &repo.id(), job_id, job, rec, hash)
+                .await
+                .map_err(unavailable)?
+        }
+        Some((_, key)) => {
+            let client = s.creds.kmip_client().map_err(unavailable)?;
+            crate::passwords::escrow_kmip(client, &key, &repo.id(), job_id, job, rec, hash)
+                .await
+                .map_err(unavailable)?
+        }
+        None => return Ok(false),
+    };
+    repo.write_escrow(&e)?;
+    fault::wrote("repository: escrow record");
+    cat.upsert_escrow(&e)?;
+    fault::wrote("catalog: escrow record");
+    s.note(format!(
+        "escrowed the hash of password '{password}' for job '{job}' with {} key {}",
+        e.provider, e.key_arn
+    ));
+    Ok(true)
+}
+
+/// Re-wraps `key` (a new generation key) for every keyslot of `old`: the same providers,
+/// except that the passphrase slot of `replace.0` (a password version) is wrapped by
+/// `replace.1` instead. Fails, before anything is written, if a keyslot's secret is not at
+/// hand (a raw key not given, a password whose hash this catalog lacks, KMS unreachable).
+async fn rewrap_slots(
+    s: &Session,
+    cat: &Catalog,
+    h: &JobHandle,
+    old: &ChainRecord,
+    new: &ChainRecord,
+    key: &SecretKey,
+    replace: Option<(&KdfRecord, &PasswordHashProvider)>,
+) -> Result<Vec<Keyslot>> {
+    let job = &h.job.name;
+    let sctx = SlotContext::of_chain(new, job);
+    let unavailable = |what: String| Error::KeysUnavailable {
+        job: job.clone(),
+        detail: what,
+    };
+    let mut out = Vec::with_capacity(old.keyslots.len());
+    for slot in &old.keyslots {
+        let made = match &slot.params {
+            SlotParams::None { .. } => {
+                return Err(Error::Usage(format!(
+                    "job '{job}' is not encrypted: there are no keys to rotate"
+                )))
+            }
+            SlotParams::Passphrase { kdf } => match replace {
+                Some((from, to)) if kdf.password == from.password && kdf.salt == from.salt => {
+                    to.wrap(key, &sctx).await
+                }
+                _ => {
+                    let (rec, hash) = cat
+                        .password_hash(&kdf.password)?
+                        .filter(|(r, _)| r.salt == kdf.salt)
+                        .ok_or_else(|| {
+                            unavailable(format!(
+                                "the keyslot of password '{}' cannot be re-wrapped: this catalog has no stored hash of that version of it \
+                                 (open a recovery point with its passphrase once, or remove the keyslot with `arca job keys remove`)",
+                                kdf.password
+                            ))
+                        })?;
+                    PasswordHashProvider::new(rec, hash).wrap(key, &sctx).await
+                }
+            },
+            SlotParams::Raw { fingerprint } => {
+                let key_file = h.row.as_ref().and_then(|r| r.key_file.as_deref());
+                let (p, _) = s.creds.raw_key(key_file)?.ok_or_else(|| {
+                    unavailable(format!(
+                        "the raw-key keyslot (key {fingerprint}) must be re-wrapped: give its key (--key-file or ARCA_KEY)"
+                    ))
+                })?;
+                if p.fingerprint() != *fingerprint {
+                    return Err(unavailable(format!(
+                        "the raw-key keyslot is for key {fingerprint}, but the key given is {}",
+                        p.fingerprint()
+                    )));
+                }
+                p.wrap(key, &sctx).await
+            }
+            SlotParams::Kms { key_arn, .. } => {
+                let client = s
+                    .creds
+                    .kms_client_for(key_arn)
+                    .await
+                    .map_err(|e| unavailable(e.to_string()))?;
+                crate::keys::aws_kms::KmsProvider::new(client, Some(key_arn.clone()))
+                    .wrap(key, &sctx)
+                    .await
+            }
+            SlotParams::Kmip { key_uid, .. } | SlotParams::KmipEncrypt { key_uid, .. } => {
+                let client = s
+                    .creds
+                    .kmip_client()
+                    .map_err(|e| unavailable(e.to_string()))?;
+                crate::keys::kmip::KmipProvider::new(client, Some(key_uid.clone()))
+                    .wrap(key, &sctx)
+                    .await
+            }
+        }
+        .map_err(|e| {
+            unavailable(format!(
+                "re-wrapping the {} keyslot failed: {e}",
+                slot.params.provider()
+            ))
+        })?;
+        out.push(made);
+    }
+    Ok(out)
+}
+
+/// Moves one open chain to a new key generation (one atomic write of its record), pins the
+/// result, and returns the new generation number and how many points the chain has.
+async fn advance(
+    s: &Session,
+    cat: &Catalog,
+    h: &JobHandle,
+    oc: &OpenChain,
+    replace: Option<(&KdfRecord, &PasswordHashProvider)>,
+) -> Result<(u32, usize)> {
+    let ids: Vec<Id16> = h
+        .repo
+        .list_points(&h.job.job_id)?
+        .iter()
+        .filter(|p| p.chain_id == oc.chain.chain_id)
+        .map(|p| p.point_id)
+        .collect();
+    let (mut chain, key) = oc.next_generation(&ids);
+    chain.keyslots = rewrap_slots(s, cat, h, &oc.chain, &chain, &key, replace).await?;
+    chain.seal(&key);
+    let generation = chain.current_generation();
+    // The new record must open, with the new key, to what we meant, before it replaces the
+    // old one.
+    let reopened = OpenChain::new(chain, key, &h.job.name)?;
+    h.repo.write_chain(&reopened.chain)?;
+    fault::wrote("repository: chain record");
+    if h.row.is_some() {
+        pin_open_chain(cat, &h.job.job_id, &reopened)?;
+        fault::wrote("catalog: chain pin");
+    }
+    Ok((generation, ids.len()))
+}
+
+/// What a rotation did, per job.
+#[derive(Debug, Serialize)]
+pub struct RotatedJob {
+    pub job: String,
+    /// Chains moved to a new generation by this run (a resumed run skips those done).
+    pub chains: Vec<RotatedChain>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct RotatedChain {
+    pub chain_id: String,
+    pub generation: u32,
+    pub points: usize,
+}
+
+#[derive(Debug, Serialize)]
+pub struct Rotation {
+    pub password: String,
+    /// True when this run finished a rotation an earlier run began.
+    pub resumed: bool,
+    pub jobs: Vec<RotatedJob>,
+    pub escrowed: bool,
+}
+
+/// `arca password rotate`: moves every chain protected by password `name` to a new key
+/// generation whose keyslot is made from `new_pass`; the old passphrase opens nothing
+/// afterwards, not even with a copy of the repository's metadata taken before. Interrupted,
+/// it leaves each chain on exactly one of the two passwords; running it again (with the
+/// same new passphrase) finishes it.
+pub async fn rotate_password(s: &Session, name: &str, new_pass: &Passphrase) -> Result<Rotation> {
+    let cat = s.catalog()?;
+    let journal = cat.rotation(name)?;
+    let stored = cat.password_hash(name)?;
+    let resumed = journal.is_some();
+    let (old, new, new_hash) = match journal {
+        Some((started, old, new, hash)) => {
+            let given = passphrase::derive_for(&new, new_pass, s.creds.allow_expensive_kdf)
+                .map_err(|e| Error::Other(e.to_string()))?;
+            if given.expose() != hash.expose() {
+                return Err(Error::Usage(format!(
+                    "a rotation of password '{name}' to another new passphrase began at {started} and was interrupted; \
+                     run it again with that same new passphrase to finish it"
+                )));
+            }
+            s.note(format!(
+                "finishing the rotation of password '{name}' begun at {started}"
+            ));
+            (old, new, hash)
+        }
+        None => {
+            let (old, old_hash) = stored.as_ref().ok_or_else(|| {
+                Error::NotFound(format!(
+                    "password '{name}' has no stored hash in this catalog; restore it first (any restore with the passphrase, \
+                     or `arca catalog rebuild --repo DIR` with ARCA_PASSPHRASE)"
+                ))
+            })?;
+            let same = passphrase::derive_for(old, new_pass, s.creds.allow_expensive_kdf)
+                .map_err(|e| Error::Other(e.to_string()))?;
+            if same.expose() == old_hash.expose() {
+                return Err(Error::Usage(format!(
+                    "the new passphrase of password '{name}' is the old one; nothing was changed \
+                     (to renew the keys with the same passphrase, use `arca job rekey JOB`)"
+                )));
+            }
+            let params = KdfParams::for_new_password().map_err(|e| Error::Usage(e.to_string()))?;
+            let (new, hash) = passphrase::new_password(name, new_pass, params)
+                .map_err(|e| Error::Other(e.to_string()))?;
+            (old.clone(), new, hash)
+        }
+    };
+    // Every repository involved is locked before the first write (a backup running now
+    // finishes first; its point then moves with the rest).
+    let mut handles = Vec::new();
+    for job in cat.jobs_using_password(name)? {
+        handles.push(locate_job(&cat, &job, None)?);
+    }
+    let mut locks = Vec::new();
+    let mut roots: Vec<std::path::PathBuf> = Vec::new();
+    for h in &handles {
+        if !roots.contains(&h.repo.root().to_path_buf()) {
+            roots.push(h.repo.root().to_path_buf());
+            locks.push(lock_waiting(s, &h.repo, lock_wait())?);
+        }
+    }
+    if !resumed {
+        cat.begin_rotation(&old, &new, &new_hash)?;
+        fault::wrote("catalog: rotation journal");
+    }
+    let new_p = PasswordHashProvider::new(new.clone(), new_hash.duplicate());
+    let mut escrowed = false;
+    let mut report = Vec::new();
+    for h in &handles {
+        // 1. The new hash is escrowed before anything needs it, beside the old record.
+        if h.repo
+            .list_escrow(Some(&h.job.job_id))?
+            .iter()
+            .all(|e| e.kdf != new)
+        {
+            escrowed |= escrow_hash_if_enabled(
+                s,
+                &cat,
+                &h.repo,
+                &h.job.job_id,
+                &h.job.name,
+                &new,
+                &new_hash,
+            )
+            .await?;
+        }
+        // 2. Each chain with a keyslot of the old version moves, in one write.
+        let mut chains = Vec::new();
+        for chain_id in h.job.all_chains() {
+            let chain = h.repo.read_chain(&chain_id)?;
+            let has = |k: &KdfRecord| {
+                chain.keyslots.iter().any(|sl| {
+                    matches!(&sl.params, SlotParams::Passphrase { kdf } if kdf.password == k.password && kdf.salt == k.salt)
+                })
+            };
+            if !has(&old) {
+                continue;
+            }
+            let (oc, _) = open_chain_with(s, &cat, h, &chain_id, None, false, false).await?;
+            let (generation, points) = advance(s, &cat, h, &oc, Some((&old, &new_p))).await?;
+            chains.push(RotatedChain {
+                chain_id: chain_id.hex(),
+                generation,
+                points,
+            });
+        }
+        report.push(RotatedJob {
+            job: h.job.name.clone(),
+            chains,
+        });
+    }
+    // 3. The catalog's password now is the new version.
+    if stored.as_ref().is_none_or(|(r, _)| r.salt != new.salt) {
+        cat.create_password(&new, "", &new_hash)?;
+        fault::wrote("catalog: password hash");
+    }
+    // 4. Only now do the old version's escrow records go.
+    for h in &handles {
+        if h.repo
+            .list_escrow(Some(&h.job.job_id))?
+            .iter()
+            .any(|e| e.kdf.password == name && e.kdf.salt == old.salt)
+        {
+            h.repo.delete_escrow(&h.job.job_id, name, Some(&old.salt))?;
+            fault::wrote("repository: old escrow record removed");
+        }
+        cat.delete_escrow(&h.job.job_id, name, Some(&old.salt))?;
+    }
+    cat.end_rotation(name)?;
+    fault::wrote("catalog: rotation journal closed");
+    drop(locks);
+    Ok(Rotation {
+        password: name.to_string(),
+        resumed,
+        jobs: report,
+        escrowed,
+    })
+}
+
+/// What a rekey did.
+#[derive(Debug, Serialize)]
+pub struct Rekey {
+    pub job: String,
+    pub chain_id: String,
+    pub generation: u32,
+}
+
+/// `arca job rekey`: the job's current chain moves to a new key generation with the same
+/// secrets (every keyslot re-wrapped): points written from now on are under keys no
+/// earlier copy of the repository's metadata leads to.
+pub async fn rekey_job(s: &Session, name: &str) -> Result<Rekey> {
+    let cat = s.catalog()?;
+    let h = locate_job(&cat, name, None)?;
+    let _lock = lock_waiting(s, &h.repo, lock_wait())?;
+    let (oc, _) = open_chain_with(s, &cat, &h, &h.job.chain_id, None, false, true).await?;
+    if oc.chain.encryption == EncryptionMode::None {
+        return Err(Error::Usage(format!(
+            "job '{name}' is not encrypted: there are no keys to renew"
+        )));
+    }
+    let (generation, _) = advance(s, &cat, &h, &oc, None).await?;
+    Ok(Rekey {
+        job: name.to_string(),
+        chain_id: oc.chain.chain_id.hex(),
+        generation,
+    })
+}
