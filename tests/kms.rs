@@ -948,8 +948,14 @@ async fn catalog_rebuild_restores_the_escrow_setting_from_verified_records() {
         )
         .ok();
     assert!(r.stderr.contains("--trust-kms-key"), "{}", r.stderr);
-    let st = env.run(&["--json", "kms", "escrow", "status"]).ok().json();
+    // Status compares the catalog with the repository: the record is there, unused.
+    let r = env.run(&["--json", "kms", "escrow", "status"]);
+    assert_eq!(r.code, 1, "{}", r.stderr);
+    let st = r.json();
     assert_eq!(st["enabled"], false);
+    assert_eq!(st["records"][0]["in_repository"], true);
+    assert_eq!(st["records"][0]["in_catalog"], false);
+    assert!(!st["problems"].as_array().unwrap().is_empty());
     // Naming the key: the record is verified through KMS and escrow is on again.
     fs::remove_dir_all(env.catalog.parent().unwrap()).unwrap();
     let r = env
@@ -967,4 +973,7 @@ async fn catalog_rebuild_restores_the_escrow_setting_from_verified_records() {
     assert_eq!(st["enabled"], true);
     assert_eq!(st["key"], key.as_str());
     assert_eq!(st["records"].as_array().unwrap().len(), 1);
+    assert_eq!(st["records"][0]["in_repository"], true);
+    assert_eq!(st["records"][0]["in_catalog"], true);
+    assert!(st["problems"].as_array().unwrap().is_empty());
 }

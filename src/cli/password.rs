@@ -365,29 +365,30 @@ async fn escrow(ctx: &Ctx, cmd: EscrowCmd, target: Target) -> Result<i32> {
             Ok(0)
         }
         EscrowCmd::Status => {
-            let key = cat.setting(setting)?;
-            let recs = cat.escrow_records(None)?;
+            let st = crate::ops::lifecycle::escrow_status(ctx, target == Target::Kmip)?;
             if ctx.json {
-                let r: Vec<_> = recs
-                    .iter()
-                    .map(|r| serde_json::json!({"password": r.kdf.password, "job": r.job, "provider": r.provider, "key": r.key_arn, "created": r.created}))
-                    .collect();
-                crate::ui::print_json(
-                    &serde_json::json!({"enabled": key.is_some(), "key": key, "records": r}),
-                );
+                crate::ui::print_json(&st);
             } else {
-                match &key {
-                    Some(k) => ctx.say(format!("escrow: enabled, key {k}")),
-                    None => ctx.say("escrow: disabled"),
+                match &st.key {
+                    Some(k) => ctx.say(format!("escrow ({}): enabled, key {k}", st.target)),
+                    None => ctx.say(format!("escrow ({}): disabled", st.target)),
                 }
-                for r in recs {
+                for r in &st.records {
+                    let place = match (r.in_catalog, r.in_repository) {
+                        (true, true) => "catalog and repository",
+                        (true, false) => "catalog only",
+                        _ => "repository only",
+                    };
                     ctx.say(format!(
-                        "  password '{}' for job '{}': {} key {} ({})",
-                        r.kdf.password, r.job, r.provider, r.key_arn, r.created
+                        "  password '{}' for job '{}': {} key {} ({}; {place})",
+                        r.password, r.job, r.provider, r.key, r.created
                     ));
                 }
+                for p in &st.problems {
+                    ctx.note(format!("warning: {p}"));
+                }
             }
-            Ok(0)
+            Ok(if st.problems.is_empty() { 0 } else { 1 })
         }
     }
 }

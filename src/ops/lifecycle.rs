@@ -373,23 +373,18 @@ pub async fn rotate_password(s: &Session, name: &str, new_pass: &Passphrase) -> 
     let mut escrowed = false;
     let mut report = Vec::new();
     for h in &handles {
-        // 1. The new hash is escrowed before anything needs it, beside the old record.
-        if h.repo
-            .list_escrow(Some(&h.job.job_id))?
-            .iter()
-            .all(|e| e.kdf != new)
-        {
-            escrowed |= escrow_hash_if_enabled(
-                s,
-                &cat,
-                &h.repo,
-                &h.job.job_id,
-                &h.job.name,
-                &new,
-                &new_hash,
-            )
-            .await?;
-        }
+        // 1. The new hash is escrowed before anything needs it, beside the old record (again
+        //    when resuming: the repository and the catalog may hold it or not).
+        escrowed |= escrow_hash_if_enabled(
+            s,
+            &cat,
+            &h.repo,
+            &h.job.job_id,
+            &h.job.name,
+            &new,
+            &new_hash,
+        )
+        .await?;
         // 2. Each chain with a keyslot of the old version moves, in one write.
         let mut chains = Vec::new();
         for chain_id in h.job.all_chains() {
@@ -469,5 +464,121 @@ pub async fn rekey_job(s: &Session, name: &str) -> Result<Rekey> {
         job: name.to_string(),
         chain_id: oc.chain.chain_id.hex(),
         generation,
+    })
+}
+
+/// One escrow record as the catalog and the repositories see it.
+#[derive(Debug, Serialize)]
+pub struct EscrowView {
+    pub job: String,
+    pub password: String,
+    pub provider: String,
+    pub key: String,
+    pub created: String,
+    pub in_catalog: bool,
+    pub in_repository: bool,
+}
+
+#[derive(Debug, Serialize)]
+pub struct EscrowStatus {
+    pub enabled: bool,
+    /// "aws-kms" or "kmip" (whichever was asked about).
+    pub target: &'static str,
+    pub key: Option<String>,
+    pub records: Vec<EscrowView>,
+    /// Disagreements between the catalog and the repositories, in words.
+    pub problems: Vec<String>,
+}
+
+/// Escrow as the catalog and every repository of its jobs hold it: both sides are listed,
+/// and a record one side lacks is a problem (a reinstall restores from the repository).
+pub fn escrow_status(s: &Session, kmip: bool) -> Result<EscrowStatus> {
+    let cat = s.catalog()?;
+    let (setting, target) = if kmip {
+        (crate::passwords::KMIP_ESCROW_KEY_SETTING, "kmip")
+    } else {
+        (crate::passwords::ESCROW_KEY_SETTING, "aws-kms")
+    };
+    let is_target = |provider: &str| provider.starts_with("kmip") == kmip;
+    let key = cat.setting(setting)?;
+    let in_cat = cat.escrow_records(None)?;
+    let mut records: Vec<EscrowView> = Vec::new();
+    let mut problems = Vec::new();
+    for e in in_cat.iter().filter(|e| is_target(&e.provider)) {
+        records.push(EscrowView {
+            job: e.job.clone(),
+            password: e.kdf.password.clone(),
+            provider: e.provider.clone(),
+            key: e.key_arn.clone(),
+            created: e.created.clone(),
+            in_catalog: true,
+            in_repository: false,
+        });
+    }
+    for row in cat.list_jobs()? {
+        let repo = match Repository::open(&row.repo_path) {
+            Ok(r) => r,
+            Err(e) => {
+                problems.push(format!("job '{}': repository unreadable: {e}", row.name));
+                continue;
+            }
+        };
+        for e in repo.list_escrow(Some(&row.job_id))? {
+            if !is_target(&e.provider) {
+                continue;
+            }
+            let twin = in_cat.iter().position(|c| {
+                c.job_id == e.job_id && c.kdf == e.kdf && c.ciphertext == e.ciphertext
+            });
+            match twin.and_then(|_| {
+                records.iter_mut().find(|r| {
+                    r.in_catalog
+                        && r.job == e.job
+                        && r.password == e.kdf.password
+                        && r.created == e.created
+                })
+            }) {
+                Some(r) => r.in_repository = true,
+                None => records.push(EscrowView {
+                    job: row.name.clone(),
+                    password: e.kdf.password.clone(),
+                    provider: e.provider.clone(),
+                    key: e.key_arn.clone(),
+                    created: e.created.clone(),
+                    in_catalog: false,
+                    in_repository: true,
+                }),
+            }
+        }
+    }
+    for r in &records {
+        if !r.in_repository {
+            problems.push(format!(
+                "the escrow record of password '{}' for job '{}' is in the catalog but not in the repository: \
+                 a reinstall could not use it (`arca {} escrow enable --key KEY` writes it again)",
+                r.password,
+                r.job,
+                if kmip { "kmip" } else { "kms" }
+            ));
+        } else if !r.in_catalog {
+            problems.push(format!(
+                "the repository holds an escrow record of password '{}' for job '{}' that this catalog does not list",
+                r.password, r.job
+            ));
+        }
+    }
+    if key.is_none() && records.iter().any(|r| r.in_repository) {
+        problems.push(format!(
+            "escrow is disabled in this catalog, but the repositories hold escrow records \
+             (`arca catalog rebuild --repo DIR` or `arca {} escrow enable --key KEY` restores the setting)",
+            if kmip { "kmip" } else { "kms" }
+        ));
+    }
+    Ok(EscrowStatus {
+        enabled: key.is_some(),
+        target,
+        key,
+        records,
+        problems,
     })
 }
