@@ -36,6 +36,8 @@ pub enum Error {
          Check the passphrase (ARCA_PASSPHRASE, --passphrase-file or the prompt) and try again"
     )]
     WrongPassphrase { job: String, password: String },
+    #[error("wrong bundle passphrase: it does not open {0}; nothing was imported")]
+    WrongBundlePassphrase(String),
     #[error("wrong key for job '{job}': {detail}")]
     WrongKey { job: String, detail: String },
     /// Keys could not be resolved for a reason other than a wrong secret.
@@ -66,6 +68,7 @@ impl Error {
             Error::Usage(_) => exit::USAGE,
             Error::WrongPassphrase { .. }
             | Error::WrongKey { .. }
+            | Error::WrongBundlePassphrase(_)
             | Error::KeysUnavailable { .. } => exit::KEYS,
             Error::Integrity { .. } => exit::INTEGRITY,
             Error::Untrusted(_) => exit::UNTRUSTED,

@@ -452,3 +452,150 @@ fn rekey_renews_keys_under_the_same_passphrase() {
     env.run(&["restore", "j", "--target", s(&t2)]).ok();
     assert_eq!(fs::read(t2.join("new.txt")).unwrap(), b"after the rekey");
 }
+
+fn bundle_env(pass: &str) -> [(&'static str, String); 1] {
+    [("ARCA_BUNDLE_PASSPHRASE", pass.to_string())]
+}
+
+fn jobs_in_catalog(env: &Env) -> usize {
+    env.run(&["--json", "job", "list"])
+        .ok()
+        .json()
+        .as_array()
+        .unwrap()
+        .len()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn config_bundle_restores_a_fresh_install_without_retyping_passphrases() {
+    let admin = kms_admin();
+    let key = new_kms_key(&admin).await;
+    let env = Env::new();
+    let src = tree(&env);
+    let repo = env.path("repo");
+    team_job(&env, "nightly", &src, &repo);
+    env.run(&["kms", "escrow", "enable", "--key", &key]).ok();
+    env.run(&["backup", "nightly"]).ok();
+    let chains_before_rekey = env.path("chains-before");
+    copy_dir(&repo.join("chains"), &chains_before_rekey);
+    env.run(&["job", "rekey", "nightly"]).ok();
+    let bundle = env.path("arca-config.bundle");
+    let [(k, v)] = bundle_env("bundle secret");
+    let r = env
+        .run_env(
+            &["--json", "config", "export", "--out", s(&bundle)],
+            &[(k, &v)],
+        )
+        .ok()
+        .json();
+    assert_eq!(r["jobs"], 1);
+    assert_eq!(r["passwords"], 1);
+    // Sealed: no job name, path or KMS key in clear, and private to its owner.
+    let bytes = fs::read(&bundle).unwrap();
+    for needle in ["nightly", s(&repo), &key] {
+        assert!(
+            !bytes.windows(needle.len()).any(|w| w == needle.as_bytes()),
+            "{needle} in clear"
+        );
+    }
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(
+        fs::metadata(&bundle).unwrap().permissions().mode() & 0o077,
+        0
+    );
+    // An export never overwrites a file.
+    let again = env.run_env(&["config", "export", "--out", s(&bundle)], &[(k, &v)]);
+    assert_ne!(again.code, 0);
+
+    // Reinstall: the catalog and its key file are gone.
+    fs::remove_dir_all(env.catalog.parent().unwrap()).unwrap();
+    let wrong = env.run_env(
+        &["config", "import", s(&bundle)],
+        &[("ARCA_BUNDLE_PASSPHRASE", "not the bundle secret")],
+    );
+    assert_eq!(wrong.code, 12, "{}", wrong.stderr);
+    assert!(
+        wrong.stderr.contains("wrong bundle passphrase"),
+        "{}",
+        wrong.stderr
+    );
+    assert_eq!(
+        jobs_in_catalog(&env),
+        0,
+        "a wrong passphrase imported something"
+    );
+    // A modified bundle is an integrity error, not a wrong passphrase.
+    let bad = env.path("bad.bundle");
+    let mut b = bytes.clone();
+    let n = b.len() - 20;
+    b[n] ^= 1;
+    fs::write(&bad, &b).unwrap();
+    let r = env.run_env(&["config", "import", s(&bad)], &[(k, &v)]);
+    assert_eq!(r.code, 13, "{}", r.stderr);
+    assert_eq!(jobs_in_catalog(&env), 0);
+
+    env.run_env(&["config", "import", s(&bundle)], &[(k, &v)])
+        .ok();
+    // Unattended: no passphrase anywhere, the stored hash does it.
+    write(
+        &src.join("after-reinstall.txt"),
+        b"backed up after the reinstall",
+    );
+    let b = env.run(&["--json", "backup", "nightly"]).ok().json();
+    assert_eq!(b["keys"], "catalog");
+    assert_eq!(
+        b["full"], false,
+        "the pins and chain came back: an incremental"
+    );
+    let t = env.path("t");
+    env.run(&["restore", "nightly", "--target", s(&t)]).ok();
+    assert_eq!(snapshot(&src), snapshot(&t));
+    // Escrow came back, and agrees with the repository.
+    let st = env.run(&["--json", "kms", "escrow", "status"]).ok().json();
+    assert_eq!(st["enabled"], true, "{st}");
+    assert!(st["problems"].as_array().unwrap().is_empty(), "{st}");
+    let p = env.run(&["--json", "points", "nightly"]).ok().json();
+    assert_eq!(p.as_array().unwrap().len(), 2);
+    // The trust pins came back: the chain record from before the rekey is refused.
+    fs::remove_dir_all(repo.join("chains")).unwrap();
+    copy_dir(&chains_before_rekey, &repo.join("chains"));
+    let r = env.run(&["backup", "nightly"]);
+    assert_eq!(r.code, 14, "{}", r.stderr);
+}
+
+#[test]
+fn config_import_over_an_existing_catalog_replaces_nothing_without_replace() {
+    let env = Env::new();
+    let src = tree(&env);
+    let repo = env.path("repo");
+    team_job(&env, "j", &src, &repo);
+    let bundle = env.path("b.bundle");
+    let [(k, v)] = bundle_env("bundle secret");
+    env.run_env(&["config", "export", "--out", s(&bundle)], &[(k, &v)])
+        .ok();
+    // The catalog changes after the export: the job is deactivated.
+    env.run(&["job", "deactivate", "j"]).ok();
+    let active = |env: &Env| env.run(&["--json", "job", "show", "j"]).ok().json()["active"].clone();
+    let r = env.run_env(&["config", "import", s(&bundle)], &[(k, &v)]);
+    assert_eq!(r.code, 2, "{}", r.stderr);
+    assert!(
+        r.stdout.contains("replace") && r.stdout.contains("job"),
+        "{}",
+        r.stdout
+    );
+    assert!(r.stderr.contains("--replace"), "{}", r.stderr);
+    assert_eq!(active(&env), false, "replaced without --replace");
+    let d = env
+        .run_env(
+            &["--json", "config", "import", s(&bundle), "--dry-run"],
+            &[(k, &v)],
+        )
+        .ok()
+        .json();
+    assert_eq!(d["applied"], false);
+    assert_eq!(d["replacements"], 1, "{d}");
+    assert_eq!(active(&env), false);
+    env.run_env(&["config", "import", s(&bundle), "--replace"], &[(k, &v)])
+        .ok();
+    assert_eq!(active(&env), true);
+}

@@ -589,6 +589,105 @@ impl Catalog {
 
     // --- jobs ---
 
+    /// Writes every field of a job (configuration import): creates it or replaces it.
+    pub fn put_job(&self, j: &JobRow) -> Result<()> {
+        self.add_repository(&j.repo_id, &j.repo_path)?;
+        self.conn
+            .execute(
+                "INSERT INTO jobs (name, job_id, repo_id, source, encryption, password, key_file, chain_id, created,
+                                   job_revision, latest_point, active)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)
+                 ON CONFLICT(name) DO UPDATE SET job_id = excluded.job_id, repo_id = excluded.repo_id,
+                   source = excluded.source, encryption = excluded.encryption, password = excluded.password,
+                   key_file = excluded.key_file, chain_id = excluded.chain_id, created = excluded.created,
+                   job_revision = excluded.job_revision, latest_point = excluded.latest_point, active = excluded.active",
+                params![
+                    j.name,
+                    j.job_id.hex(),
+                    j.repo_id.hex(),
+                    j.source,
+                    j.encryption.as_str(),
+                    j.password,
+                    j.key_file,
+                    j.chain_id.hex(),
+                    j.created,
+                    j.job_revision as i64,
+                    j.latest_point.map(|p| p.hex()),
+                    j.active as i64
+                ],
+            )
+            .map_err(|e| self.err(e))?;
+        Ok(())
+    }
+
+    /// Every setting (configuration export).
+    pub fn settings(&self) -> Result<Vec<(String, String)>> {
+        let mut st = self
+            .conn
+            .prepare("SELECT key, value FROM settings ORDER BY key")
+            .map_err(|e| self.err(e))?;
+        let rows = st
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+            .map_err(|e| self.err(e))?;
+        rows.collect::<rusqlite::Result<Vec<_>>>()
+            .map_err(|e| self.err(e))
+    }
+
+    /// Every repository: id, path, the newest format version seen.
+    pub fn repositories(&self) -> Result<Vec<(Id16, PathBuf, u32)>> {
+        let mut st = self
+            .conn
+            .prepare("SELECT repo_id, path, format_version FROM repositories ORDER BY repo_id")
+            .map_err(|e| self.err(e))?;
+        let rows = st
+            .query_map([], |r| {
+                Ok((
+                    r.get::<_, String>(0)?,
+                    r.get::<_, String>(1)?,
+                    r.get::<_, i64>(2)?,
+                ))
+            })
+            .map_err(|e| self.err(e))?;
+        let mut out = Vec::new();
+        for row in rows {
+            let (id, path, v) = row.map_err(|e| self.err(e))?;
+            out.push((
+                Id16::parse(&id).map_err(|e| self.err(e))?,
+                PathBuf::from(path),
+                v as u32,
+            ));
+        }
+        Ok(out)
+    }
+
+    /// Runs `f` in one transaction: everything it writes, or nothing.
+    pub fn transaction<T>(&self, f: impl FnOnce() -> Result<T>) -> Result<T> {
+        self.conn
+            .execute_batch("BEGIN IMMEDIATE")
+            .map_err(|e| self.err(e))?;
+        match f() {
+            Ok(v) => {
+                self.conn.execute_batch("COMMIT").map_err(|e| self.err(e))?;
+                Ok(v)
+            }
+            Err(e) => {
+                let _ = self.conn.execute_batch("ROLLBACK");
+                Err(e)
+            }
+        }
+    }
+
+    /// Every unfinished rotation's password name.
+    pub fn rotations(&self) -> Result<Vec<String>> {
+        let mut st = self
+            .conn
+            .prepare("SELECT password FROM rotations ORDER BY password")
+            .map_err(|e| self.err(e))?;
+        let rows = st.query_map([], |r| r.get(0)).map_err(|e| self.err(e))?;
+        rows.collect::<rusqlite::Result<Vec<String>>>()
+            .map_err(|e| self.err(e))
+    }
+
     pub fn create_job(&self, j: &JobRow) -> Result<()> {
         self.add_repository(&j.repo_id, &j.repo_path)?;
         self.conn

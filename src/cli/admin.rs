@@ -22,6 +22,143 @@ pub enum CatalogCmd {
 }
 
 #[derive(Subcommand, Debug)]
+pub enum ConfigCmd {
+    /// Write the system configuration (jobs, repositories, trust pins, password hashes,
+    /// escrow settings) to one file sealed under a bundle passphrase (ARCA_BUNDLE_PASSPHRASE,
+    /// --bundle-passphrase-file, or a prompt asked twice). Keep it apart from the repository.
+    Export {
+        #[arg(long, value_name = "FILE")]
+        out: PathBuf,
+        #[arg(long, value_name = "FILE")]
+        bundle_passphrase_file: Option<PathBuf>,
+    },
+    /// Restore the system configuration from a bundle (on a fresh install: backups and
+    /// restores then run without retyping job passphrases). Over an existing catalog it shows
+    /// what would change and replaces nothing without --replace.
+    Import {
+        file: PathBuf,
+        #[arg(long, value_name = "FILE")]
+        bundle_passphrase_file: Option<PathBuf>,
+        /// Replace what differs in this catalog (jobs, passwords, pins, settings).
+        #[arg(long)]
+        replace: bool,
+        /// Only show what would be added or replaced.
+        #[arg(long)]
+        dry_run: bool,
+    },
+}
+
+/// The bundle passphrase: ARCA_BUNDLE_PASSPHRASE, a file, or a no-echo prompt (twice when
+/// `confirm`). Never the job passphrase (ARCA_PASSPHRASE).
+fn bundle_passphrase(
+    ctx: &Ctx,
+    file: Option<PathBuf>,
+    confirm: bool,
+) -> Result<crate::crypto::Passphrase> {
+    if let Some(f) = file {
+        let t = zeroize::Zeroizing::new(
+            std::fs::read_to_string(&f)
+                .map_err(|e| Error::io(format!("read {}", f.display()), e))?,
+        );
+        let t = t.trim_end_matches(['\n', '\r']);
+        if t.is_empty() {
+            return Err(Error::Usage(format!("{} is empty", f.display())));
+        }
+        return Ok(crate::crypto::Passphrase::new(t.to_string()));
+    }
+    if let Ok(v) = std::env::var("ARCA_BUNDLE_PASSPHRASE") {
+        if !v.is_empty() {
+            return Ok(crate::crypto::Passphrase::new(v));
+        }
+    }
+    if !ctx.creds.interactive {
+        return Err(Error::Usage(
+            "the bundle passphrase is needed: ARCA_BUNDLE_PASSPHRASE, --bundle-passphrase-file, or a terminal".into(),
+        ));
+    }
+    let a = zeroize::Zeroizing::new(
+        rpassword::prompt_password("Bundle passphrase: ")
+            .map_err(|e| Error::io("read passphrase", e))?,
+    );
+    if confirm {
+        let b = zeroize::Zeroizing::new(
+            rpassword::prompt_password("Repeat the bundle passphrase: ")
+                .map_err(|e| Error::io("read passphrase", e))?,
+        );
+        if a.is_empty() || *a != *b {
+            return Err(Error::Usage(
+                "the bundle passphrases are empty or differ; nothing was written".into(),
+            ));
+        }
+    }
+    Ok(crate::crypto::Passphrase::new(a.to_string()))
+}
+
+pub fn config(ctx: &Ctx, cmd: ConfigCmd) -> Result<i32> {
+    match cmd {
+        ConfigCmd::Export {
+            out,
+            bundle_passphrase_file,
+        } => {
+            let pass = bundle_passphrase(ctx, bundle_passphrase_file, true)?;
+            let r = crate::ops::bundle::export(ctx, &out, &pass)?;
+            if ctx.json {
+                crate::ui::print_json(&r);
+            } else {
+                ctx.say(format!(
+                    "exported {} job(s), {} password(s), {} repository(ies) and {} escrow record(s) to {} ({} bytes, sealed). \
+                     Keep it, and its passphrase, apart from the repositories",
+                    r.jobs,
+                    r.passwords,
+                    r.repositories,
+                    r.escrow_records,
+                    out.display(),
+                    r.bytes
+                ));
+            }
+            Ok(0)
+        }
+        ConfigCmd::Import {
+            file,
+            bundle_passphrase_file,
+            replace,
+            dry_run,
+        } => {
+            let pass = bundle_passphrase(ctx, bundle_passphrase_file, false)?;
+            let r = crate::ops::bundle::import(ctx, &file, &pass, replace, dry_run)?;
+            if ctx.json {
+                crate::ui::print_json(&r);
+            } else {
+                for c in r.changes.iter().filter(|c| c.action != "same") {
+                    ctx.say(format!("  {:<8} {:<10} {}", c.action, c.kind, c.name));
+                }
+                let adds = r.changes.iter().filter(|c| c.action == "add").count();
+                if r.applied {
+                    ctx.say(format!(
+                        "imported {}: {adds} added, {} replaced",
+                        file.display(),
+                        r.replacements
+                    ));
+                } else if dry_run {
+                    ctx.say(format!(
+                        "dry run: {adds} would be added, {} replaced; nothing was written",
+                        r.replacements
+                    ));
+                }
+            }
+            if !r.applied && !dry_run {
+                return Err(Error::Usage(format!(
+                    "{} item(s) of the bundle differ from this catalog (listed above); nothing was imported. \
+                     Run again with --replace to replace them",
+                    r.replacements
+                )));
+            }
+            Ok(0)
+        }
+    }
+}
+
+#[derive(Subcommand, Debug)]
 pub enum KeyCmd {
     /// Write a new random 32-byte key (base64) to FILE, readable only by you.
     Generate {

@@ -125,6 +125,10 @@ pub enum Command {
     /// Manage the catalog.
     #[command(subcommand)]
     Catalog(admin::CatalogCmd),
+    /// Export or import the system configuration (jobs, repositories, trust pins, password
+    /// hashes, escrow settings) as one file sealed under a bundle passphrase.
+    #[command(subcommand)]
+    Config(admin::ConfigCmd),
     /// Generate a raw key file for `--encryption key`.
     #[command(subcommand)]
     Key(admin::KeyCmd),
@@ -213,6 +217,7 @@ pub async fn run(cli: Cli) -> Result<i32> {
         Command::Keys(c) => read::keys(&ctx, c).await,
         Command::Catalog(c) => admin::catalog(&ctx, c).await,
         Command::Key(c) => admin::key(&ctx, c),
+        Command::Config(c) => admin::config(&ctx, c),
         Command::Password(c) => password::run(&ctx, c).await,
         Command::Kms(c) => password::kms(&ctx, c).await,
         Command::Kmip(c) => password::kmip(&ctx, c).await,

@@ -45,6 +45,7 @@ pub mod context {
     pub const CHAIN_CHECK: &str = "arca 2026-11 v2 chain key check value";
     pub const CHUNKER: &str = "arca 2026-11 v2 chunker gear table";
     pub const CHUNK_NONCE: &str = "arca 2026-11 v2 chunk nonce";
+    pub const BUNDLE: &str = "arca 2026-11 v2 configuration bundle encryption";
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -537,6 +538,52 @@ fn seal_raw(cipher: &Aes256Gcm, nonce: [u8; NONCE_LEN], aad: &[u8], pt: &[u8]) -
 #[doc(hidden)]
 pub fn seal_with_nonce(key: &SecretKey, nonce: [u8; NONCE_LEN], aad: &[u8], pt: &[u8]) -> Vec<u8> {
     seal_raw(&key.cipher(), nonce, aad, pt)
+}
+
+/// A configuration bundle sealed under a passphrase (docs/FORMAT.md §9): the Argon2id hash
+/// of the bundle passphrase commits to `header` (so a wrong passphrase reads as "wrong",
+/// not "modified") and seals `payload` with AES-256-GCM, `header` as associated data.
+/// Returns (commitment, nonce || ciphertext || tag).
+pub fn seal_bundle(hash: &SecretKey, header: &[u8], payload: &[u8]) -> ([u8; 32], Vec<u8>) {
+    seal_bundle_with_nonce(hash, header, payload, random_bytes())
+}
+
+/// Deterministic form of [`seal_bundle`], for test vectors only.
+#[doc(hidden)]
+pub fn seal_bundle_with_nonce(
+    hash: &SecretKey,
+    header: &[u8],
+    payload: &[u8],
+    nonce: [u8; NONCE_LEN],
+) -> ([u8; 32], Vec<u8>) {
+    let c = *commitment(hash, header).as_bytes();
+    (
+        c,
+        seal_raw(
+            &hash.derive(context::BUNDLE).cipher(),
+            nonce,
+            header,
+            payload,
+        ),
+    )
+}
+
+/// Opens what [`seal_bundle`] sealed: `WrongKey` for another passphrase, `Tampered` if the
+/// header or the ciphertext was changed.
+pub fn open_bundle(
+    hash: &SecretKey,
+    header: &[u8],
+    commit: &[u8],
+    sealed: &[u8],
+) -> Result<zeroize::Zeroizing<Vec<u8>>, CryptoError> {
+    let commit: [u8; 32] = commit
+        .try_into()
+        .map_err(|_| CryptoError::Malformed("commitment must be 32 bytes"))?;
+    // blake3::Hash compares in constant time.
+    if commitment(hash, header) != commit {
+        return Err(CryptoError::WrongKey);
+    }
+    open(&hash.derive(context::BUNDLE), header, sealed).map(zeroize::Zeroizing::new)
 }
 
 /// A reusable opener for one key.
