@@ -9,7 +9,7 @@ use super::*;
 use crate::catalog::PointRow;
 use crate::engine::backup::{self, BackupOptions, Source};
 use crate::error::exit;
-use crate::repo::format::{ChainRecord, KdfRecord, SlotParams, SourceError};
+use crate::repo::format::SourceError;
 use crate::ui::human_bytes;
 
 #[derive(Args, Debug)]
@@ -70,7 +70,7 @@ pub async fn run(ctx: &Ctx, a: BackupArgs) -> Result<i32> {
     // The password whose salt the point records: the one attached to the job, else the
     // first passphrase keyslot, whatever the chain's mode (a KMS chain may have one too).
     let want = h.row.as_ref().and_then(|r| r.password.clone());
-    let kdf = point_kdf(&oc.chain, want.as_deref());
+    let kdf = oc.chain.point_kdf(want.as_deref());
     let source = if a.stdin {
         Source::Stdin {
             name: a.stdin_name.clone().expect("clap requires it"),
@@ -173,22 +173,4 @@ pub async fn run(ctx: &Ctx, a: BackupArgs) -> Result<i32> {
         return Ok(exit::PARTIAL);
     }
     Ok(exit::OK)
-}
-
-/// The salt record a new point of `chain` stores: password `want`'s keyslot, else the first
-/// passphrase keyslot, else none.
-pub fn point_kdf(chain: &ChainRecord, want: Option<&str>) -> Option<KdfRecord> {
-    let slots: Vec<&KdfRecord> = chain
-        .keyslots
-        .iter()
-        .filter_map(|s| match &s.params {
-            SlotParams::Passphrase { kdf } => Some(kdf),
-            _ => None,
-        })
-        .collect();
-    slots
-        .iter()
-        .find(|k| Some(k.password.as_str()) == want)
-        .or(slots.first())
-        .map(|k| (*k).clone())
 }

@@ -4,9 +4,6 @@ use clap::Subcommand;
 use serde::Serialize;
 
 use super::*;
-use crate::crypto::KdfParams;
-use crate::keys::passphrase;
-use crate::passwords::ESCROW_KEY_SETTING;
 
 #[derive(Subcommand, Debug)]
 pub enum PasswordCmd {
@@ -56,21 +53,7 @@ pub async fn kmip(ctx: &Ctx, cmd: KmipCmd) -> Result<i32> {
         KmipCmd::CreateKey { name } => name,
         KmipCmd::Escrow(e) => return escrow(ctx, e, Target::Kmip).await,
     };
-    let client = ctx
-        .creds
-        .kmip_client()
-        .map_err(|e| Error::KeysUnavailable {
-            job: String::new(),
-            detail: e.to_string(),
-        })?;
-    let n = name.clone();
-    let uid = tokio::task::spawn_blocking(move || client.create_key(&n))
-        .await
-        .map_err(|e| Error::Other(e.to_string()))?
-        .map_err(|e| Error::KeysUnavailable {
-            job: String::new(),
-            detail: e.to_string(),
-        })?;
+    let uid = crate::ops::lifecycle::kmip_create_key(ctx, &name).await?;
     if ctx.json {
         crate::ui::print_json(&serde_json::json!({"name": name, "unique_identifier": uid}));
     } else {
@@ -131,10 +114,6 @@ pub async fn run(ctx: &Ctx, cmd: PasswordCmd) -> Result<i32> {
     let cat = ctx.catalog()?;
     match cmd {
         PasswordCmd::Create { name, description } => {
-            validate_job_name(&name)?;
-            if cat.password(&name)?.is_some() {
-                return Err(Error::Usage(format!("password '{name}' already exists")));
-            }
             let p = ctx
                 .creds
                 .read_passphrase(&format!("New passphrase for password '{name}': "), true)?
@@ -144,10 +123,7 @@ pub async fn run(ctx: &Ctx, cmd: PasswordCmd) -> Result<i32> {
                             .into(),
                     )
                 })?;
-            let params = KdfParams::for_new_password().map_err(|e| Error::Usage(e.to_string()))?;
-            let (rec, hash) = passphrase::new_password(&name, &p, params)
-                .map_err(|e| Error::Other(e.to_string()))?;
-            cat.create_password(&rec, &description, &hash)?;
+            crate::ops::lifecycle::create_password(ctx, &name, &description, &p)?;
             ctx.say(format!("created password '{name}'; attach it with `arca job create ... --encryption passphrase --password {name}`"));
             Ok(0)
         }
@@ -292,80 +268,20 @@ enum Target {
 }
 
 async fn escrow(ctx: &Ctx, cmd: EscrowCmd, target: Target) -> Result<i32> {
-    let cat = ctx.catalog()?;
-    let (setting, other) = match target {
-        Target::Kms => (
-            ESCROW_KEY_SETTING,
-            crate::passwords::KMIP_ESCROW_KEY_SETTING,
-        ),
-        Target::Kmip => (
-            crate::passwords::KMIP_ESCROW_KEY_SETTING,
-            ESCROW_KEY_SETTING,
-        ),
-    };
-    let unavailable = |e: crate::keys::KeyError| Error::KeysUnavailable {
-        job: String::new(),
-        detail: e.to_string(),
-    };
+    let kmip = target == Target::Kmip;
     match cmd {
         EscrowCmd::Enable { key } => {
-            if cat.setting(other)?.is_some() {
-                return Err(Error::Usage(
-                    "escrow to the other key manager is enabled: disable it first (one escrow target at a time)".into(),
-                ));
-            }
-            let key_id = match target {
-                Target::Kms => {
-                    ctx.creds
-                        .kms_client()
-                        .await
-                        .map_err(unavailable)?
-                        .check_key(&key)
-                        .await
-                        .map_err(unavailable)?
-                        .arn
-                }
-                Target::Kmip => {
-                    let c = ctx.creds.kmip_client().map_err(unavailable)?;
-                    let k = key.clone();
-                    tokio::task::spawn_blocking(move || {
-                        c.resolve(&k).and_then(|uid| c.fetch(&uid).map(|_| uid))
-                    })
-                    .await
-                    .map_err(|e| Error::Other(e.to_string()))?
-                    .map_err(unavailable)?
-                }
-            };
-            cat.set_setting(setting, Some(&key_id))?;
-            let mut n = 0;
-            for p in cat.list_passwords()? {
-                for j in cat.jobs_using_password(&p.name)? {
-                    let h = locate_job(&cat, &j, None)?;
-                    super::job::escrow_if_enabled(ctx, &cat, &h.repo, &h.job.job_id, &j, &p.name)
-                        .await?;
-                    n += 1;
-                }
-            }
+            let (key_id, n) = crate::ops::lifecycle::escrow_enable(ctx, kmip, &key).await?;
             ctx.say(format!("escrow enabled with key {key_id}: {n} password hash(es) escrowed; future ones will be too"));
             Ok(0)
         }
         EscrowCmd::Disable => {
-            let mut n = 0;
-            for r in cat.escrow_records(None)? {
-                if let Some(row) = cat.list_jobs()?.into_iter().find(|j| j.job_id == r.job_id) {
-                    if let Ok(repo) = Repository::open(&row.repo_path) {
-                        repo.delete_escrow(&r.job_id, &r.kdf.password, None)?;
-                    }
-                }
-                cat.delete_escrow(&r.job_id, &r.kdf.password, None)?;
-                n += 1;
-            }
-            cat.set_setting(setting, None)?;
+            let n = crate::ops::lifecycle::escrow_disable(ctx, kmip)?;
             ctx.say(format!("escrow disabled; {n} escrow record(s) deleted"));
             Ok(0)
         }
         EscrowCmd::Status => {
-            let st = crate::ops::lifecycle::escrow_status(ctx, target == Target::Kmip)?;
+            let st = crate::ops::lifecycle::escrow_status(ctx, kmip)?;
             if ctx.json {
                 crate::ui::print_json(&st);
             } else {

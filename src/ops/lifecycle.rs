@@ -582,3 +582,117 @@ pub fn escrow_status(s: &Session, kmip: bool) -> Result<EscrowStatus> {
         problems,
     })
 }
+
+fn escrow_settings(kmip: bool) -> (&'static str, &'static str) {
+    if kmip {
+        (
+            crate::passwords::KMIP_ESCROW_KEY_SETTING,
+            crate::passwords::ESCROW_KEY_SETTING,
+        )
+    } else {
+        (
+            crate::passwords::ESCROW_KEY_SETTING,
+            crate::passwords::KMIP_ESCROW_KEY_SETTING,
+        )
+    }
+}
+
+/// Turns escrow on (AWS KMS, or KMIP when `kmip`) with `key`, after checking the key can be
+/// used, and escrows every password hash of every job now. Returns the key's full id and
+/// how many hashes were escrowed.
+pub async fn escrow_enable(s: &Session, kmip: bool, key: &str) -> Result<(String, usize)> {
+    let cat = s.catalog()?;
+    let (setting, other) = escrow_settings(kmip);
+    if cat.setting(other)?.is_some() {
+        return Err(Error::Usage(
+            "escrow to the other key manager is enabled: disable it first (one escrow target at a time)".into(),
+        ));
+    }
+    let unavailable = |e: crate::keys::KeyError| Error::KeysUnavailable {
+        job: String::new(),
+        detail: e.to_string(),
+    };
+    let key_id = if kmip {
+        let c = s.creds.kmip_client().map_err(unavailable)?;
+        let k = key.to_string();
+        tokio::task::spawn_blocking(move || {
+            c.resolve(&k).and_then(|uid| c.fetch(&uid).map(|_| uid))
+        })
+        .await
+        .map_err(|e| Error::Other(e.to_string()))?
+        .map_err(unavailable)?
+    } else {
+        s.creds
+            .kms_client()
+            .await
+            .map_err(unavailable)?
+            .check_key(key)
+            .await
+            .map_err(unavailable)?
+            .arn
+    };
+    cat.set_setting(setting, Some(&key_id))?;
+    let mut n = 0;
+    for p in cat.list_passwords()? {
+        for j in cat.jobs_using_password(&p.name)? {
+            let h = locate_job(&cat, &j, None)?;
+            escrow_if_enabled(s, &cat, &h.repo, &h.job.job_id, &j, &p.name).await?;
+            n += 1;
+        }
+    }
+    Ok((key_id, n))
+}
+
+/// Turns escrow off and deletes every escrow record from the catalog and the repositories.
+/// Returns how many records were deleted.
+pub fn escrow_disable(s: &Session, kmip: bool) -> Result<usize> {
+    let cat = s.catalog()?;
+    let (setting, _) = escrow_settings(kmip);
+    let mut n = 0;
+    let jobs = cat.list_jobs()?;
+    for r in cat.escrow_records(None)? {
+        if let Some(row) = jobs.iter().find(|j| j.job_id == r.job_id) {
+            if let Ok(repo) = Repository::open(&row.repo_path) {
+                repo.delete_escrow(&r.job_id, &r.kdf.password, None)?;
+            }
+        }
+        cat.delete_escrow(&r.job_id, &r.kdf.password, None)?;
+        n += 1;
+    }
+    cat.set_setting(setting, None)?;
+    Ok(n)
+}
+
+/// `arca password create`: a named password from a passphrase (its Argon2id hash is stored
+/// sealed in the catalog; the passphrase never is).
+pub fn create_password(
+    s: &Session,
+    name: &str,
+    description: &str,
+    pass: &Passphrase,
+) -> Result<()> {
+    super::validate_job_name(name)?;
+    let cat = s.catalog()?;
+    if cat.password(name)?.is_some() {
+        return Err(Error::Usage(format!("password '{name}' already exists")));
+    }
+    let params = KdfParams::for_new_password().map_err(|e| Error::Usage(e.to_string()))?;
+    let (rec, hash) =
+        passphrase::new_password(name, pass, params).map_err(|e| Error::Other(e.to_string()))?;
+    cat.create_password(&rec, description, &hash)
+}
+
+/// `arca kmip create-key`: creates and activates an AES-256 key with this name on the KMIP
+/// server; returns its unique identifier.
+pub async fn kmip_create_key(s: &Session, name: &str) -> Result<String> {
+    let unavailable = |e: crate::keys::KeyError| Error::KeysUnavailable {
+        job: String::new(),
+        detail: e.to_string(),
+    };
+    let client = s.creds.kmip_client().map_err(unavailable)?;
+    let n = name.to_string();
+    tokio::task::spawn_blocking(move || client.create_key(&n))
+        .await
+        .map_err(|e| Error::Other(e.to_string()))?
+        .map_err(unavailable)
+}

@@ -5,6 +5,7 @@
 //! [`bundle`].
 
 pub mod bundle;
+pub mod jobs;
 pub mod lifecycle;
 
 use std::path::{Path, PathBuf};

@@ -622,6 +622,24 @@ impl ChainRecord {
         c.finish()
     }
 
+    /// The salt record a new point of this chain stores: password `want`'s keyslot, else the
+    /// first passphrase keyslot, else none.
+    pub fn point_kdf(&self, want: Option<&str>) -> Option<KdfRecord> {
+        let slots: Vec<&KdfRecord> = self
+            .keyslots
+            .iter()
+            .filter_map(|s| match &s.params {
+                SlotParams::Passphrase { kdf } => Some(kdf),
+                _ => None,
+            })
+            .collect();
+        slots
+            .iter()
+            .find(|k| Some(k.password.as_str()) == want)
+            .or(slots.first())
+            .map(|k| (*k).clone())
+    }
+
     /// The current key generation (1 for a chain that never rotated).
     pub fn current_generation(&self) -> u32 {
         self.generation.unwrap_or(1)
