@@ -110,6 +110,9 @@ print(c.create_key(KeyUsage='ENCRYPT_DECRYPT')['KeyMetadata']['Arn'])" "$ARCA_TE
 AWS_ENDPOINT_URL=$ARCA_TEST_KMS_ENDPOINT AWS_REGION=us-east-1 AWS_ACCESS_KEY_ID=testing AWS_SECRET_ACCESS_KEY=testing \
   AWS_EC2_METADATA_DISABLED=true cargo run --quiet --example kms_escrow -- "$EXAMPLE_KEY"
 
+log "example: examples/key_lifecycle.rs (rotation, rekey, configuration bundle through arca::ops)"
+ARCA_INSECURE_TEST_KDF=1 cargo run --quiet --example key_lifecycle
+
 log "cargo test"
 cargo test --lib --bins --tests --no-fail-fast 2>&1 | tee target/test-output.txt
 # One closing line for the whole run.

@@ -6,9 +6,8 @@ use clap::Args;
 use serde::Serialize;
 
 use super::*;
-use crate::catalog::PointRow;
-use crate::engine::backup::{self, BackupOptions, Source};
 use crate::error::exit;
+use crate::ops::backup::{BackupRun, JobSource};
 use crate::repo::format::SourceError;
 use crate::ui::human_bytes;
 
@@ -53,74 +52,26 @@ struct Summary<'a> {
 }
 
 pub async fn run(ctx: &Ctx, a: BackupArgs) -> Result<i32> {
-    let cat = ctx.catalog()?;
-    let h = locate_job(&cat, &a.name, None)?;
-    if h.row.as_ref().is_some_and(|r| !r.active) {
-        return Err(Error::Usage(format!(
-            "job '{}' is deactivated; `arca job activate {}` resumes its backups",
-            a.name, a.name
-        )));
-    }
-    let lock = h.repo.lock()?;
-    let (oc, tier) = open_chain(ctx, &cat, &h, &h.job.chain_id, None, false).await?;
-    if let Err(e) = check_latest(&h, &h.repo.list_points(&h.job.job_id)?) {
-        // Not fatal for a backup (it only re-reads more), but never silent.
-        eprintln!("warning: {e}");
-    }
-    // The password whose salt the point records: the one attached to the job, else the
-    // first passphrase keyslot, whatever the chain's mode (a KMS chain may have one too).
-    let want = h.row.as_ref().and_then(|r| r.password.clone());
-    let kdf = oc.chain.point_kdf(want.as_deref());
     let source = if a.stdin {
-        Source::Stdin {
+        JobSource::Stream {
             name: a.stdin_name.clone().expect("clap requires it"),
             reader: Box::new(std::io::stdin()),
         }
     } else {
-        Source::Tree(std::path::PathBuf::from(&h.job.source))
+        JobSource::Tree
     };
     let started = Instant::now();
     let progress = crate::ui::progress(None, ctx.quiet || ctx.json, &format!("backup {}", a.name));
-    let opts = BackupOptions {
-        source,
-        compression_level: a.compression,
-        workers: std::thread::available_parallelism()
-            .map(|n| n.get())
-            .unwrap_or(2),
-        progress: progress.clone(),
-        kdf,
-    };
-    let root = h.repo.root().to_path_buf();
-    let other_chain_points = h
-        .repo
-        .list_points(&h.job.job_id)?
-        .iter()
-        .filter(|p| p.chain_id != h.job.chain_id)
-        .count();
-    let out = backup::run(&root, &h.job, &oc, opts)?;
+    let run =
+        crate::ops::backup::backup_job(ctx, &a.name, source, a.compression, progress.clone()).await;
     progress.finish_and_clear();
-    drop(lock);
+    let BackupRun {
+        outcome: out,
+        tier,
+        full_reason,
+    } = run?;
     let s = &out.body.stats;
-    cat.set_latest_point(&a.name, &out.record.point_id)?;
-    cat.upsert_point(&PointRow {
-        point_id: out.record.point_id,
-        job_id: out.record.job_id,
-        chain_id: out.record.chain_id,
-        time: out.record.time.clone(),
-        kind: Some(out.body.kind.clone()),
-        stats: Some(s.clone()),
-        errors: out.body.errors.len() as u64,
-    })?;
     let secs = started.elapsed().as_secs_f64();
-    let full_reason = out.full.then(|| {
-        if out.record.parent.is_some() {
-            "nothing could be reused from the chain's earlier points"
-        } else if other_chain_points > 0 {
-            "first backup in a new chain: the job's encryption changed, and a new chain shares nothing with the old one"
-        } else {
-            "first backup of the job"
-        }
-    });
     if ctx.json {
         crate::ui::print_json(&Summary {
             job: &a.name,

@@ -1,0 +1,98 @@
+//! Running a job: `arca backup` as a library operation.
+
+use crate::catalog::PointRow;
+use crate::engine::backup::{self, BackupOptions, BackupOutcome, Source};
+use crate::error::{Error, Result};
+
+use super::{check_latest, locate_job, open_chain, Session};
+
+/// What to back up: the job's source tree, or a stream under a file name.
+pub enum JobSource {
+    Tree,
+    Stream {
+        name: String,
+        reader: Box<dyn std::io::Read + Send>,
+    },
+}
+
+/// One run of a job.
+pub struct BackupRun {
+    pub outcome: BackupOutcome,
+    /// How the keys were resolved ("catalog", "passphrase", "kms", ...).
+    pub tier: &'static str,
+    /// Why it was a full backup (None for an incremental).
+    pub full_reason: Option<&'static str>,
+}
+
+/// Backs up job `name` into a new recovery point (an active job only), and records it in
+/// the catalog as the job's latest.
+pub async fn backup_job(
+    s: &Session,
+    name: &str,
+    source: JobSource,
+    compression_level: i32,
+    progress: indicatif::ProgressBar,
+) -> Result<BackupRun> {
+    let cat = s.catalog()?;
+    let h = locate_job(&cat, name, None)?;
+    if h.row.as_ref().is_some_and(|r| !r.active) {
+        return Err(Error::Usage(format!(
+            "job '{name}' is deactivated; `arca job activate {name}` resumes its backups"
+        )));
+    }
+    let lock = h.repo.lock()?;
+    let (oc, tier) = open_chain(s, &cat, &h, &h.job.chain_id, None, false).await?;
+    if let Err(e) = check_latest(&h, &h.repo.list_points(&h.job.job_id)?) {
+        // Not fatal for a backup (it only re-reads more), but never silent.
+        s.note(format!("warning: {e}"));
+    }
+    // The password whose salt the point records: the one attached to the job, else the
+    // first passphrase keyslot, whatever the chain's mode (a KMS chain may have one too).
+    let want = h.row.as_ref().and_then(|r| r.password.clone());
+    let kdf = oc.chain.point_kdf(want.as_deref());
+    let source = match source {
+        JobSource::Tree => Source::Tree(std::path::PathBuf::from(&h.job.source)),
+        JobSource::Stream { name, reader } => Source::Stdin { name, reader },
+    };
+    let opts = BackupOptions {
+        source,
+        compression_level,
+        workers: std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(2),
+        progress,
+        kdf,
+    };
+    let other_chain_points = h
+        .repo
+        .list_points(&h.job.job_id)?
+        .iter()
+        .filter(|p| p.chain_id != h.job.chain_id)
+        .count();
+    let out = backup::run(h.repo.root(), &h.job, &oc, opts)?;
+    drop(lock);
+    cat.set_latest_point(name, &out.record.point_id)?;
+    cat.upsert_point(&PointRow {
+        point_id: out.record.point_id,
+        job_id: out.record.job_id,
+        chain_id: out.record.chain_id,
+        time: out.record.time.clone(),
+        kind: Some(out.body.kind.clone()),
+        stats: Some(out.body.stats.clone()),
+        errors: out.body.errors.len() as u64,
+    })?;
+    let full_reason = out.full.then(|| {
+        if out.record.parent.is_some() {
+            "nothing could be reused from the chain's earlier points"
+        } else if other_chain_points > 0 {
+            "first backup in a new chain: the job's encryption changed, and a new chain shares nothing with the old one"
+        } else {
+            "first backup of the job"
+        }
+    });
+    Ok(BackupRun {
+        outcome: out,
+        tier,
+        full_reason,
+    })
+}
