@@ -387,7 +387,7 @@ fn changing_encryption_starts_a_full_backup_in_a_new_chain() {
         r.stderr
     );
     env.run(&["job", "deactivate", "j"]).ok();
-    // Deactivated: backups stop, restores work.
+    let old_packs = packs(&env.path("repo"));
     let r = env.run(&["backup", "j"]);
     assert_eq!(r.code, 2, "{}", r.stderr);
     assert!(r.stderr.contains("arca job activate j"), "{}", r.stderr);
@@ -432,6 +432,20 @@ fn changing_encryption_starts_a_full_backup_in_a_new_chain() {
         b * 100 >= a * 99,
         "the new chain reused old chunks: {b} < {a}"
     );
+    // Zero reuse, strictly: with every pack of the old chain moved away, the new chain's
+    // point still restores completely.
+    let aside = env.path("aside");
+    fs::create_dir_all(&aside).unwrap();
+    for (i, p) in old_packs.iter().enumerate() {
+        fs::rename(p, aside.join(i.to_string())).unwrap();
+    }
+    let t_new = env.path("t-new-chain");
+    env.run(&["restore", "j", "--target", t_new.to_str().unwrap()])
+        .ok();
+    assert_eq!(snapshot(&src), snapshot(&t_new));
+    for (i, p) in old_packs.iter().enumerate() {
+        fs::rename(aside.join(i.to_string()), p).unwrap();
+    }
     // Disabling encryption: again a new chain and a full backup.
     env.run(&["job", "deactivate", "j"]).ok();
     env.run(&["job", "activate", "j", "--encryption", "none"])

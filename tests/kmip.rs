@@ -149,6 +149,11 @@ fn kmip_job_round_trip() {
         "{desc}"
     );
     run(&env, &["backup", "j"], &k).ok();
+    // A rekey re-wraps the new generation key through the KMIP server (Encrypt again).
+    let r = run(&env, &["--json", "job", "rekey", "j"], &k).ok().json();
+    assert_eq!(r["generation"], 2);
+    fs::write(src.join("after-rekey.txt"), b"generation 2").unwrap();
+    run(&env, &["backup", "j"], &k).ok();
     fs::remove_dir_all(env.catalog.parent().unwrap()).unwrap();
     let t = env.path("t");
     let r = run(
@@ -224,6 +229,11 @@ fn escrow_to_kmip_then_restore_after_catalog_loss() {
         .json();
     // The server encrypts the escrowed hash itself (the KMIP key never leaves it).
     assert_eq!(st["records"][0]["provider"], "kmip-encrypt");
+    run(&env, &["backup", "j"], &k).ok();
+    // A rekey re-wraps the new generation key through the KMIP server (Encrypt again).
+    let r = run(&env, &["--json", "job", "rekey", "j"], &k).ok().json();
+    assert_eq!(r["generation"], 2);
+    fs::write(src.join("after-rekey.txt"), b"generation 2").unwrap();
     run(&env, &["backup", "j"], &k).ok();
     fs::remove_dir_all(env.catalog.parent().unwrap()).unwrap();
     let t = env.path("t");
@@ -352,6 +362,11 @@ fn wrong_client_certificate_and_unreachable_server() {
         &k,
     )
     .ok();
+    run(&env, &["backup", "j"], &k).ok();
+    // A rekey re-wraps the new generation key through the KMIP server (Encrypt again).
+    let r = run(&env, &["--json", "job", "rekey", "j"], &k).ok().json();
+    assert_eq!(r["generation"], 2);
+    fs::write(src.join("after-rekey.txt"), b"generation 2").unwrap();
     run(&env, &["backup", "j"], &k).ok();
     fs::remove_dir_all(env.catalog.parent().unwrap()).unwrap();
     let t = env.path("t");
@@ -503,6 +518,11 @@ fn get_mode_keyslot_round_trip_when_server_side_is_off() {
         .ok()
         .json();
     assert_eq!(slots[0]["provider"], "kmip");
+    run(&env, &["backup", "j"], &k).ok();
+    // A rekey re-wraps the new generation key through the KMIP server (Encrypt again).
+    let r = run(&env, &["--json", "job", "rekey", "j"], &k).ok().json();
+    assert_eq!(r["generation"], 2);
+    fs::write(src.join("after-rekey.txt"), b"generation 2").unwrap();
     run(&env, &["backup", "j"], &k).ok();
     fs::remove_dir_all(env.catalog.parent().unwrap()).unwrap();
     let t = env.path("t");

@@ -599,3 +599,61 @@ fn config_import_over_an_existing_catalog_replaces_nothing_without_replace() {
         .ok();
     assert_eq!(active(&env), true);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn rekey_rewraps_every_kind_of_keyslot() {
+    let admin = kms_admin();
+    let kms_key = new_kms_key(&admin).await;
+    let env = Env::new();
+    let src = tree(&env);
+    let repo = env.path("repo");
+    let key = env.path("k.key");
+    env.run(&["init", s(&repo)]).ok();
+    env.run(&["key", "generate", "--out", s(&key)]).ok();
+    env.run(&[
+        "--key-file",
+        s(&key),
+        "job",
+        "create",
+        "k",
+        "--repo",
+        s(&repo),
+        "--source",
+        s(&src),
+        "--encryption",
+        "key",
+    ])
+    .ok();
+    env.run(&["job", "keys", "add", "k", "--kms-key", &kms_key])
+        .ok();
+    env.run_env(
+        &["job", "keys", "add", "k", "--password", "extra"],
+        &[("ARCA_PASSPHRASE", OLD)],
+    )
+    .ok();
+    env.run(&["backup", "k"]).ok();
+    // Unattended: the catalog remembers the key file, KMS is reachable, the hash is stored.
+    let r = env.run(&["--json", "job", "rekey", "k"]).ok().json();
+    assert_eq!(r["generation"], 2);
+    write(&src.join("later.txt"), b"after the rekey");
+    env.run(&["backup", "k"]).ok();
+    let slots = env.run(&["--json", "job", "keys", "list", "k"]).ok().json();
+    assert_eq!(slots.as_array().unwrap().len(), 3, "{slots}");
+    // Each secret alone, with no catalog (a fresh one each time), opens both points.
+    for p in point_ids(&env, "k") {
+        let run = |pre: &[&str], env_: &[(&str, &str)]| {
+            let fresh = tempfile::tempdir().unwrap();
+            let cat = fresh.path().join("c.db");
+            let mut args: Vec<&str> = pre.to_vec();
+            args.extend_from_slice(&["keys", "resolve", "k", p.as_str(), "--repo", s(&repo)]);
+            args.extend_from_slice(&["--catalog", s(&cat)]);
+            env.run_env(&args, env_).ok()
+        };
+        let r = run(&["--key-file", s(&key)], &[]);
+        assert!(r.stdout.contains("resolved via key"), "{}", r.stderr);
+        let r = run(&[], &[("ARCA_PASSPHRASE", OLD)]);
+        assert!(r.stdout.contains("resolved via passphrase"), "{}", r.stderr);
+        let r = run(&["--trust-kms-key", kms_key.as_str()], &[]);
+        assert!(r.stdout.contains("resolved via kms"), "{}", r.stderr);
+    }
+}

@@ -252,7 +252,7 @@ fn compute() -> Value {
     point.seal(&data_key);
     v.insert("point_record", json!({
         "data_key_aad": h(&place.data_key_aad_v(2)), "mac_input": h(&point.mac_input()),
-        "mac": h(point.mac.as_ref().unwrap()), "body_plaintext": String::from_utf8(body_json).unwrap(),
+        "mac": h(point.mac.as_ref().unwrap()), "body_plaintext": String::from_utf8(body_json.clone()).unwrap(),
         "body_aad": h(&place.body_aad()), "record": point,
     }));
     // A chunk: sealed without a stored nonce, raw and zstd payloads.
@@ -328,6 +328,81 @@ fn compute() -> Value {
         "aad": h(&kms_esc.aad()),
         "key_check": h(&arca::keys::aws_kms::key_check(&ph, &kms_esc.aad())),
     }));
+    // Key generations: the chain above after one rotation. Generation 2's key is 0x66...;
+    // generation 1's (the chain key) is wrapped under it; a point of generation 2.
+    let gen2 = key(0x66);
+    let mut rotated = chain.clone();
+    rotated.generation = Some(2);
+    rotated.revision = 4;
+    let gw = crypto::wrap_key_with_nonce(&gen2, &chain_key, &rotated.generation_aad(1), [0x0a; 12]);
+    rotated.retired = vec![RetiredGeneration {
+        generation: 1,
+        retired: T.into(),
+        wrapped: WrappedKeyJson::from(&gw),
+        points: vec![POINT],
+    }];
+    let (gslot_v, gslot) = wrapped(
+        &ph,
+        &gen2,
+        &SlotParams::Passphrase { kdf: kdf.clone() },
+        0x0b,
+    );
+    rotated.keyslots = vec![gslot];
+    rotated.seal(&gen2);
+    let gpoint_id = Id16([0xe6; 16]);
+    let gplace = PointPlace {
+        point_id: gpoint_id,
+        ..place
+    };
+    let gdw = crypto::wrap_key_with_nonce(&gen2, &data_key, &gplace.data_key_aad_v(2), [0x0c; 12]);
+    let mut gpoint = point.clone();
+    gpoint.point_id = gpoint_id;
+    gpoint.parent = Some(POINT);
+    gpoint.generation = Some(2);
+    gpoint.data_key = WrappedKeyJson::from(&gdw);
+    gpoint.body = crypto::seal_with_nonce(&body_key, [0; 12], &gplace.body_aad(), &body_json);
+    gpoint.mac = None;
+    gpoint.seal(&data_key);
+    v.insert(
+        "generations",
+        json!({
+            "generation_2_key": h(gen2.expose()),
+            "retired_aad": h(&rotated.generation_aad(1)),
+            "keyslot": gslot_v,
+            "chain_mac_input": h(&rotated.mac_input()),
+            "chain_record": rotated,
+            "point_mac_input": h(&gpoint.mac_input()),
+            "point_record": gpoint,
+        }),
+    );
+    // The configuration bundle (FORMAT.md §13): a fixed passphrase, salt, parameters and
+    // nonce over a small JSON payload.
+    let bparams = KdfParams {
+        m_kib: 256,
+        t: 1,
+        p: 1,
+    };
+    let bsalt = [0x77u8; 16];
+    let bhash =
+        crypto::derive_password_hash(&Passphrase::new("bundle vector".into()), &bsalt, &bparams)
+            .unwrap();
+    let mut header = b"ARCABNDL".to_vec();
+    for x in [1u32, bparams.m_kib, bparams.t, bparams.p] {
+        header.extend_from_slice(&x.to_be_bytes());
+    }
+    header.extend_from_slice(&bsalt);
+    let payload = br#"{"type":"arca-config-bundle","version":1}"#;
+    let (commit, sealed) = crypto::seal_bundle_with_nonce(&bhash, &header, payload, [0x0d; 12]);
+    v.insert(
+        "bundle",
+        json!({
+            "passphrase": "bundle vector",
+            "header": h(&header),
+            "bundle_key_hash": h(bhash.expose()),
+            "payload": String::from_utf8_lossy(payload),
+            "file": h(&[header.as_slice(), &commit, &sealed].concat()),
+        }),
+    );
     serde_json::to_value(v).unwrap()
 }
 
@@ -404,6 +479,54 @@ fn v2_vectors_decode_and_reject_edits() {
             b(&c["plaintext"])
         );
     }
+    // A rotated chain opens with generation 2's key only, unwraps generation 1, and lets the
+    // point of generation 2 open while refusing a point its retired generation did not list.
+    let g = &want["generations"];
+    let gen2 = SecretKey::from_slice(&b(&g["generation_2_key"])).unwrap();
+    let rotated: ChainRecord = serde_json::from_value(g["chain_record"].clone()).unwrap();
+    assert!(rotated.verify(&gen2));
+    assert!(
+        !rotated.verify(&chain_key),
+        "the old key authenticates the rotated record"
+    );
+    let oc = arca::engine::OpenChain::new(rotated.clone(), gen2, "nightly").unwrap();
+    assert_eq!(oc.root.expose(), chain_key.expose());
+    let gpoint: PointRecord = serde_json::from_value(g["point_record"].clone()).unwrap();
+    assert_eq!(
+        oc.verified_data_key(&gpoint).unwrap().expose(),
+        data_key.expose()
+    );
+    let mut planted: PointRecord =
+        serde_json::from_value(want["point_record"]["record"].clone()).unwrap();
+    planted.point_id = Id16([0xee; 16]);
+    assert!(
+        oc.data_key(&planted).is_err(),
+        "an unlisted generation-1 point opened"
+    );
+    // The bundle opens with its passphrase; another reads as "wrong", an edit as "modified".
+    let bv = &want["bundle"];
+    let file = b(&bv["file"]);
+    let pt = arca::ops::bundle::open(&file, &Passphrase::new("bundle vector".into()), false, "v")
+        .unwrap();
+    assert_eq!(
+        String::from_utf8(pt.to_vec()).unwrap(),
+        bv["payload"].as_str().unwrap()
+    );
+    assert!(matches!(
+        arca::ops::bundle::open(&file, &Passphrase::new("other".into()), false, "v"),
+        Err(arca::Error::WrongBundlePassphrase(_))
+    ));
+    let mut edited = file.clone();
+    *edited.last_mut().unwrap() ^= 1;
+    assert!(matches!(
+        arca::ops::bundle::open(
+            &edited,
+            &Passphrase::new("bundle vector".into()),
+            false,
+            "v"
+        ),
+        Err(arca::Error::Integrity { .. })
+    ));
     let _ = KdfParams::DEFAULT;
 }
 
