@@ -230,10 +230,23 @@ fn escrow_to_kmip_then_restore_after_catalog_loss() {
     // The server encrypts the escrowed hash itself (the KMIP key never leaves it).
     assert_eq!(st["records"][0]["provider"], "kmip-encrypt");
     run(&env, &["backup", "j"], &k).ok();
-    // A rekey re-wraps the new generation key through the KMIP server (Encrypt again).
-    let r = run(&env, &["--json", "job", "rekey", "j"], &k).ok().json();
-    assert_eq!(r["generation"], 2);
-    fs::write(src.join("after-rekey.txt"), b"generation 2").unwrap();
+    // A rotation escrows the new hash to KMIP, then removes the old record.
+    let r = run(
+        &env,
+        &["--json", "password", "rotate", "j"],
+        &with(k.clone(), "ARCA_NEW_PASSPHRASE", "the rotated passphrase"),
+    )
+    .ok()
+    .json();
+    assert_eq!(r["escrowed"], true, "{r}");
+    let st = run(&env, &["--json", "kmip", "escrow", "status"], &k)
+        .ok()
+        .json();
+    let recs = st["records"].as_array().unwrap();
+    assert_eq!(recs.len(), 1, "{st}");
+    assert_eq!(recs[0]["in_repository"], true);
+    assert_eq!(recs[0]["in_catalog"], true);
+    fs::write(src.join("after-rotation.txt"), b"generation 2").unwrap();
     run(&env, &["backup", "j"], &k).ok();
     fs::remove_dir_all(env.catalog.parent().unwrap()).unwrap();
     let t = env.path("t");
@@ -362,11 +375,6 @@ fn wrong_client_certificate_and_unreachable_server() {
         &k,
     )
     .ok();
-    run(&env, &["backup", "j"], &k).ok();
-    // A rekey re-wraps the new generation key through the KMIP server (Encrypt again).
-    let r = run(&env, &["--json", "job", "rekey", "j"], &k).ok().json();
-    assert_eq!(r["generation"], 2);
-    fs::write(src.join("after-rekey.txt"), b"generation 2").unwrap();
     run(&env, &["backup", "j"], &k).ok();
     fs::remove_dir_all(env.catalog.parent().unwrap()).unwrap();
     let t = env.path("t");
@@ -519,7 +527,7 @@ fn get_mode_keyslot_round_trip_when_server_side_is_off() {
         .json();
     assert_eq!(slots[0]["provider"], "kmip");
     run(&env, &["backup", "j"], &k).ok();
-    // A rekey re-wraps the new generation key through the KMIP server (Encrypt again).
+    // A rekey re-wraps the new generation key in Get mode (the KMIP key's material wraps it locally).
     let r = run(&env, &["--json", "job", "rekey", "j"], &k).ok().json();
     assert_eq!(r["generation"], 2);
     fs::write(src.join("after-rekey.txt"), b"generation 2").unwrap();

@@ -255,7 +255,7 @@ async fn adopt(ctx: &Ctx, name: &str, dir: &std::path::Path) -> Result<i32> {
     let repo = Repository::open(dir)?;
     let job = repo.find_job(name)?;
     let before = cat.job(name)?;
-    let r = super::admin::adopt_job(ctx, &cat, dir, &job).await?;
+    let r = crate::ops::admin::adopt_job(ctx, &cat, dir, &job).await?;
     if r["chains_pinned"].as_u64() == Some(0) {
         return Err(Error::KeysUnavailable {
             job: name.to_string(),

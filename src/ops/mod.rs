@@ -4,6 +4,7 @@
 //! (rotation, rekey, activation, escrow) live in [`lifecycle`], the configuration bundle in
 //! [`bundle`].
 
+pub mod admin;
 pub mod backup;
 pub mod bundle;
 pub mod jobs;
