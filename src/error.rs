@@ -56,6 +56,10 @@ pub enum Error {
     /// key, an older record or a lost recovery point). Accepting it is an explicit act.
     #[error("{0}")]
     Untrusted(String),
+    /// SIGINT or SIGTERM stopped the operation at a safe point; `detail` says what was kept
+    /// and what the next run does. Exit 128 + the signal's number (130, 143).
+    #[error("{detail}")]
+    Interrupted { signal: i32, detail: String },
     #[error("{0}")]
     Other(String),
 }
@@ -72,6 +76,7 @@ impl Error {
             | Error::KeysUnavailable { .. } => exit::KEYS,
             Error::Integrity { .. } => exit::INTEGRITY,
             Error::Untrusted(_) => exit::UNTRUSTED,
+            Error::Interrupted { signal, .. } => 128 + signal,
             _ => exit::ERROR,
         }
     }

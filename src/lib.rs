@@ -17,6 +17,7 @@ pub mod ops;
 pub mod passwords;
 pub mod repo;
 pub mod resolve;
+pub mod signals;
 pub mod ui;
 
 pub use error::{Error, Result};

@@ -249,7 +249,10 @@ pub async fn points(ctx: &Ctx, a: PointsArgs) -> Result<i32> {
             chain_id: p.chain_id.hex(),
             time: p.time.clone(),
             parent: p.parent.map(|x| x.hex()),
-            kind: row.as_ref().and_then(|r| r.kind.clone()),
+            kind: row
+                .as_ref()
+                .and_then(|r| r.kind.clone())
+                .or_else(|| p.source_kind.clone()),
             errors: row.as_ref().map(|r| r.errors),
             stats: row.and_then(|r| r.stats),
         });
@@ -279,8 +282,8 @@ pub async fn points(ctx: &Ctx, a: PointsArgs) -> Result<i32> {
         return Ok(0);
     }
     ctx.say(format!(
-        "{:<10} {:<28} {:<8} {:>8} {:>11} {:>11} {:>11}",
-        "POINT", "TIME", "CHAIN", "FILES", "SIZE", "READ", "NEW"
+        "{:<10} {:<28} {:<8} {:<10} {:>8} {:>11} {:>11} {:>11}",
+        "POINT", "TIME", "CHAIN", "KIND", "FILES", "SIZE", "READ", "NEW"
     ));
     for v in &views {
         if let Some(d) = &v.damage {
@@ -300,10 +303,11 @@ pub async fn points(ctx: &Ctx, a: PointsArgs) -> Result<i32> {
             None => ("-".into(), "-".into(), "-".into(), "-".into()),
         };
         ctx.say(format!(
-            "{:<10} {:<28} {:<8} {:>8} {:>11} {:>11} {:>11}",
+            "{:<10} {:<28} {:<8} {:<10} {:>8} {:>11} {:>11} {:>11}",
             &v.point_id[..8],
             v.time,
             &v.chain_id[..8],
+            v.kind.as_deref().unwrap_or("-"),
             files,
             size,
             read,
@@ -448,6 +452,7 @@ pub async fn restore(ctx: &Ctx, a: RestoreArgs) -> Result<i32> {
         ctx.quiet || ctx.json,
         "restore",
     );
+    crate::signals::install();
     let stats = restore::run(&h.repo, &oc, &op, &opts)?;
     opts.progress.finish_and_clear();
     if ctx.json {

@@ -60,7 +60,14 @@ pub struct BackupOutcome {
     pub full: bool,
     /// Distinct nonces used for chunks (for tests of nonce uniqueness).
     pub chunks_sealed: u64,
+    /// The signal that stopped the run: the point is then a checkpoint (kind "checkpoint")
+    /// holding the files finished so far, so that the next run reuses their chunks.
+    pub interrupted: Option<i32>,
 }
+
+/// The kind of a point an interrupted backup wrote: only whole files, never a parent for
+/// unchanged-file detection, never "latest"; its chunks deduplicate the next run.
+pub const CHECKPOINT: &str = "checkpoint";
 
 struct Work {
     id: Id32,
@@ -127,19 +134,29 @@ impl Chunker<'_> {
             stats,
             progress,
         } = self;
+        let mut interrupted = false;
         let n = stream_chunks(r, cdc, buf, |c| {
+            if crate::signals::requested().is_some() {
+                interrupted = true;
+                return false;
+            }
             stats.bytes_read += c.len() as u64;
             progress.inc(c.len() as u64);
             alive = Self::put(idk, known, tx, stats, c, &mut ids);
             alive
         })
         .map_err(|e| e.to_string())?;
+        if interrupted {
+            return Err(INTERRUPTED.into());
+        }
         if !alive {
             return Err("pipeline stopped".into());
         }
         Ok((ids, n))
     }
 }
+
+const INTERRUPTED: &str = "interrupted";
 
 fn mtime_ns(m: &fs::Metadata) -> i128 {
     m.mtime() as i128 * 1_000_000_000 + m.mtime_nsec() as i128
@@ -179,7 +196,10 @@ struct Walker<'a, 'b> {
     parent: HashMap<Vec<u8>, TreeEntry>,
     entries: Vec<TreeEntry>,
     errors: Vec<SourceError>,
+    /// The pipeline failed (the writer stopped): nothing more can be stored.
     stopped: bool,
+    /// A signal asked to stop: the files finished so far become a checkpoint.
+    interrupted: bool,
     _p: std::marker::PhantomData<&'b ()>,
 }
 
@@ -207,7 +227,10 @@ impl Walker<'_, '_> {
         }
         names.sort_by(|a, b| a.as_bytes().cmp(b.as_bytes()));
         for name in names {
-            if self.stopped {
+            if crate::signals::requested().is_some() {
+                self.interrupted = true;
+            }
+            if self.stopped || self.interrupted {
                 return;
             }
             let mut r = rel.to_vec();
@@ -279,6 +302,7 @@ impl Walker<'_, '_> {
                 self.entries.push(e);
             }
             Err(err) if err == "pipeline stopped" => self.stopped = true,
+            Err(err) if err == INTERRUPTED => self.interrupted = true,
             Err(err) => self.error(abs, err),
         }
     }
@@ -403,7 +427,13 @@ pub fn run(
         })
         .collect();
     let index = ChainIndex::load(&repo, oc, &earlier)?;
-    let parent_rec = earlier.last().cloned();
+    // The parent (for unchanged-file detection) is the newest complete tree point: never a
+    // checkpoint, never a stream (a dump must not make the next tree backup re-read all).
+    let parent_rec = earlier
+        .iter()
+        .rev()
+        .find(|p| p.source_kind.as_deref().is_none_or(|k| k == "tree"))
+        .cloned();
     let mut parent = HashMap::new();
     if let (Some(p), Source::Tree(_)) = (&parent_rec, &opts.source) {
         let (_, body) = open_point(oc, p)?;
@@ -458,6 +488,7 @@ pub fn run(
         entries: Vec::new(),
         errors: Vec::new(),
         stopped: false,
+        interrupted: false,
         _p: std::marker::PhantomData,
     };
     let (kind, source_desc) = match opts.source {
@@ -508,6 +539,7 @@ pub fn run(
                 w.entries.push(e);
             }
             Err(err) if err == "pipeline stopped" => w.stopped = true,
+            Err(err) if err == INTERRUPTED => w.interrupted = true,
             Err(err) => {
                 // A broken input stream must not become a silently truncated recovery point.
                 drop(w);
@@ -539,6 +571,14 @@ pub fn run(
             }
         }
     }
+    let interrupted = w
+        .interrupted
+        .then(|| crate::signals::requested().unwrap_or(2));
+    let kind = if interrupted.is_some() {
+        CHECKPOINT
+    } else {
+        kind
+    };
     let Walker {
         chunker, errors, ..
     } = w;
@@ -606,6 +646,7 @@ pub fn run(
         body,
         full: !had_chunks,
         chunks_sealed: sealers.chunks.sealed_count(),
+        interrupted,
     })
 }
 

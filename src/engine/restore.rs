@@ -188,6 +188,18 @@ impl<'a> DirCache<'a> {
     }
 }
 
+/// A restore stopped by a signal before any file was renamed into place.
+fn interrupted(signal: i32, target: &Path) -> Error {
+    Error::Interrupted {
+        signal,
+        detail: format!(
+            "restore interrupted: no file was put in place in {} (files written so far were removed; \
+             existing files are untouched); run the same restore again",
+            target.display()
+        ),
+    }
+}
+
 fn tmp_name() -> String {
     static PREFIX: std::sync::OnceLock<String> = std::sync::OnceLock::new();
     static N: AtomicUsize = AtomicUsize::new(0);
@@ -286,6 +298,13 @@ pub fn run(
                     if first_err.lock().unwrap().is_some() {
                         break;
                     }
+                    if let Some(signal) = crate::signals::requested() {
+                        first_err
+                            .lock()
+                            .unwrap()
+                            .get_or_insert(interrupted(signal, &opts.target));
+                        break;
+                    }
                     let i = next.fetch_add(1, Ordering::Relaxed);
                     let Some((rel, e)) = files.get(i).map(|x| (&x.0, x.1)) else {
                         break;
@@ -315,6 +334,9 @@ pub fn run(
                                     object: format!("{object} (file {})", e.display_path()),
                                     detail,
                                 },
+                                Error::Interrupted { signal, .. } => {
+                                    interrupted(signal, &opts.target)
+                                }
                                 other => other,
                             };
                             first_err.lock().unwrap().get_or_insert(err);
@@ -458,6 +480,9 @@ fn write_file(
     let res = (|| -> Result<u64> {
         let mut n = 0u64;
         for id in &e.chunks {
+            if let Some(signal) = crate::signals::requested() {
+                return Err(interrupted(signal, Path::new("the target")));
+            }
             let data = reader.read(id)?;
             f.write_all(&data)
                 .map_err(|err| Error::io(format!("write {}", dest.display()), err))?;

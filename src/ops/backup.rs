@@ -69,8 +69,32 @@ pub async fn backup_job(
         .iter()
         .filter(|p| p.chain_id != h.job.chain_id)
         .count();
+    crate::signals::install();
     let out = backup::run(h.repo.root(), &h.job, &oc, opts)?;
     drop(lock);
+    if let Some(signal) = out.interrupted {
+        cat.upsert_point(&PointRow {
+            point_id: out.record.point_id,
+            job_id: out.record.job_id,
+            chain_id: out.record.chain_id,
+            time: out.record.time.clone(),
+            kind: Some(out.body.kind.clone()),
+            stats: Some(out.body.stats.clone()),
+            errors: out.body.errors.len() as u64,
+        })?;
+        let st = &out.body.stats;
+        return Err(Error::Interrupted {
+            signal,
+            detail: format!(
+                "backup of '{name}' interrupted: the {} file(s) finished ({} bytes) are kept as checkpoint {} \
+                 (not a restore point of the whole source); the repository is consistent, and the next \
+                 `arca backup {name}` reuses what was stored and reads the rest",
+                st.files,
+                st.bytes_total,
+                out.record.point_id.short()
+            ),
+        });
+    }
     cat.set_latest_point(name, &out.record.point_id)?;
     cat.upsert_point(&PointRow {
         point_id: out.record.point_id,

@@ -365,6 +365,21 @@ pub async fn rotate_password(s: &Session, name: &str, new_pass: &Passphrase) -> 
             locks.push(lock_waiting(s, &h.repo, lock_wait())?);
         }
     }
+    crate::signals::install();
+    let stop = |done: usize| -> Result<()> {
+        match crate::signals::requested() {
+            Some(signal) => Err(Error::Interrupted {
+                signal,
+                detail: format!(
+                    "rotation of password '{name}' interrupted after {done} chain(s): each point still opens with \
+                     exactly one of the two passphrases; run `arca password rotate {name}` again with the same \
+                     new passphrase to finish it"
+                ),
+            }),
+            None => Ok(()),
+        }
+    };
+    let mut done = 0;
     if !resumed {
         cat.begin_rotation(&old, &new, &new_hash)?;
         fault::wrote("catalog: rotation journal");
@@ -397,8 +412,10 @@ pub async fn rotate_password(s: &Session, name: &str, new_pass: &Passphrase) -> 
             if !has(&old) {
                 continue;
             }
+            stop(done)?;
             let (oc, _) = open_chain_with(s, &cat, h, &chain_id, None, false, false).await?;
             let (generation, points) = advance(s, &cat, h, &oc, Some((&old, &new_p))).await?;
+            done += 1;
             chains.push(RotatedChain {
                 chain_id: chain_id.hex(),
                 generation,

@@ -449,11 +449,16 @@ pub fn select_point<'a>(
     job: &str,
 ) -> Result<&'a PointRecord> {
     match sel {
-        None | Some("latest") => points.last().ok_or_else(|| {
-            Error::NotFound(format!(
-                "job '{job}' has no recovery points yet; run `arca backup {job}`"
-            ))
-        }),
+        // A checkpoint of an interrupted backup is never "latest".
+        None | Some("latest") => points
+            .iter()
+            .rev()
+            .find(|p| p.source_kind.as_deref() != Some(crate::engine::backup::CHECKPOINT))
+            .ok_or_else(|| {
+                Error::NotFound(format!(
+                    "job '{job}' has no recovery points yet; run `arca backup {job}`"
+                ))
+            }),
         Some(prefix) => {
             let m: Vec<_> = points
                 .iter()
