@@ -81,6 +81,35 @@ impl Error {
         }
     }
 
+    /// A stable name of the error's kind, for `--json` error objects.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Error::Io { .. } => "io",
+            Error::Usage(_) => "usage",
+            Error::NotFound(_) => "not_found",
+            Error::WrongPassphrase { .. } => "wrong_passphrase",
+            Error::WrongBundlePassphrase(_) => "wrong_bundle_passphrase",
+            Error::WrongKey { .. } => "wrong_key",
+            Error::KeysUnavailable { .. } => "keys_unavailable",
+            Error::Integrity { .. } => "integrity",
+            Error::Catalog { .. } => "catalog",
+            Error::Locked { .. } => "locked",
+            Error::Untrusted(_) => "untrusted",
+            Error::Interrupted { .. } => "interrupted",
+            Error::Other(_) => "other",
+        }
+    }
+
+    /// The `--json` form of an error, printed on standard error:
+    /// `{"error": {"kind": ..., "message": ..., "exit_code": N}}`.
+    pub fn to_json(&self) -> serde_json::Value {
+        serde_json::json!({"error": {
+            "kind": self.kind(),
+            "message": self.to_string(),
+            "exit_code": self.exit_code(),
+        }})
+    }
+
     pub fn io(context: impl Into<String>, source: std::io::Error) -> Self {
         Error::Io {
             context: context.into(),

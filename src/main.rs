@@ -4,6 +4,7 @@ use clap::Parser;
 
 fn main() {
     let cli = arca::cli::Cli::parse();
+    let json = cli.json;
     arca::ui::init_logging(cli.quiet, cli.verbose);
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -13,7 +14,11 @@ fn main() {
         Ok(code) => code,
         Err(e) => {
             // Every message already names its cause: print it once.
-            eprintln!("error: {e}");
+            if json {
+                eprintln!("{}", e.to_json());
+            } else {
+                eprintln!("error: {e}");
+            }
             e.exit_code()
         }
     };

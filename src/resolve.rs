@@ -40,6 +40,13 @@ pub struct Credentials {
     pub kmip: crate::keys::kmip::KmipSettings,
     /// Run Argon2 parameters above the cap (`--allow-expensive-kdf`).
     pub allow_expensive_kdf: bool,
+    /// Whether a password hash recovered from a passphrase or escrow is stored in the
+    /// catalog again (default true; `keys resolve --no-store` turns it off).
+    pub store_hashes: std::sync::atomic::AtomicBool,
+    /// `--password-command` / `ARCA_PASSWORD_COMMAND`.
+    pub password_command: Option<String>,
+    /// `--key-command` / `ARCA_KEY_COMMAND`.
+    pub key_command: Option<String>,
     passphrase: OnceLock<Option<Arc<PassphraseProvider>>>,
     kms_client: tokio::sync::OnceCell<std::result::Result<Arc<KmsClient>, String>>,
     kms_regional: tokio::sync::Mutex<std::collections::HashMap<String, Arc<KmsClient>>>,
@@ -54,6 +61,9 @@ impl Credentials {
             kms: KmsSettings::default(),
             kmip: crate::keys::kmip::KmipSettings::default().with_env(),
             allow_expensive_kdf: false,
+            store_hashes: std::sync::atomic::AtomicBool::new(true),
+            password_command: None,
+            key_command: None,
             passphrase: OnceLock::new(),
             kms_client: tokio::sync::OnceCell::new(),
             kms_regional: tokio::sync::Mutex::new(Default::default()),
@@ -65,11 +75,14 @@ impl Credentials {
     pub fn explicit_passphrase(&self) -> bool {
         std::env::var_os("ARCA_PASSPHRASE").is_some_and(|v| !v.is_empty())
             || self.passphrase_file.is_some()
+            || self.password_command.is_some()
     }
 
     /// True when the user gave a raw key explicitly (`--key-file` or `ARCA_KEY`).
     pub fn explicit_key(&self) -> bool {
-        self.key_file.is_some() || std::env::var_os("ARCA_KEY").is_some_and(|v| !v.is_empty())
+        self.key_file.is_some()
+            || self.key_command.is_some()
+            || std::env::var_os("ARCA_KEY").is_some_and(|v| !v.is_empty())
     }
 
     /// A KMS client in the region of `arn` (a key is always called in its own region).
@@ -119,25 +132,39 @@ impl Credentials {
             .map_err(KeyError::Unavailable)
     }
 
-    /// Reads a passphrase: `ARCA_PASSPHRASE`, else `--passphrase-file`, else a no-echo prompt.
+    /// Reads a passphrase, as restic does: `--password-command` (or `ARCA_PASSWORD_COMMAND`)
+    /// or `--passphrase-file` (both together are refused), else `ARCA_PASSPHRASE`, else a
+    /// no-echo prompt on a terminal. A command runs only when a passphrase is needed.
     pub fn read_passphrase(&self, prompt: &str, confirm: bool) -> Result<Option<Passphrase>> {
+        match (&self.password_command, &self.passphrase_file) {
+            (Some(_), Some(_)) => {
+                return Err(Error::Usage(
+                    "--password-command (or ARCA_PASSWORD_COMMAND) and --passphrase-file are mutually exclusive: give one".into(),
+                ))
+            }
+            (Some(cmd), None) => {
+                let out = run_secret_command(cmd, "--password-command")?;
+                return Ok(Some(Passphrase::new(out.to_string())));
+            }
+            (None, Some(f)) => {
+                let s = std::fs::read_to_string(f)
+                    .map_err(|e| Error::io(format!("read passphrase file {}", f.display()), e))?;
+                let s = zeroize::Zeroizing::new(s);
+                let s = s.trim_end_matches(['\n', '\r']);
+                if s.is_empty() {
+                    return Err(Error::Usage(format!(
+                        "passphrase file {} is empty",
+                        f.display()
+                    )));
+                }
+                return Ok(Some(Passphrase::new(s.to_string())));
+            }
+            (None, None) => {}
+        }
         if let Ok(v) = std::env::var("ARCA_PASSPHRASE") {
             if !v.is_empty() {
                 return Ok(Some(Passphrase::new(v)));
             }
-        }
-        if let Some(f) = &self.passphrase_file {
-            let s = std::fs::read_to_string(f)
-                .map_err(|e| Error::io(format!("read passphrase file {}", f.display()), e))?;
-            let s = zeroize::Zeroizing::new(s);
-            let s = s.trim_end_matches(['\n', '\r']);
-            if s.is_empty() {
-                return Err(Error::Usage(format!(
-                    "passphrase file {} is empty",
-                    f.display()
-                )));
-            }
-            return Ok(Some(Passphrase::new(s.to_string())));
         }
         if !self.interactive {
             return Ok(None);
@@ -173,8 +200,20 @@ impl Credentials {
         Ok(self.passphrase.get_or_init(|| p).clone())
     }
 
-    /// The raw key: `--key-file`, else `ARCA_KEY`, else the job's recorded key file.
+    /// The raw key: `--key-command` (or `ARCA_KEY_COMMAND`) or `--key-file` (not both), else
+    /// `ARCA_KEY`, else the job's recorded key file.
     pub fn raw_key(&self, job_key_file: Option<&str>) -> Result<Option<(RawKeyProvider, String)>> {
+        if let Some(cmd) = &self.key_command {
+            if self.key_file.is_some() {
+                return Err(Error::Usage(
+                    "--key-command (or ARCA_KEY_COMMAND) and --key-file are mutually exclusive: give one".into(),
+                ));
+            }
+            let out = run_secret_command(cmd, "--key-command")?;
+            let p = RawKeyProvider::from_base64(&out)
+                .map_err(|e| Error::Usage(format!("the output of --key-command: {e}")))?;
+            return Ok(Some((p, "--key-command".into())));
+        }
         let from_file = |p: &std::path::Path| -> Result<RawKeyProvider> {
             let t = zeroize::Zeroizing::new(
                 std::fs::read_to_string(p)
@@ -200,6 +239,34 @@ impl Credentials {
         }
         Ok(None)
     }
+}
+
+/// Runs `cmd` with `sh -c` and returns its standard output without the trailing newline: a
+/// secret, never logged. A failure names the command and its status, never its output.
+fn run_secret_command(cmd: &str, flag: &str) -> Result<zeroize::Zeroizing<String>> {
+    let out = std::process::Command::new("/bin/sh")
+        .arg("-c")
+        .arg(cmd)
+        .stdin(std::process::Stdio::inherit())
+        .stderr(std::process::Stdio::inherit())
+        .output()
+        .map_err(|e| Error::io(format!("run {flag} {cmd:?}"), e))?;
+    let text = zeroize::Zeroizing::new(String::from_utf8(out.stdout).map_err(|_| {
+        Error::Usage(format!(
+            "{flag} {cmd:?} printed something that is not UTF-8"
+        ))
+    })?);
+    if !out.status.success() {
+        return Err(Error::Usage(format!(
+            "{flag} {cmd:?} failed ({}); no secret was read",
+            out.status
+        )));
+    }
+    let t = text.trim_end_matches(['\n', '\r']);
+    if t.is_empty() {
+        return Err(Error::Usage(format!("{flag} {cmd:?} printed nothing")));
+    }
+    Ok(zeroize::Zeroizing::new(t.to_string()))
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -299,7 +366,21 @@ impl State<'_> {
         });
     }
     fn restore_hash(&self, rec: &KdfRecord, hash: &SecretKey) {
+        if !self
+            .req
+            .creds
+            .store_hashes
+            .load(std::sync::atomic::Ordering::Relaxed)
+        {
+            return;
+        }
         if let Some(cat) = self.req.catalog {
+            // Already there: nothing to store, nothing to say.
+            if let Ok(Some((known, _))) = cat.password_hash(&rec.password) {
+                if known.salt == rec.salt {
+                    return;
+                }
+            }
             // Never replace the hash of a password the catalog knows with another salt.
             if let Ok(Some(known)) = cat.password(&rec.password) {
                 if known.kdf.salt != rec.salt {
@@ -311,9 +392,11 @@ impl State<'_> {
                 }
             }
             if cat.create_password(rec, "", hash).is_ok() {
-                tracing::info!(
-                    "stored the hash of password '{}' in the catalog again",
-                    rec.password
+                tracing::warn!(
+                    "stored the hash of password '{}' in the catalog {} so that later runs need no passphrase \
+                     (`--no-store` on `keys resolve` does not)",
+                    rec.password,
+                    cat.path().display()
                 );
             }
         }

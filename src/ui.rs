@@ -81,9 +81,14 @@ pub const EXIT_BROKEN_PIPE: i32 = 141;
 /// Writes one line to standard output. If the reader went away (`arca ls | head -1`), the
 /// command ends quietly with [`EXIT_BROKEN_PIPE`] instead of panicking.
 pub fn out(line: &str) {
+    out_bytes(format!("{line}\n").as_bytes())
+}
+
+/// Writes bytes to standard output; a closed pipe ends the process quietly (exit 141).
+pub fn out_bytes(b: &[u8]) {
     use std::io::Write;
     let mut o = std::io::stdout().lock();
-    if let Err(e) = writeln!(o, "{line}").and_then(|_| o.flush()) {
+    if let Err(e) = o.write_all(b).and_then(|_| o.flush()) {
         if e.kind() == std::io::ErrorKind::BrokenPipe {
             std::process::exit(EXIT_BROKEN_PIPE);
         }

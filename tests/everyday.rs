@@ -127,3 +127,89 @@ fn sigterm_during_restore_leaves_no_partial_file() {
     env.run(&["restore", "j", "--target", s(&t)]).ok();
     assert_eq!(snapshot(&src), snapshot(&t));
 }
+
+#[test]
+fn password_and_key_commands_follow_restics_precedence() {
+    let env = Env::new();
+    let src = env.path("src");
+    write(&src.join("a.txt"), b"from a command");
+    env.passphrase_job("j", &src, PASS);
+    env.run(&["backup", "j"]).ok();
+    let fresh = |name: &str| env.path(name).join("c.db");
+    let resolve = |cat: &Path, extra: &[&str], vars: &[(&str, &str)]| {
+        let mut args = extra.to_vec();
+        let repo = env.path("repo");
+        args.extend_from_slice(&[
+            "keys",
+            "resolve",
+            "j",
+            "--repo",
+            s(&repo),
+            "--catalog",
+            s(cat),
+        ]);
+        env.run_env(&args, vars)
+    };
+    // The command's output is the passphrase.
+    let cmd = format!("printf '%s' '{PASS}'");
+    let r = resolve(&fresh("c1"), &["--password-command", &cmd], &[]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert!(r.stdout.contains("via passphrase"), "{}", r.stdout);
+    // A command (here from the environment) comes before ARCA_PASSPHRASE.
+    let r = resolve(
+        &fresh("c2"),
+        &[],
+        &[
+            ("ARCA_PASSWORD_COMMAND", "echo not-the-passphrase"),
+            ("ARCA_PASSPHRASE", PASS),
+        ],
+    );
+    assert_eq!(r.code, 12, "{}", r.stderr);
+    // A command and a passphrase file together are refused, as restic does.
+    let pf = env.path("pass.txt");
+    fs::write(&pf, PASS).unwrap();
+    let r = resolve(
+        &fresh("c3"),
+        &["--password-command", &cmd, "--passphrase-file", s(&pf)],
+        &[],
+    );
+    assert_eq!(r.code, 2, "{}", r.stderr);
+    assert!(r.stderr.contains("mutually exclusive"), "{}", r.stderr);
+    // A failing command is an error naming it (no passphrase: exit 12), never an empty one.
+    let r = resolve(&fresh("c4"), &["--password-command", "exit 3"], &[]);
+    assert_eq!(r.code, 12, "{}", r.stderr);
+    assert!(r.stderr.contains("failed"), "{}", r.stderr);
+    // The raw key from a command.
+    let key = env.path("k.key");
+    env.run(&["key", "generate", "--out", s(&key)]).ok();
+    let repo = env.path("repo");
+    env.run(&[
+        "--key-file",
+        s(&key),
+        "job",
+        "create",
+        "k",
+        "--repo",
+        s(&repo),
+        "--source",
+        s(&src),
+        "--encryption",
+        "key",
+    ])
+    .ok();
+    env.run(&["--key-file", s(&key), "backup", "k"]).ok();
+    let kc = format!("cat {}", s(&key));
+    let r = env.run(&[
+        "--key-command",
+        &kc,
+        "keys",
+        "resolve",
+        "k",
+        "--repo",
+        s(&repo),
+        "--catalog",
+        s(&fresh("c5")),
+    ]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert!(r.stdout.contains("via key"), "{}", r.stdout);
+}

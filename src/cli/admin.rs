@@ -211,7 +211,21 @@ pub async fn catalog(ctx: &Ctx, cmd: CatalogCmd) -> Result<i32> {
             dir.display()
         ));
         for r in &report {
-            ctx.say(format!("  {}", r));
+            let job = r["job"].as_str().unwrap_or("-");
+            match r["status"].as_str() {
+                Some(st) => ctx.say(format!("  {job}: {st}")),
+                None => ctx.say(format!(
+                    "  job '{job}': {} point(s), encryption {}, {} chain(s) trusted, keys {}{}",
+                    r["points"],
+                    r["encryption"].as_str().unwrap_or("-"),
+                    r["chains_pinned"],
+                    r["keys"].as_str().unwrap_or("-"),
+                    r["escrow"]
+                        .as_str()
+                        .map(|e| format!(", escrow {e}"))
+                        .unwrap_or_default()
+                )),
+            }
         }
     }
     Ok(0)

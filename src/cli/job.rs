@@ -319,12 +319,22 @@ fn show(ctx: &Ctx, name: &str) -> Result<i32> {
     if ctx.json {
         crate::ui::print_json(&v);
     } else {
-        ctx.say(
-            serde_json::to_string_pretty(&v)
-                .expect("json")
-                .trim_matches(['{', '}', '\n'])
-                .replace('"', ""),
-        );
+        let enc = match (&v.password, &v.key_file) {
+            (Some(p), _) => format!("{} (password '{p}')", v.encryption),
+            (None, Some(k)) => format!("{} (key file {k})", v.encryption),
+            _ => v.encryption.to_string(),
+        };
+        ctx.say(format!(
+            "job '{}'{}\n  source:     {}\n  repository: {}\n  encryption: {}\n  chain:      {}\n  job id:     {}\n  created:    {}",
+            v.name,
+            if v.active { "" } else { " (deactivated: `arca job activate` resumes it)" },
+            v.source,
+            v.repository,
+            enc,
+            v.chain_id,
+            v.job_id,
+            v.created
+        ));
     }
     Ok(0)
 }

@@ -45,9 +45,17 @@ pub struct Cli {
     /// Read the passphrase from this file (first line). Else ARCA_PASSPHRASE, else a prompt.
     #[arg(long, global = true, value_name = "FILE")]
     pub passphrase_file: Option<PathBuf>,
+    /// Run this shell command and take its output as the passphrase (pass, Vault, a keyring...).
+    /// Excludes --passphrase-file; both come before ARCA_PASSPHRASE.
+    #[arg(long, global = true, value_name = "CMD", env = "ARCA_PASSWORD_COMMAND")]
+    pub password_command: Option<String>,
     /// A raw 32-byte key, base64, in this file (encryption "key"). Else ARCA_KEY.
     #[arg(long, global = true, value_name = "FILE")]
     pub key_file: Option<PathBuf>,
+    /// Run this shell command and take its output (base64 of 32 bytes) as the raw key.
+    /// Excludes --key-file; both come before ARCA_KEY.
+    #[arg(long, global = true, value_name = "CMD", env = "ARCA_KEY_COMMAND")]
+    pub key_command: Option<String>,
     /// The config file [default: ~/.config/arca/config.toml, or ARCA_CONFIG].
     #[arg(long, global = true, value_name = "FILE")]
     pub config: Option<PathBuf>,
@@ -147,6 +155,17 @@ pub enum Command {
     /// Back up a directory with no setup: creates a local repository, a job and a key on
     /// first use, runs the job and shows its recovery points.
     Quickstart(admin::QuickstartArgs),
+    /// Print a shell completion script: `arca completions bash > /etc/bash_completion.d/arca`.
+    Completions {
+        /// bash, zsh, fish, powershell or elvish.
+        shell: clap_complete::Shell,
+    },
+    /// Print arca's man page (roff), or write one page per command into --out DIR.
+    Man {
+        /// A directory for arca.1 and one arca-COMMAND.1 per command.
+        #[arg(long, value_name = "DIR")]
+        out: Option<PathBuf>,
+    },
 }
 
 /// What every command gets: the library session, and how to print.
@@ -172,6 +191,17 @@ impl Ctx {
 }
 
 pub async fn run(cli: Cli) -> Result<i32> {
+    if cli.password_command.is_some() && cli.passphrase_file.is_some() {
+        return Err(Error::Usage(
+            "--password-command (or ARCA_PASSWORD_COMMAND) and --passphrase-file are mutually exclusive: give one".into(),
+        ));
+    }
+    if cli.key_command.is_some() && cli.key_file.is_some() {
+        return Err(Error::Usage(
+            "--key-command (or ARCA_KEY_COMMAND) and --key-file are mutually exclusive: give one"
+                .into(),
+        ));
+    }
     let mut config = crate::config::Config::load(cli.config.as_deref())?;
     if cli.kms_endpoint.is_some() {
         config.kms.endpoint = cli.kms_endpoint.clone();
@@ -193,6 +223,8 @@ pub async fn run(cli: Cli) -> Result<i32> {
         .with_kms(config.kms)
         .with_kmip(config.kmip);
     creds.allow_expensive_kdf = cli.allow_expensive_kdf;
+    creds.password_command = cli.password_command.clone();
+    creds.key_command = cli.key_command.clone();
     let ctx = Ctx {
         session: Session {
             catalog_path: cli.catalog.clone().unwrap_or_else(Catalog::default_path),
@@ -223,7 +255,43 @@ pub async fn run(cli: Cli) -> Result<i32> {
         Command::Kmip(c) => password::kmip(&ctx, c).await,
         Command::Drill(a) => drill::run(&ctx, a).await,
         Command::Quickstart(a) => admin::quickstart(&ctx, a).await,
+        Command::Completions { shell } => {
+            let mut cmd = <Cli as clap::CommandFactory>::command();
+            let mut b = Vec::new();
+            clap_complete::generate(shell, &mut cmd, "arca", &mut b);
+            crate::ui::out_bytes(&b);
+            Ok(0)
+        }
+        Command::Man { out } => man(out.as_deref()),
     }
+}
+
+/// The man page of arca (stdout), or of arca and each command (into `out`).
+fn man(out: Option<&std::path::Path>) -> Result<i32> {
+    let cmd = <Cli as clap::CommandFactory>::command();
+    let render = |c: clap::Command| -> Result<Vec<u8>> {
+        let mut b = Vec::new();
+        clap_mangen::Man::new(c)
+            .render(&mut b)
+            .map_err(|e| Error::io("render the man page", e))?;
+        Ok(b)
+    };
+    let Some(dir) = out else {
+        crate::ui::out_bytes(&render(cmd)?);
+        return Ok(0);
+    };
+    std::fs::create_dir_all(dir).map_err(|e| Error::io(format!("create {}", dir.display()), e))?;
+    let write = |name: String, b: Vec<u8>| -> Result<()> {
+        let p = dir.join(name);
+        std::fs::write(&p, b).map_err(|e| Error::io(format!("write {}", p.display()), e))
+    };
+    for sub in cmd.get_subcommands() {
+        let name = format!("arca-{}", sub.get_name());
+        let page = sub.clone().name(name.clone().leak() as &str);
+        write(format!("{name}.1"), render(page)?)?;
+    }
+    write("arca.1".into(), render(cmd)?)?;
+    Ok(0)
 }
 
 pub use crate::ops::{

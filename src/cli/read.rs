@@ -172,6 +172,9 @@ pub enum KeysCmd {
         /// Print every tier tried.
         #[arg(long)]
         explain: bool,
+        /// Do not store a password hash recovered from the passphrase or escrow in the catalog.
+        #[arg(long)]
+        no_store: bool,
     },
 }
 
@@ -587,7 +590,13 @@ pub async fn keys(ctx: &Ctx, cmd: KeysCmd) -> Result<i32> {
         point,
         repo,
         explain,
+        no_store,
     } = cmd;
+    if no_store {
+        ctx.creds
+            .store_hashes
+            .store(false, std::sync::atomic::Ordering::Relaxed);
+    }
     let cat = ctx.catalog()?;
     let h = locate_job(&cat, &name, repo.as_deref())?;
     let (recs, _) = job_points(&cat, &h)?;

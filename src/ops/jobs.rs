@@ -181,7 +181,7 @@ pub async fn password_provider(
 ) -> Result<PasswordHashProvider> {
     if let Some((rec, hash)) = cat.password_hash(name)? {
         // A passphrase given anyway must match: never attach a password the admin mistyped.
-        if std::env::var_os("ARCA_PASSPHRASE").is_some() || s.creds.passphrase_file.is_some() {
+        if s.creds.explicit_passphrase() {
             if let Some(p) = s.creds.read_passphrase("", false)? {
                 let h = passphrase::derive_for(&rec, &p, s.creds.allow_expensive_kdf)
                     .map_err(|e| Error::Other(e.to_string()))?;

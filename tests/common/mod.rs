@@ -73,6 +73,8 @@ impl Env {
             .env("ARCA_INSECURE_TEST_KDF", "1")
             .env_remove("ARCA_PASSPHRASE")
             .env_remove("ARCA_KEY")
+            .env_remove("ARCA_PASSWORD_COMMAND")
+            .env_remove("ARCA_KEY_COMMAND")
             .env_remove("ARCA_LOG")
             .env_remove("ARCA_CONFIG")
             .env_remove("ARCA_TRUST_KMS_KEYS")
