@@ -1,9 +1,7 @@
 #![forbid(unsafe_code)]
 
-use clap::Parser;
-
 fn main() {
-    let cli = arca::cli::Cli::parse();
+    let cli = arca::cli::parse();
     let json = cli.json;
     arca::ui::init_logging(cli.quiet, cli.verbose);
     let rt = tokio::runtime::Builder::new_current_thread()

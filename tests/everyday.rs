@@ -213,3 +213,143 @@ fn password_and_key_commands_follow_restics_precedence() {
     assert_eq!(r.code, 0, "{}", r.stderr);
     assert!(r.stdout.contains("via key"), "{}", r.stdout);
 }
+
+#[test]
+fn quickstart_refuses_another_source_and_warns_last() {
+    let env = Env::new();
+    let src = env.path("docs");
+    write(&src.join("a.txt"), b"first source");
+    let r = env.run(&["quickstart", "--source", s(&src)]).ok();
+    assert!(!r.stdout.contains("next: arca backup"), "{}", r.stdout);
+    let last = r
+        .stderr
+        .trim_end()
+        .lines()
+        .last()
+        .unwrap_or_default()
+        .to_string();
+    assert!(
+        last.contains("IMPORTANT") && last.contains(".key"),
+        "the key warning is not last: {}",
+        r.stderr
+    );
+    assert!(r.stderr.contains("same filesystem"), "{}", r.stderr);
+    let other = env.path("other");
+    write(&other.join("b.txt"), b"another source");
+    let r = env.run(&["quickstart", "--source", s(&other)]);
+    assert_eq!(r.code, 2, "{}", r.stderr);
+    assert!(r.stderr.contains("--job"), "{}", r.stderr);
+    // The same source again: an incremental, one JSON document under --json.
+    let r = env.run(&["--json", "quickstart", "--source", s(&src)]).ok();
+    assert_eq!(r.json()["full"], false);
+}
+
+#[test]
+fn completions_man_pages_and_examples() {
+    let env = Env::new();
+    for shell in ["bash", "zsh", "fish", "powershell"] {
+        let r = env.run(&["completions", shell]).ok();
+        assert!(
+            r.stdout.contains("arca") && r.stdout.len() > 1000,
+            "{shell}"
+        );
+        assert!(
+            r.stdout.contains("rekey"),
+            "{shell} completion lacks subcommands"
+        );
+    }
+    let r = env.run(&["man"]).ok();
+    assert!(
+        r.stdout.starts_with(".ie") || r.stdout.contains(".TH arca"),
+        "{}",
+        &r.stdout[..80]
+    );
+    let dir = env.path("man");
+    env.run(&["man", "--out", s(&dir)]).ok();
+    assert!(dir.join("arca.1").exists() && dir.join("arca-backup.1").exists());
+    let r = env.run(&["restore", "--help"]).ok();
+    assert!(
+        r.stdout.contains("Examples:\n  arca restore"),
+        "{}",
+        r.stdout
+    );
+    assert!(r.stdout.contains("Global options:"), "{}", r.stdout);
+}
+
+/// Reads one byte of the command's output, closes the pipe, and checks the command ended
+/// quietly (0, or 141 as after SIGPIPE), never with a panic.
+fn closes_quietly(env: &Env, args: &[&str]) {
+    use std::io::Read;
+    let mut child = env
+        .cmd(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut out = child.stdout.take().unwrap();
+    let mut b = [0u8; 1];
+    let _ = out.read(&mut b);
+    drop(out);
+    let o = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        matches!(o.status.code(), Some(0) | Some(141)),
+        "{args:?}: {:?} {err}",
+        o.status
+    );
+    assert!(!err.contains("panicked"), "{args:?}: {err}");
+}
+
+#[test]
+fn closed_pipes_end_every_listing_command_quietly() {
+    let env = Env::new();
+    let src = env.path("src");
+    for i in 0..4000 {
+        write(
+            &src.join(format!("d{}/file-with-a-long-name-{i}.txt", i % 20)),
+            b"x",
+        );
+    }
+    env.passphrase_job("j", &src, PASS);
+    env.run(&["backup", "j"]).ok();
+    for args in [
+        &["ls", "j"][..],
+        &["--json", "ls", "j"],
+        &["find", "j", "file"],
+        &["--json", "find", "j", "*.txt"],
+        &["points", "j"],
+        &["--json", "points", "j"],
+        &["job", "list"],
+        &["job", "show", "j"],
+        &["job", "keyslots", "list", "j"],
+        &["password", "list"],
+        &["check", "j"],
+        &["completions", "bash"],
+        &["man"],
+        &["--help"],
+    ] {
+        closes_quietly(&env, args);
+    }
+}
+
+#[test]
+fn output_to_a_pipe_has_no_escape_codes() {
+    use std::os::unix::fs::PermissionsExt;
+    let env = Env::new();
+    let src = env.path("src");
+    write(&src.join("ok.txt"), b"readable");
+    write(&src.join("secret.txt"), b"unreadable");
+    fs::set_permissions(src.join("secret.txt"), fs::Permissions::from_mode(0o000)).unwrap();
+    env.passphrase_job("j", &src, PASS);
+    let r = env.run(&["-v", "backup", "j"]);
+    fs::set_permissions(src.join("secret.txt"), fs::Permissions::from_mode(0o600)).unwrap();
+    assert!(
+        !r.stdout.contains('\x1b') && !r.stderr.contains('\x1b'),
+        "{:?}",
+        r.stderr
+    );
+    if r.code == 3 {
+        // Not root: the unreadable file is reported once.
+        assert_eq!(r.stderr.matches("secret.txt").count(), 1, "{}", r.stderr);
+    }
+}

@@ -14,6 +14,7 @@ pub enum CatalogCmd {
     /// Recreate catalog entries (repository, jobs, recovery points) from a repository. Keys
     /// that resolve (passphrase, key file) also restore the stored password hash.
     Rebuild {
+        /// The repository directory.
         #[arg(long)]
         repo: PathBuf,
     },
@@ -25,8 +26,10 @@ pub enum ConfigCmd {
     /// escrow settings) to one file sealed under a bundle passphrase (ARCA_BUNDLE_PASSPHRASE,
     /// --bundle-passphrase-file, or a prompt asked twice). Keep it apart from the repository.
     Export {
+        /// Where to write the bundle (a new file, mode 0600; an existing file is not overwritten).
         #[arg(long, value_name = "FILE")]
         out: PathBuf,
+        /// Read the bundle passphrase from this file (first line) instead of ARCA_BUNDLE_PASSPHRASE or a prompt.
         #[arg(long, value_name = "FILE")]
         bundle_passphrase_file: Option<PathBuf>,
     },
@@ -34,7 +37,9 @@ pub enum ConfigCmd {
     /// restores then run without retyping job passphrases). Over an existing catalog it shows
     /// what would change and replaces nothing without --replace.
     Import {
+        /// The bundle file written by `arca config export`.
         file: PathBuf,
+        /// Read the bundle passphrase from this file (first line) instead of ARCA_BUNDLE_PASSPHRASE or a prompt.
         #[arg(long, value_name = "FILE")]
         bundle_passphrase_file: Option<PathBuf>,
         /// Replace what differs in this catalog (jobs, passwords, pins, settings).
@@ -160,6 +165,7 @@ pub fn config(ctx: &Ctx, cmd: ConfigCmd) -> Result<i32> {
 pub enum KeyCmd {
     /// Write a new random 32-byte key (base64) to FILE, readable only by you.
     Generate {
+        /// Where to write the key (a new file, mode 0600).
         #[arg(long)]
         out: PathBuf,
     },
@@ -275,6 +281,7 @@ pub fn key(ctx: &Ctx, cmd: KeyCmd) -> Result<i32> {
 }
 
 pub async fn quickstart(ctx: &Ctx, a: QuickstartArgs) -> Result<i32> {
+    use std::os::unix::fs::MetadataExt;
     validate_job_name(&a.job)?;
     let base = ctx
         .catalog_path
@@ -282,66 +289,103 @@ pub async fn quickstart(ctx: &Ctx, a: QuickstartArgs) -> Result<i32> {
         .map(Path::to_path_buf)
         .unwrap_or_else(|| PathBuf::from("."));
     let cat = ctx.catalog()?;
-    if cat.job(&a.job)?.is_none() {
-        let repo_dir = a.repo.clone().unwrap_or_else(|| base.join("default-repo"));
-        let repo = match Repository::open(&repo_dir) {
-            Ok(r) => r,
-            Err(Error::NotFound(_)) => {
-                let r = Repository::init(&repo_dir, false)?;
-                ctx.note(format!("created repository {}", repo_dir.display()));
-                r
+    let mut key_warning = None;
+    match cat.job(&a.job)? {
+        Some(row) => {
+            // Never back up something else than what the job was made for, silently.
+            if let Some(src) = &a.source {
+                let want = std::path::absolute(src)
+                    .map_err(|e| Error::io("resolve the source path", e))?;
+                if want != Path::new(&row.source) {
+                    return Err(Error::Usage(format!(
+                        "job '{}' backs up {}, not {}: back that up as another job \
+                         (`arca quickstart --source {} --job OTHER-NAME`)",
+                        a.job,
+                        row.source,
+                        want.display(),
+                        want.display()
+                    )));
+                }
             }
-            Err(e) => return Err(e),
-        };
-        let source = std::path::absolute(a.source.clone().unwrap_or_else(|| PathBuf::from(".")))
-            .map_err(|e| Error::io("resolve the source path", e))?;
-        // A passphrase if one is given, else a generated key file beside the catalog.
-        let mode = if std::env::var_os("ARCA_PASSPHRASE").is_some()
-            || ctx.creds.passphrase_file.is_some()
-        {
-            EncryptionMode::Passphrase
-        } else {
-            EncryptionMode::Key
-        };
-        let mut key_ctx = None;
-        if mode == EncryptionMode::Key
-            && ctx.creds.key_file.is_none()
-            && std::env::var_os("ARCA_KEY").is_none()
-        {
-            let kf = base.join(format!("{}.key", a.job));
-            if !kf.exists() {
-                write_private(
-                    &kf,
-                    format!("{}\n", crate::keys::raw::generate_base64().as_str()).as_bytes(),
-                )?;
-                ctx.note(format!(
-                    "generated key file {} (mode 0600): back it up, it is the only way to restore",
-                    kf.display()
-                ));
-            }
-            key_ctx = Some(Ctx {
-                session: crate::ops::Session {
-                    catalog_path: ctx.catalog_path.clone(),
-                    quiet: ctx.quiet,
-                    creds: crate::resolve::Credentials::new(None, Some(kf)),
-                },
-                json: ctx.json,
-            });
         }
-        let c = key_ctx.as_ref().unwrap_or(ctx);
-        super::job::create(
-            c,
-            super::job::CreateArgs {
-                name: a.job.clone(),
-                repo: repo.root().to_path_buf(),
-                source,
-                encryption: mode.as_str().into(),
-                password: None,
-                kms_key: None,
-                kmip_key: None,
-            },
-        )
-        .await?;
+        None => {
+            let repo_dir = a.repo.clone().unwrap_or_else(|| base.join("default-repo"));
+            let repo = match Repository::open(&repo_dir) {
+                Ok(r) => r,
+                Err(Error::NotFound(_)) => {
+                    let r = Repository::init(&repo_dir, false)?;
+                    ctx.note(format!("created repository {}", repo_dir.display()));
+                    r
+                }
+                Err(e) => return Err(e),
+            };
+            let source =
+                std::path::absolute(a.source.clone().unwrap_or_else(|| PathBuf::from(".")))
+                    .map_err(|e| Error::io("resolve the source path", e))?;
+            if let (Ok(r), Ok(sm)) = (std::fs::metadata(repo.root()), std::fs::metadata(&source)) {
+                if r.dev() == sm.dev() {
+                    ctx.note(format!(
+                        "warning: the repository {} is on the same filesystem as the source {}: \
+                         one disk failure loses both. Use --repo on another disk (or copy the repository elsewhere)",
+                        repo.root().display(),
+                        source.display()
+                    ));
+                }
+            }
+            // A passphrase if one is given, else a generated key file beside the catalog.
+            let mode = if ctx.creds.explicit_passphrase() {
+                EncryptionMode::Passphrase
+            } else {
+                EncryptionMode::Key
+            };
+            let mut key_ctx = None;
+            if mode == EncryptionMode::Key && !ctx.creds.explicit_key() {
+                let kf = base.join(format!("{}.key", a.job));
+                if !kf.exists() {
+                    write_private(
+                        &kf,
+                        format!("{}\n", crate::keys::raw::generate_base64().as_str()).as_bytes(),
+                    )?;
+                    key_warning = Some(format!(
+                        "IMPORTANT: job '{}' is encrypted with the key in {} (mode 0600). Copy it somewhere safe, \
+                         away from this disk: without it nothing can be restored",
+                        a.job,
+                        kf.display()
+                    ));
+                }
+                key_ctx = Some(Ctx {
+                    session: crate::ops::Session {
+                        catalog_path: ctx.catalog_path.clone(),
+                        quiet: ctx.quiet,
+                        creds: crate::resolve::Credentials::new(None, Some(kf)),
+                    },
+                    json: ctx.json,
+                });
+            }
+            let c = key_ctx.as_ref().unwrap_or(ctx);
+            let row = crate::ops::jobs::create_job(
+                c,
+                crate::ops::jobs::CreateJob {
+                    name: &a.job,
+                    repo: repo.root(),
+                    source: &source,
+                    spec: crate::ops::jobs::ChainSpec {
+                        mode,
+                        password: None,
+                        kms_key: None,
+                        kmip_key: None,
+                    },
+                },
+            )
+            .await?;
+            ctx.note(format!(
+                "created job '{}': {} → {} (encryption {})",
+                row.name,
+                row.source,
+                row.repo_path.display(),
+                row.encryption.as_str()
+            ));
+        }
     }
     let code = super::backup::run(
         ctx,
@@ -353,13 +397,19 @@ pub async fn quickstart(ctx: &Ctx, a: QuickstartArgs) -> Result<i32> {
         },
     )
     .await?;
-    super::read::points(
-        ctx,
-        super::read::PointsArgs {
-            name: a.job.clone(),
-            repo: None,
-        },
-    )
-    .await?;
+    // Under --json, the backup summary is the one document.
+    if !ctx.json {
+        super::read::points(
+            ctx,
+            super::read::PointsArgs {
+                name: a.job.clone(),
+                repo: None,
+            },
+        )
+        .await?;
+    }
+    if let Some(w) = key_warning {
+        ctx.note(w);
+    }
     Ok(code)
 }

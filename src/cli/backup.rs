@@ -13,6 +13,7 @@ use crate::ui::human_bytes;
 
 #[derive(Args, Debug)]
 pub struct BackupArgs {
+    /// The job's name.
     pub name: String,
     /// Back up standard input (e.g. a database dump) instead of the job's source.
     #[arg(long, requires = "stdin_name")]

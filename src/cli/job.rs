@@ -16,29 +16,41 @@ pub enum JobCmd {
     /// List jobs in the catalog.
     List,
     /// Show one job.
-    Show { name: String },
+    Show {
+        /// The job's name.
+        name: String,
+    },
     /// Change a deactivated job's encryption: starts a new chain, and the next backup is a
     /// full backup that reuses nothing from the old one. An active job refuses (deactivate
     /// it first, or use `job activate NAME --encryption MODE`).
     Encryption(EncryptionArgs),
     /// Stop a job's backups; every recovery point stays restorable. While a job is
     /// deactivated its encryption may change.
-    Deactivate { name: String },
+    Deactivate {
+        /// The job's name.
+        name: String,
+    },
     /// Resume a job's backups; with --encryption (and --password, --kms-key or --kmip-key),
     /// first switch it to a new chain under that encryption (the next run is a full backup).
     Activate(ActivateArgs),
     /// The keyslots (envelopes) of a job's active chain: any one opens it.
     #[command(subcommand)]
+    #[command(name = "keyslots", alias = "keys")]
     Keys(KeysCmd),
     /// Renew a job's keys with the same secrets: its chain starts a new key generation
     /// (every keyslot re-wrapped; nothing re-encrypted). Points written afterwards are out of
     /// reach of any key or metadata copy from before, e.g. after removing a keyslot.
-    Rekey { name: String },
+    Rekey {
+        /// The job's name.
+        name: String,
+    },
     /// Accept what a repository says about a job (after a reinstall, or a change made on
     /// another machine): its chain, mode, source and keys become what this catalog trusts.
     /// The keys must resolve; the previous pins of the job are replaced.
     Adopt {
+        /// The job's name.
         name: String,
+        /// The repository directory.
         #[arg(long)]
         repo: PathBuf,
     },
@@ -47,15 +59,22 @@ pub enum JobCmd {
 #[derive(Subcommand, Debug)]
 pub enum KeysCmd {
     /// List the keyslots of the job's active chain.
-    List { name: String },
+    List {
+        /// The job's name.
+        name: String,
+    },
     /// Add a keyslot: a KMS key (--kms-key), a named password (--password), or a raw key
     /// (--key-file / ARCA_KEY). The chain's keys must resolve first.
     Add {
+        /// The job's name.
         name: String,
+        /// The AWS KMS key: key id, ARN, alias name or alias ARN.
         #[arg(long, group = "kind")]
         kms_key: Option<String>,
+        /// The KMIP key: its name or unique identifier.
         #[arg(long, group = "kind")]
         kmip_key: Option<String>,
+        /// The named password (created if new) [default: the job's name].
         #[arg(long, group = "kind")]
         password: Option<String>,
         /// Add the raw key given by --key-file or ARCA_KEY.
@@ -63,11 +82,17 @@ pub enum KeysCmd {
         raw_key: bool,
     },
     /// Remove a keyslot by id (prefix). The last keyslot is never removed.
-    Remove { name: String, slot: String },
+    Remove {
+        /// The job's name.
+        name: String,
+        /// The keyslot id or id prefix (`arca job keyslots list NAME` shows them).
+        slot: String,
+    },
 }
 
 #[derive(Args, Debug)]
 pub struct CreateArgs {
+    /// The job's name.
     pub name: String,
     /// The repository (create it with `arca init DIR`).
     #[arg(long)]
@@ -92,26 +117,36 @@ pub struct CreateArgs {
 
 #[derive(Args, Debug)]
 pub struct ActivateArgs {
+    /// The job's name.
     pub name: String,
+    /// passphrase (a named password, Argon2id), key (a raw 32-byte key), kms (AWS KMS), kmip, or none.
     #[arg(long, value_parser = ["passphrase", "key", "kms", "kmip", "none"])]
     pub encryption: Option<String>,
+    /// The named password (created if new) [default: the job's name].
     #[arg(long)]
     pub password: Option<String>,
+    /// The AWS KMS key: key id, ARN, alias name or alias ARN.
     #[arg(long)]
     pub kms_key: Option<String>,
+    /// The KMIP key: its name or unique identifier.
     #[arg(long)]
     pub kmip_key: Option<String>,
 }
 
 #[derive(Args, Debug)]
 pub struct EncryptionArgs {
+    /// The job's name.
     pub name: String,
+    /// passphrase (a named password, Argon2id), key (a raw 32-byte key), kms (AWS KMS), kmip, or none.
     #[arg(long, value_parser = ["passphrase", "key", "kms", "kmip", "none"])]
     pub encryption: String,
+    /// The named password (created if new) [default: the job's name].
     #[arg(long)]
     pub password: Option<String>,
+    /// The AWS KMS key: key id, ARN, alias name or alias ARN.
     #[arg(long)]
     pub kms_key: Option<String>,
+    /// The KMIP key: its name or unique identifier.
     #[arg(long)]
     pub kmip_key: Option<String>,
 }
@@ -221,11 +256,13 @@ pub async fn create(ctx: &Ctx, a: CreateArgs) -> Result<i32> {
 
 #[derive(Serialize)]
 struct JobView {
+    /// The job's name.
     name: String,
     job_id: String,
     repository: String,
     source: String,
     encryption: &'static str,
+    /// The named password (created if new) [default: the job's name].
     password: Option<String>,
     key_file: Option<String>,
     chain_id: String,

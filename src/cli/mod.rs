@@ -31,67 +31,120 @@ use crate::resolve::Credentials;
 )]
 pub struct Cli {
     /// The catalog database [default: the platform data dir, e.g. ~/.local/share/arca/catalog.db].
-    #[arg(long, env = "ARCA_CATALOG", global = true)]
+    #[arg(
+        long,
+        env = "ARCA_CATALOG",
+        global = true,
+        help_heading = "Global options"
+    )]
     pub catalog: Option<PathBuf>,
     /// Print machine-readable JSON instead of text.
-    #[arg(long, global = true)]
+    #[arg(long, global = true, help_heading = "Global options")]
     pub json: bool,
     /// Only errors.
-    #[arg(short, long, global = true)]
+    #[arg(short, long, global = true, help_heading = "Global options")]
     pub quiet: bool,
     /// More detail (-v, -vv).
-    #[arg(short, long, action = clap::ArgAction::Count, global = true)]
+    #[arg(short, long, action = clap::ArgAction::Count, global = true, help_heading = "Global options")]
     pub verbose: u8,
     /// Read the passphrase from this file (first line). Else ARCA_PASSPHRASE, else a prompt.
-    #[arg(long, global = true, value_name = "FILE")]
+    #[arg(
+        long,
+        global = true,
+        help_heading = "Global options",
+        value_name = "FILE"
+    )]
     pub passphrase_file: Option<PathBuf>,
     /// Run this shell command and take its output as the passphrase (pass, Vault, a keyring...).
     /// Excludes --passphrase-file; both come before ARCA_PASSPHRASE.
-    #[arg(long, global = true, value_name = "CMD", env = "ARCA_PASSWORD_COMMAND")]
+    #[arg(
+        long,
+        global = true,
+        help_heading = "Global options",
+        value_name = "CMD",
+        env = "ARCA_PASSWORD_COMMAND"
+    )]
     pub password_command: Option<String>,
     /// A raw 32-byte key, base64, in this file (encryption "key"). Else ARCA_KEY.
-    #[arg(long, global = true, value_name = "FILE")]
+    #[arg(
+        long,
+        global = true,
+        help_heading = "Global options",
+        value_name = "FILE"
+    )]
     pub key_file: Option<PathBuf>,
     /// Run this shell command and take its output (base64 of 32 bytes) as the raw key.
     /// Excludes --key-file; both come before ARCA_KEY.
-    #[arg(long, global = true, value_name = "CMD", env = "ARCA_KEY_COMMAND")]
+    #[arg(
+        long,
+        global = true,
+        help_heading = "Global options",
+        value_name = "CMD",
+        env = "ARCA_KEY_COMMAND"
+    )]
     pub key_command: Option<String>,
     /// The config file [default: ~/.config/arca/config.toml, or ARCA_CONFIG].
-    #[arg(long, global = true, value_name = "FILE")]
+    #[arg(
+        long,
+        global = true,
+        help_heading = "Global options",
+        value_name = "FILE"
+    )]
     pub config: Option<PathBuf>,
     /// KMS endpoint URL (LocalStack, an emulator); else AWS_ENDPOINT_URL, the config file, or AWS.
-    #[arg(long, global = true, value_name = "URL")]
+    #[arg(
+        long,
+        global = true,
+        help_heading = "Global options",
+        value_name = "URL"
+    )]
     pub kms_endpoint: Option<String>,
     /// AWS region for KMS; else AWS_REGION, the profile, or the config file.
-    #[arg(long, global = true)]
+    #[arg(long, global = true, help_heading = "Global options")]
     pub kms_region: Option<String>,
     /// KMIP server host (else ARCA_KMIP_HOST or [kmip] in the config file).
-    #[arg(long, global = true)]
+    #[arg(long, global = true, help_heading = "Global options")]
     pub kmip_host: Option<String>,
     /// KMIP server port [default: 5696].
-    #[arg(long, global = true)]
+    #[arg(long, global = true, help_heading = "Global options")]
     pub kmip_port: Option<u16>,
     /// CA certificate (PEM) of the KMIP server.
-    #[arg(long, global = true, value_name = "FILE")]
+    #[arg(
+        long,
+        global = true,
+        help_heading = "Global options",
+        value_name = "FILE"
+    )]
     pub kmip_ca: Option<PathBuf>,
     /// Client certificate (PEM) for mutual TLS with the KMIP server.
-    #[arg(long, global = true, value_name = "FILE")]
+    #[arg(
+        long,
+        global = true,
+        help_heading = "Global options",
+        value_name = "FILE"
+    )]
     pub kmip_cert: Option<PathBuf>,
     /// Client private key (PEM) for mutual TLS with the KMIP server.
-    #[arg(long, global = true, value_name = "FILE")]
+    #[arg(
+        long,
+        global = true,
+        help_heading = "Global options",
+        value_name = "FILE"
+    )]
     pub kmip_client_key: Option<PathBuf>,
     /// Allow KMS Decrypt with this key ARN besides the keys the catalog pins (repeatable;
     /// needed to restore through KMS after a reinstall). Also [kms] trusted_keys.
     #[arg(
         long,
         global = true,
+        help_heading = "Global options",
         value_name = "ARN",
         env = "ARCA_TRUST_KMS_KEYS",
         value_delimiter = ','
     )]
     pub trust_kms_key: Vec<String>,
     /// Run Argon2 parameters above arca's cap (4x the defaults) when a repository asks for them.
-    #[arg(long, global = true)]
+    #[arg(long, global = true, help_heading = "Global options")]
     pub allow_expensive_kdf: bool,
     #[command(subcommand)]
     pub command: Command,
@@ -101,6 +154,7 @@ pub struct Cli {
 pub enum Command {
     /// Create a repository in an empty or new directory.
     Init {
+        /// The directory for the new repository (created if missing; must be empty).
         dir: PathBuf,
         /// New files 0640 and directories 0750 (a repository shared with a group), instead of 0600/0700.
         #[arg(long)]
@@ -109,6 +163,7 @@ pub enum Command {
     /// Upgrade a repository written by arca 0.1 (format 1) to format 2 in place: metadata is
     /// authenticated and re-bound; no data is re-encrypted or rewritten. Needs every chain's keys.
     Migrate {
+        /// The repository directory.
         #[arg(long)]
         repo: PathBuf,
     },
@@ -137,8 +192,9 @@ pub enum Command {
     /// hashes, escrow settings) as one file sealed under a bundle passphrase.
     #[command(subcommand)]
     Config(admin::ConfigCmd),
-    /// Generate a raw key file for `--encryption key`.
+    /// Raw key files for `--encryption key` (`keyfile generate`; formerly `key`).
     #[command(subcommand)]
+    #[command(name = "keyfile", alias = "key")]
     Key(admin::KeyCmd),
     /// Named passwords: create, list, show, delete.
     #[command(subcommand)]
@@ -256,7 +312,7 @@ pub async fn run(cli: Cli) -> Result<i32> {
         Command::Drill(a) => drill::run(&ctx, a).await,
         Command::Quickstart(a) => admin::quickstart(&ctx, a).await,
         Command::Completions { shell } => {
-            let mut cmd = <Cli as clap::CommandFactory>::command();
+            let mut cmd = command();
             let mut b = Vec::new();
             clap_complete::generate(shell, &mut cmd, "arca", &mut b);
             crate::ui::out_bytes(&b);
@@ -266,9 +322,83 @@ pub async fn run(cli: Cli) -> Result<i32> {
     }
 }
 
+/// Two or three examples per command, shown after its help (and in the man pages).
+const EXAMPLES: &[(&str, &str)] = &[
+    ("init", "arca init /srv/backup/repo\n  arca init /mnt/shared/repo --group-readable"),
+    ("migrate", "arca migrate --repo /srv/backup/repo\n  arca --passphrase-file ~/.arca-pass migrate --repo /srv/backup/repo"),
+    ("job create", "arca job create nightly --repo /srv/backup/repo --source /home --encryption passphrase\n  arca job create db --repo /srv/backup/repo --source /var/lib/db --encryption kms --kms-key alias/backup\n  arca --key-file ~/arca.key job create media --repo /srv/backup/repo --source /srv/media --encryption key"),
+    ("job list", "arca job list\n  arca job list --json"),
+    ("job show", "arca job show nightly\n  arca job show nightly --json"),
+    ("job encryption", "arca job deactivate nightly && arca job encryption nightly --encryption kms --kms-key alias/backup\n  arca job encryption nightly --encryption passphrase --password ops"),
+    ("job deactivate", "arca job deactivate nightly\n  arca job deactivate nightly && arca job activate nightly --encryption kmip --kmip-key backups"),
+    ("job activate", "arca job activate nightly\n  arca job activate nightly --encryption kms --kms-key alias/backup"),
+    ("job keyslots list", "arca job keyslots list nightly\n  arca job keyslots list nightly --json"),
+    ("job keyslots add", "arca job keyslots add nightly --kms-key alias/backup\n  arca job keyslots add nightly --password recovery\n  arca --key-file ~/arca.key job keyslots add nightly --raw-key"),
+    ("job keyslots remove", "arca job keyslots remove nightly 3f2a\n  arca job keyslots remove nightly 3f2a && arca job rekey nightly"),
+    ("job rekey", "arca job rekey nightly\n  arca job rekey nightly --json"),
+    ("job adopt", "arca job adopt nightly --repo /srv/backup/repo\n  arca --passphrase-file ~/.arca-pass job adopt nightly --repo /srv/backup/repo"),
+    ("backup", "arca backup nightly\n  pg_dump mydb | arca backup db --stdin --stdin-name mydb.sql\n  arca backup nightly --json --compression 6"),
+    ("points", "arca points nightly\n  arca points nightly --repo /srv/backup/repo --json"),
+    ("ls", "arca ls nightly\n  arca ls nightly 3f2a9c01 | grep etc/"),
+    ("find", "arca find nightly '*.conf'\n  arca find nightly invoice --json"),
+    ("restore", "arca restore nightly --target /tmp/restore\n  arca restore nightly 3f2a9c01 --target /tmp/restore --include etc/hosts\n  arca restore nightly --repo /srv/backup/repo --target /tmp/restore --explain"),
+    ("check", "arca check nightly\n  arca check nightly --read-data"),
+    ("keys resolve", "arca keys resolve nightly --explain\n  arca keys resolve nightly 3f2a9c01 --repo /srv/backup/repo --no-store"),
+    ("catalog rebuild", "arca catalog rebuild --repo /srv/backup/repo\n  arca --trust-kms-key arn:aws:kms:eu-west-1:111122223333:key/1234abcd catalog rebuild --repo /srv/backup/repo"),
+    ("config export", "arca config export --out /secure/arca-config.bundle\n  arca config export --out arca.bundle --bundle-passphrase-file ~/.bundle-pass"),
+    ("config import", "arca config import /secure/arca-config.bundle\n  arca config import arca.bundle --dry-run\n  arca config import arca.bundle --replace"),
+    ("keyfile generate", "arca keyfile generate --out ~/arca.key\n  arca keyfile generate --out /etc/arca/media.key"),
+    ("password create", "arca password create ops --description 'operations team'\n  arca --password-command 'pass show backup/ops' password create ops"),
+    ("password list", "arca password list\n  arca password list --json"),
+    ("password show", "arca password show ops\n  arca password show ops --json"),
+    ("password delete", "arca password delete old-ops\n  arca password delete old-ops --json"),
+    ("password rotate", "arca password rotate ops\n  arca password rotate ops --new-passphrase-file ~/.new-pass"),
+    ("kms escrow enable", "arca kms escrow enable --key alias/arca-escrow\n  arca kms escrow enable --key arn:aws:kms:eu-west-1:111122223333:key/1234abcd"),
+    ("kms escrow disable", "arca kms escrow disable\n  arca kms escrow disable --json"),
+    ("kms escrow status", "arca kms escrow status\n  arca kms escrow status --json"),
+    ("kmip create-key", "arca kmip create-key arca-backups\n  arca kmip create-key arca-escrow --json"),
+    ("kmip escrow enable", "arca kmip escrow enable --key arca-escrow\n  arca kmip escrow enable --key 42"),
+    ("kmip escrow disable", "arca kmip escrow disable\n  arca kmip escrow disable --json"),
+    ("kmip escrow status", "arca kmip escrow status\n  arca kmip escrow status --json"),
+    ("drill", "arca drill nightly\n  arca drill --repo /srv/backup/repo --json"),
+    ("quickstart", "arca quickstart --source ~/Documents\n  arca quickstart --source /etc --repo /mnt/usb/arca --job etc"),
+    ("completions", "arca completions bash > /etc/bash_completion.d/arca\n  arca completions zsh > ~/.zfunc/_arca"),
+    ("man", "arca man | man -l -\n  arca man --out /usr/local/share/man/man1"),
+];
+
+fn with_examples(mut cmd: clap::Command, path: &[&str], text: &'static str) -> clap::Command {
+    match path {
+        [] => {
+            let body = format!("Examples:\n  {text}");
+            cmd.after_help(body)
+        }
+        [first, rest @ ..] => {
+            cmd = cmd.mut_subcommand(*first, |c| with_examples(c, rest, text));
+            cmd
+        }
+    }
+}
+
+/// The full command definition: clap's, with the examples of every command.
+pub fn command() -> clap::Command {
+    let mut cmd = <Cli as clap::CommandFactory>::command();
+    for (path, text) in EXAMPLES {
+        let p: Vec<&str> = path.split(' ').collect();
+        cmd = with_examples(cmd, &p, text);
+    }
+    cmd
+}
+
+/// Parses the command line (exits with clap's message on a usage error).
+pub fn parse() -> Cli {
+    use clap::FromArgMatches;
+    let m = command().get_matches();
+    Cli::from_arg_matches(&m).unwrap_or_else(|e| e.exit())
+}
+
 /// The man page of arca (stdout), or of arca and each command (into `out`).
 fn man(out: Option<&std::path::Path>) -> Result<i32> {
-    let cmd = <Cli as clap::CommandFactory>::command();
+    let cmd = command();
     let render = |c: clap::Command| -> Result<Vec<u8>> {
         let mut b = Vec::new();
         clap_mangen::Man::new(c)
@@ -298,3 +428,61 @@ pub use crate::ops::{
     chain_kms_keys, check_job_trust, check_latest, job_points, locate_job, locate_job_untrusted,
     open_chain, open_chain_with, pin_open_chain, select_point, validate_job_name, JobHandle,
 };
+
+#[cfg(test)]
+mod help_tests {
+    use super::Cli;
+    use clap::CommandFactory;
+
+    fn walk(c: &clap::Command, path: String, out: &mut Vec<String>) {
+        for a in c.get_arguments() {
+            if a.get_id() == "help" || a.get_id() == "version" {
+                continue;
+            }
+            if a.get_help().is_none() && a.get_long_help().is_none() {
+                out.push(format!(
+                    "{path}: argument {} has no description",
+                    a.get_id()
+                ));
+            }
+        }
+        let subs: Vec<_> = c
+            .get_subcommands()
+            .filter(|s| s.get_name() != "help")
+            .collect();
+        if subs.is_empty() {
+            let examples = c
+                .get_after_help()
+                .map(|h| h.to_string())
+                .unwrap_or_default();
+            if examples.matches("\n  arca ").count() < 2 {
+                out.push(format!("{path}: fewer than two examples"));
+            }
+        }
+        for s in subs {
+            walk(s, format!("{path} {}", s.get_name()), out);
+        }
+    }
+
+    #[test]
+    fn every_command_documents_its_arguments_and_has_examples() {
+        let cmd = super::command();
+        cmd.clone().debug_assert();
+        let mut problems = Vec::new();
+        walk(&cmd, "arca".into(), &mut problems);
+        assert!(problems.is_empty(), "{}", problems.join("\n"));
+    }
+
+    #[test]
+    fn global_options_have_their_own_heading() {
+        let cmd = Cli::command();
+        for a in cmd.get_arguments().filter(|a| a.is_global_set()) {
+            assert_eq!(
+                a.get_help_heading(),
+                Some("Global options"),
+                "global option {} is not under the Global options heading",
+                a.get_id()
+            );
+        }
+    }
+}

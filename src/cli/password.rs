@@ -9,16 +9,24 @@ use super::*;
 pub enum PasswordCmd {
     /// Create a named password (the passphrase from ARCA_PASSPHRASE, --passphrase-file, or a prompt).
     Create {
+        /// The password's name.
         name: String,
+        /// A note shown by `password list` and `password show`.
         #[arg(long, default_value = "")]
         description: String,
     },
     /// List passwords: name, description, created, jobs using it, escrowed. Never the hash.
     List,
     /// Show one password.
-    Show { name: String },
+    Show {
+        /// The password's name.
+        name: String,
+    },
     /// Delete a password no job uses (its stored hash and escrow records go with it).
-    Delete { name: String },
+    Delete {
+        /// The password's name.
+        name: String,
+    },
     /// Change a password's passphrase. Starts a new key generation in every chain using it:
     /// no data is re-encrypted or re-uploaded. Afterwards the new passphrase opens every
     /// recovery point of every job using it, the old one opens none (not even with a copy of
@@ -26,7 +34,9 @@ pub enum PasswordCmd {
     /// Interrupted, run it again with the same new passphrase to finish it. The new
     /// passphrase comes from ARCA_NEW_PASSPHRASE, --new-passphrase-file, or a prompt (twice).
     Rotate {
+        /// The password's name.
         name: String,
+        /// Read the new passphrase from this file (first line); else ARCA_NEW_PASSPHRASE, else a prompt asked twice.
         #[arg(long, value_name = "FILE")]
         new_passphrase_file: Option<std::path::PathBuf>,
     },
@@ -42,7 +52,10 @@ pub enum KmsCmd {
 #[derive(Subcommand, Debug)]
 pub enum KmipCmd {
     /// Create and activate an AES-256 key with this name on the KMIP server.
-    CreateKey { name: String },
+    CreateKey {
+        /// The key's name on the KMIP server.
+        name: String,
+    },
     /// Escrow password hashes with a KMIP key (name or unique identifier).
     #[command(subcommand)]
     Escrow(EscrowCmd),
@@ -80,7 +93,9 @@ pub enum EscrowCmd {
 
 #[derive(Serialize)]
 struct PasswordView {
+    /// The password's name.
     name: String,
+    /// A note shown by `password list` and `password show`.
     description: String,
     created: String,
     jobs: Vec<String>,

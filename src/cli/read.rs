@@ -18,6 +18,7 @@ use crate::ui::human_bytes;
 
 #[derive(Args, Debug)]
 pub struct PointsArgs {
+    /// The job's name.
     pub name: String,
     /// Read the job from this repository instead of the catalog.
     #[arg(long)]
@@ -26,18 +27,22 @@ pub struct PointsArgs {
 
 #[derive(Args, Debug)]
 pub struct LsArgs {
+    /// The job's name.
     pub name: String,
     /// Recovery point id or id prefix [default: the latest].
     pub point: Option<String>,
+    /// Read the job from this repository instead of the catalog (after a reinstall, or a repository this catalog does not know).
     #[arg(long)]
     pub repo: Option<PathBuf>,
 }
 
 #[derive(Args, Debug)]
 pub struct FindArgs {
+    /// The job's name.
     pub name: String,
     /// A glob over the whole path (`*` and `?`; `docs/*.txt`), or a plain substring.
     pub pattern: String,
+    /// Read the job from this repository instead of the catalog (after a reinstall, or a repository this catalog does not know).
     #[arg(long)]
     pub repo: Option<PathBuf>,
 }
@@ -132,6 +137,7 @@ pub async fn find(ctx: &Ctx, a: FindArgs) -> Result<i32> {
 
 #[derive(Args, Debug)]
 pub struct RestoreArgs {
+    /// The job's name.
     pub name: String,
     /// Recovery point id or id prefix [default: the latest].
     pub point: Option<String>,
@@ -144,6 +150,7 @@ pub struct RestoreArgs {
     /// Restore into a non-empty target, replacing files that exist there.
     #[arg(long)]
     pub overwrite: bool,
+    /// Read the job from this repository instead of the catalog (after a reinstall, or a repository this catalog does not know).
     #[arg(long)]
     pub repo: Option<PathBuf>,
     /// Print every key-resolution tier tried and why it failed.
@@ -153,10 +160,12 @@ pub struct RestoreArgs {
 
 #[derive(Args, Debug)]
 pub struct CheckArgs {
+    /// The job's name.
     pub name: String,
     /// Also read every pack and authenticate every chunk.
     #[arg(long)]
     pub read_data: bool,
+    /// Read the job from this repository instead of the catalog (after a reinstall, or a repository this catalog does not know).
     #[arg(long)]
     pub repo: Option<PathBuf>,
 }
@@ -165,8 +174,11 @@ pub struct CheckArgs {
 pub enum KeysCmd {
     /// Resolve the keys of a recovery point without restoring anything.
     Resolve {
+        /// The job's name.
         name: String,
+        /// Recovery point id or id prefix [default: the latest complete point].
         point: Option<String>,
+        /// Read the job from this repository instead of the catalog (after a reinstall, or a repository this catalog does not know).
         #[arg(long)]
         repo: Option<PathBuf>,
         /// Print every tier tried.
