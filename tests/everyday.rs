@@ -353,3 +353,65 @@ fn output_to_a_pipe_has_no_escape_codes() {
         assert_eq!(r.stderr.matches("secret.txt").count(), 1, "{}", r.stderr);
     }
 }
+
+#[test]
+fn diff_and_stats() {
+    use std::os::unix::fs::PermissionsExt;
+    let env = Env::new();
+    let src = env.path("src");
+    write(&src.join("a.txt"), b"version one");
+    write(&src.join("b.txt"), b"to be removed");
+    write(&src.join("d.txt"), b"mode changes");
+    write(&src.join("big.bin"), &pseudo_random(2 << 20, 9, true));
+    env.passphrase_job("j", &src, PASS);
+    let p1 = env.run(&["--json", "backup", "j"]).ok().json()["point_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    write(&src.join("a.txt"), b"version two, longer");
+    fs::remove_file(src.join("b.txt")).unwrap();
+    write(&src.join("c.txt"), b"new");
+    fs::set_permissions(src.join("d.txt"), fs::Permissions::from_mode(0o640)).unwrap();
+    let p2 = env.run(&["--json", "backup", "j"]).ok().json()["point_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let d = env.run(&["--json", "diff", "j", &p1[..8], &p2]).ok().json();
+    let change = |path: &str| {
+        d["entries"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|e| e["path"] == path)
+            .map(|e| e["change"].as_str().unwrap().to_string())
+    };
+    assert_eq!(change("c.txt").as_deref(), Some("added"), "{d}");
+    assert_eq!(change("b.txt").as_deref(), Some("removed"));
+    assert_eq!(change("a.txt").as_deref(), Some("changed"));
+    assert_eq!(change("d.txt").as_deref(), Some("metadata"));
+    assert_eq!(change("big.bin"), None, "an unchanged file is listed");
+    assert_eq!(
+        (d["added"].as_u64(), d["removed"].as_u64()),
+        (Some(1), Some(1))
+    );
+    let human = env.run(&["diff", "j", &p1, "latest"]).ok();
+    assert!(
+        human.stdout.contains("+    c.txt") && human.stdout.contains("-    b.txt"),
+        "{}",
+        human.stdout
+    );
+
+    let st = env.run(&["--json", "stats", "j"]).ok().json();
+    assert_eq!(st["points"].as_array().unwrap().len(), 2);
+    let total = st["total_bytes"].as_u64().unwrap();
+    let unique = st["unique_bytes"].as_u64().unwrap();
+    let stored = st["stored_bytes"].as_u64().unwrap();
+    // Two points of nearly the same 2 MiB: deduplication makes unique about half the total.
+    assert!(total > 4 << 20 && unique < total * 6 / 10, "{st}");
+    assert!(stored > 0 && stored < unique, "{st}");
+    assert!(env
+        .run(&["stats", "j"])
+        .ok()
+        .stdout
+        .contains("unique after deduplication"));
+}

@@ -180,6 +180,28 @@ pub enum Command {
     Find(read::FindArgs),
     /// Restore a recovery point into a directory.
     Restore(read::RestoreArgs),
+    /// What changed between two recovery points: added, removed, changed files (sizes) and
+    /// metadata changes (mode, owner, times).
+    Diff {
+        /// The job's name.
+        name: String,
+        /// The earlier point (id or id prefix).
+        from: String,
+        /// The later point (id or id prefix, or "latest").
+        to: String,
+        /// Read the job from this repository instead of the catalog.
+        #[arg(long)]
+        repo: Option<PathBuf>,
+    },
+    /// Sizes per recovery point and for the whole job: source bytes, unique bytes after
+    /// deduplication, bytes stored (compressed and sealed), and the ratio.
+    Stats {
+        /// The job's name.
+        name: String,
+        /// Read the job from this repository instead of the catalog.
+        #[arg(long)]
+        repo: Option<PathBuf>,
+    },
     /// Verify a job's recovery points; --read-data also reads and authenticates every chunk.
     Check(read::CheckArgs),
     /// Resolve the keys of a recovery point and explain how.
@@ -301,6 +323,13 @@ pub async fn run(cli: Cli) -> Result<i32> {
         Command::Ls(a) => read::ls(&ctx, a).await,
         Command::Find(a) => read::find(&ctx, a).await,
         Command::Restore(a) => read::restore(&ctx, a).await,
+        Command::Diff {
+            name,
+            from,
+            to,
+            repo,
+        } => read::diff(&ctx, &name, repo.as_deref(), &from, &to).await,
+        Command::Stats { name, repo } => read::stats(&ctx, &name, repo.as_deref()).await,
         Command::Check(a) => read::check(&ctx, a).await,
         Command::Keys(c) => read::keys(&ctx, c).await,
         Command::Catalog(c) => admin::catalog(&ctx, c).await,
@@ -342,6 +371,8 @@ const EXAMPLES: &[(&str, &str)] = &[
     ("ls", "arca ls nightly\n  arca ls nightly 3f2a9c01 | grep etc/"),
     ("find", "arca find nightly '*.conf'\n  arca find nightly invoice --json"),
     ("restore", "arca restore nightly --target /tmp/restore\n  arca restore nightly 3f2a9c01 --target /tmp/restore --include etc/hosts\n  arca restore nightly --repo /srv/backup/repo --target /tmp/restore --explain"),
+    ("diff", "arca diff nightly 3f2a 9c01\n  arca diff nightly 3f2a latest --json"),
+    ("stats", "arca stats nightly\n  arca stats nightly --json"),
     ("check", "arca check nightly\n  arca check nightly --read-data"),
     ("keys resolve", "arca keys resolve nightly --explain\n  arca keys resolve nightly 3f2a9c01 --repo /srv/backup/repo --no-store"),
     ("catalog rebuild", "arca catalog rebuild --repo /srv/backup/repo\n  arca --trust-kms-key arn:aws:kms:eu-west-1:111122223333:key/1234abcd catalog rebuild --repo /srv/backup/repo"),

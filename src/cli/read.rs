@@ -628,6 +628,86 @@ pub async fn keys(ctx: &Ctx, cmd: KeysCmd) -> Result<i32> {
     Ok(0)
 }
 
+pub async fn diff(
+    ctx: &Ctx,
+    name: &str,
+    repo: Option<&std::path::Path>,
+    from: &str,
+    to: &str,
+) -> Result<i32> {
+    let d = crate::ops::inspect::diff(ctx, name, repo, from, to).await?;
+    if ctx.json {
+        crate::ui::print_json(&d);
+        return Ok(0);
+    }
+    for e in &d.entries {
+        let mark = match e.change {
+            "added" => "+",
+            "removed" => "-",
+            "changed" => "M",
+            "type" => "T",
+            _ => "U",
+        };
+        let detail = match (e.size_before_bytes, e.size_after_bytes) {
+            (Some(a), Some(b)) if a != b => format!("  ({} → {})", human_bytes(a), human_bytes(b)),
+            _ if !e.metadata.is_empty() => format!("  ({})", e.metadata.join(", ")),
+            _ => String::new(),
+        };
+        ctx.say(format!("{mark}    {}{detail}", e.path));
+    }
+    ctx.say(format!(
+        "{} → {}: {} added ({}), {} removed ({}), {} changed, {} metadata only{}",
+        &d.from_point_id[..8],
+        &d.to_point_id[..8],
+        d.added,
+        human_bytes(d.added_bytes),
+        d.removed,
+        human_bytes(d.removed_bytes),
+        d.changed,
+        d.metadata_only,
+        if d.content_compared {
+            ""
+        } else {
+            " (different chains: content compared by size and modification time)"
+        }
+    ));
+    Ok(0)
+}
+
+pub async fn stats(ctx: &Ctx, name: &str, repo: Option<&std::path::Path>) -> Result<i32> {
+    let st = crate::ops::inspect::stats(ctx, name, repo).await?;
+    if ctx.json {
+        crate::ui::print_json(&st);
+        return Ok(0);
+    }
+    ctx.say(format!(
+        "{:<10} {:<28} {:<10} {:>8} {:>11} {:>11} {:>11}",
+        "POINT", "TIME", "KIND", "FILES", "SIZE", "NEW", "STORED"
+    ));
+    for p in &st.points {
+        ctx.say(format!(
+            "{:<10} {:<28} {:<10} {:>8} {:>11} {:>11} {:>11}",
+            &p.point_id[..8],
+            p.time,
+            p.kind.as_deref().unwrap_or("-"),
+            p.files,
+            human_bytes(p.total_bytes),
+            human_bytes(p.new_bytes),
+            human_bytes(p.stored_bytes)
+        ));
+    }
+    ctx.say(format!(
+        "job '{name}': {} point(s) hold {} of source data; {} unique after deduplication ({} chunks), {} stored: {:.1}x",
+        st.points.len(),
+        human_bytes(st.total_bytes),
+        human_bytes(st.unique_bytes),
+        st.unique_chunks,
+        human_bytes(st.stored_bytes),
+        st.ratio
+    ));
+    Ok(0)
+}
+
 #[cfg(test)]
 mod tests {
     use super::glob_match;
