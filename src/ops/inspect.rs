@@ -50,9 +50,9 @@ async fn open_tree(
     chains: &mut HashMap<Id16, OpenChain>,
     p: &crate::repo::format::PointRecord,
 ) -> Result<BTreeMap<Vec<u8>, TreeEntry>> {
-    if !chains.contains_key(&p.chain_id) {
+    if let std::collections::hash_map::Entry::Vacant(v) = chains.entry(p.chain_id) {
         let (oc, _) = open_chain(s, cat, h, &p.chain_id, Some(p), false).await?;
-        chains.insert(p.chain_id, oc);
+        v.insert(oc);
     }
     let oc = &chains[&p.chain_id];
     let op = OpenPoint::open(&h.repo, oc, p.clone())?;
