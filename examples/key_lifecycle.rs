@@ -55,7 +55,15 @@ async fn main() -> Res<()> {
     // From here on no passphrase is at hand: the catalog's stored hash does the work (a
     // passphrase given would have to open the chain, and after the rotation it would not).
     let s = Session::new(catalog.clone(), Credentials::new(None, None));
-    let b = backup_job(&s, "ledger", JobSource::Tree, 3, ProgressBar::hidden()).await?;
+    let b = backup_job(
+        &s,
+        "ledger",
+        JobSource::Tree,
+        3,
+        ProgressBar::hidden(),
+        Default::default(),
+    )
+    .await?;
     println!(
         "point {} ({})",
         b.outcome.record.point_id.short(),
@@ -70,7 +78,15 @@ async fn main() -> Res<()> {
         r.jobs[0].chains[0].generation
     );
     std::fs::write(src.join("later.txt"), "after the rotation")?;
-    let b = backup_job(&s, "ledger", JobSource::Tree, 3, ProgressBar::hidden()).await?;
+    let b = backup_job(
+        &s,
+        "ledger",
+        JobSource::Tree,
+        3,
+        ProgressBar::hidden(),
+        Default::default(),
+    )
+    .await?;
     println!(
         "point {} ({} new bytes)",
         b.outcome.record.point_id.short(),

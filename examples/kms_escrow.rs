@@ -117,6 +117,7 @@ async fn main() -> Res<()> {
         &job,
         &oc,
         BackupOptions {
+            status: Default::default(),
             source: Source::Tree(src.clone()),
             compression_level: 3,
             workers: 2,

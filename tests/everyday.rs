@@ -415,3 +415,63 @@ fn diff_and_stats() {
         .stdout
         .contains("unique after deduplication"));
 }
+
+#[test]
+fn json_backup_streams_status_lines_then_one_summary() {
+    use std::io::Write;
+    let env = Env::new();
+    let src = env.path("src");
+    write(&src.join("a.txt"), b"x");
+    env.passphrase_job("j", &src, PASS);
+    let mut child = env
+        .cmd(&[
+            "--json",
+            "backup",
+            "j",
+            "--stdin",
+            "--stdin-name",
+            "slow.bin",
+        ])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut input = child.stdin.take().unwrap();
+    for i in 0..10 {
+        input
+            .write_all(&pseudo_random(256 << 10, i, false))
+            .unwrap();
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    drop(input);
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stdout = String::from_utf8(out.stdout).unwrap();
+    let lines: Vec<serde_json::Value> = stdout
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
+        .collect();
+    let (last, status) = lines.split_last().unwrap();
+    assert_eq!(last["message_type"], "summary", "{stdout}");
+    assert!(!status.is_empty(), "no status line in {stdout}");
+    for s in status {
+        assert_eq!(s["message_type"], "status");
+        assert!(
+            s["bytes_done"].is_u64() && s["seconds_elapsed"].is_u64(),
+            "{s}"
+        );
+    }
+    let done: Vec<u64> = status
+        .iter()
+        .map(|s| s["bytes_done"].as_u64().unwrap())
+        .collect();
+    assert!(done.windows(2).all(|w| w[0] <= w[1]), "{done:?}");
+    // A tree backup reports the pre-scan's totals.
+    let r = env.run(&["--json", "backup", "j"]).ok();
+    assert_eq!(r.json()["message_type"], "summary");
+}

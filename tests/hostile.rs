@@ -286,6 +286,7 @@ fn plant_forged_point(env: &Env, repo: &Path) -> Id16 {
         &job,
         &oc,
         arca::engine::backup::BackupOptions {
+            status: Default::default(),
             source: arca::engine::backup::Source::Tree(evil),
             compression_level: 3,
             workers: 1,

@@ -877,6 +877,7 @@ async fn kms_redirect_to_an_attackers_key_is_refused() {
         &job,
         &arca::engine::OpenChain::new(chain.clone(), ck, "j").unwrap(),
         arca::engine::backup::BackupOptions {
+            status: Default::default(),
             source: arca::engine::backup::Source::Tree(evil_src),
             compression_level: 3,
             workers: 1,

@@ -26,8 +26,74 @@ pub struct BackupArgs {
     pub compression: i32,
 }
 
+/// Progress while a backup runs: on a terminal, the bar gets the pre-scan's totals (bytes
+/// done/total, rate, ETA), files done/total and the current file; under `--json`, one
+/// NDJSON status line per second on stdout (`message_type: "status"`, docs/json.md).
+fn report_progress(
+    json: bool,
+    bar: indicatif::ProgressBar,
+    st: std::sync::Arc<crate::engine::backup::Status>,
+    done: std::sync::Arc<std::sync::atomic::AtomicBool>,
+) -> std::thread::JoinHandle<()> {
+    use std::sync::atomic::Ordering::Relaxed;
+    std::thread::spawn(move || {
+        let t0 = Instant::now();
+        let mut styled = false;
+        let mut last_json = Instant::now();
+        while !done.load(Relaxed) {
+            std::thread::sleep(std::time::Duration::from_millis(100));
+            let (files, bytes) = (st.files_done.load(Relaxed), st.bytes_done.load(Relaxed));
+            let (tf, tb) = (st.total_files.load(Relaxed), st.total_bytes.load(Relaxed));
+            let scanned = st.scanned.load(Relaxed);
+            let current = st.current.lock().map(|c| c.clone()).unwrap_or_default();
+            if json {
+                if last_json.elapsed().as_secs_f64() < 1.0 || done.load(Relaxed) {
+                    continue;
+                }
+                last_json = Instant::now();
+                let secs = t0.elapsed().as_secs_f64();
+                let remaining = (scanned && bytes > 0 && tb >= bytes)
+                    .then(|| ((tb - bytes) as f64 * secs / bytes as f64).round() as u64);
+                crate::ui::out(
+                    &serde_json::json!({
+                        "message_type": "status",
+                        "seconds_elapsed": secs.round() as u64,
+                        "seconds_remaining": remaining,
+                        "percent_done": if scanned && tb > 0 { (bytes as f64 / tb as f64).min(1.0) } else { 0.0 },
+                        "total_files": tf, "files_done": files,
+                        "total_bytes": tb, "bytes_done": bytes,
+                        "scan_finished": scanned,
+                        "current_files": if current.is_empty() { vec![] } else { vec![current] },
+                    })
+                    .to_string(),
+                );
+            } else if !bar.is_hidden() {
+                if scanned && !styled {
+                    bar.set_length(tb.max(bar.position()));
+                    bar.set_style(
+                        indicatif::ProgressStyle::with_template(
+                            "[{bar:25}] {bytes}/{total_bytes} {bytes_per_sec} eta {eta} {msg}",
+                        )
+                        .expect("template")
+                        .progress_chars("=> "),
+                    );
+                    styled = true;
+                }
+                let total = if scanned {
+                    tf.to_string()
+                } else {
+                    format!("{tf}+")
+                };
+                bar.set_message(format!("{files}/{total} files {current}"));
+            }
+        }
+    })
+}
+
 #[derive(Serialize)]
 struct Summary<'a> {
+    /// "summary": the last line after the status lines of `--json`.
+    message_type: &'static str,
     job: &'a str,
     point_id: String,
     chain_id: String,
@@ -63,8 +129,20 @@ pub async fn run(ctx: &Ctx, a: BackupArgs) -> Result<i32> {
     };
     let started = Instant::now();
     let progress = crate::ui::progress(None, ctx.quiet || ctx.json, &format!("backup {}", a.name));
-    let run =
-        crate::ops::backup::backup_job(ctx, &a.name, source, a.compression, progress.clone()).await;
+    let status = std::sync::Arc::new(crate::engine::backup::Status::default());
+    let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let reporter = report_progress(ctx.json, progress.clone(), status.clone(), done.clone());
+    let run = crate::ops::backup::backup_job(
+        ctx,
+        &a.name,
+        source,
+        a.compression,
+        progress.clone(),
+        status,
+    )
+    .await;
+    done.store(true, std::sync::atomic::Ordering::Relaxed);
+    let _ = reporter.join();
     progress.finish_and_clear();
     let BackupRun {
         outcome: out,
@@ -74,27 +152,31 @@ pub async fn run(ctx: &Ctx, a: BackupArgs) -> Result<i32> {
     let s = &out.body.stats;
     let secs = started.elapsed().as_secs_f64();
     if ctx.json {
-        crate::ui::print_json(&Summary {
-            job: &a.name,
-            point_id: out.record.point_id.hex(),
-            chain_id: out.record.chain_id.hex(),
-            time: &out.record.time,
-            full: out.full,
-            full_reason,
-            keys: tier,
-            files: s.files,
-            dirs: s.dirs,
-            symlinks: s.symlinks,
-            files_unchanged: s.files_unchanged,
-            bytes_total: s.bytes_total,
-            bytes_read: s.bytes_read,
-            bytes_new: s.bytes_new,
-            bytes_stored: s.bytes_stored,
-            chunks_new: s.chunks_new,
-            seconds: secs,
-            kms_requests: crate::keys::aws_kms::process_requests(),
-            errors: &out.body.errors,
-        });
+        crate::ui::out(
+            &serde_json::to_string(&Summary {
+                message_type: "summary",
+                job: &a.name,
+                point_id: out.record.point_id.hex(),
+                chain_id: out.record.chain_id.hex(),
+                time: &out.record.time,
+                full: out.full,
+                full_reason,
+                keys: tier,
+                files: s.files,
+                dirs: s.dirs,
+                symlinks: s.symlinks,
+                files_unchanged: s.files_unchanged,
+                bytes_total: s.bytes_total,
+                bytes_read: s.bytes_read,
+                bytes_new: s.bytes_new,
+                bytes_stored: s.bytes_stored,
+                chunks_new: s.chunks_new,
+                seconds: secs,
+                kms_requests: crate::keys::aws_kms::process_requests(),
+                errors: &out.body.errors,
+            })
+            .expect("summary serializes"),
+        );
     } else {
         ctx.say(format!(
             "recovery point {} of job '{}' ({}{})\n  {} files, {} dirs, {} symlinks, {} ({} unchanged files not re-read)\n  read {}, new after dedup {}, stored {} in {:.1}s ({}/s)",

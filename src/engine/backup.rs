@@ -44,8 +44,58 @@ pub enum Source {
     },
 }
 
+/// Live counters of a running backup, for progress bars and `--json` status lines. The
+/// totals come from a pre-scan that runs alongside (`scanned` once it finished).
+#[derive(Default, Debug)]
+pub struct Status {
+    pub files_done: std::sync::atomic::AtomicU64,
+    pub bytes_done: std::sync::atomic::AtomicU64,
+    pub total_files: std::sync::atomic::AtomicU64,
+    pub total_bytes: std::sync::atomic::AtomicU64,
+    pub scanned: std::sync::atomic::AtomicBool,
+    pub current: std::sync::Mutex<String>,
+}
+
+impl Status {
+    fn add(&self, files: u64, bytes: u64) {
+        use std::sync::atomic::Ordering::Relaxed;
+        self.files_done.fetch_add(files, Relaxed);
+        self.bytes_done.fetch_add(bytes, Relaxed);
+    }
+
+    /// Counts the regular files and their bytes below `root` (no symlink followed), updating
+    /// the totals as it goes; sets `scanned` at the end.
+    pub fn prescan(&self, root: &Path) {
+        use std::sync::atomic::Ordering::Relaxed;
+        let mut stack = vec![root.to_path_buf()];
+        let (mut files, mut bytes) = (0u64, 0u64);
+        while let Some(p) = stack.pop() {
+            let Ok(m) = fs::symlink_metadata(&p) else {
+                continue;
+            };
+            if m.is_dir() {
+                if let Ok(rd) = fs::read_dir(&p) {
+                    stack.extend(rd.flatten().map(|e| e.path()));
+                }
+            } else if m.is_file() {
+                files += 1;
+                bytes += m.len();
+                if files % 1024 == 0 {
+                    self.total_files.store(files, Relaxed);
+                    self.total_bytes.store(bytes, Relaxed);
+                }
+            }
+        }
+        self.total_files.store(files, Relaxed);
+        self.total_bytes.store(bytes, Relaxed);
+        self.scanned.store(true, Relaxed);
+    }
+}
+
 pub struct BackupOptions {
     pub source: Source,
+    /// Live counters (shared with whoever reports progress).
+    pub status: Arc<Status>,
     pub compression_level: i32,
     pub workers: usize,
     pub progress: ProgressBar,
@@ -94,6 +144,7 @@ struct Chunker<'a> {
     tx: Sender<Work>,
     stats: PointStats,
     progress: &'a ProgressBar,
+    status: &'a Status,
 }
 
 impl Chunker<'_> {
@@ -133,6 +184,7 @@ impl Chunker<'_> {
             tx,
             stats,
             progress,
+            status,
         } = self;
         let mut interrupted = false;
         let n = stream_chunks(r, cdc, buf, |c| {
@@ -142,6 +194,7 @@ impl Chunker<'_> {
             }
             stats.bytes_read += c.len() as u64;
             progress.inc(c.len() as u64);
+            status.add(0, c.len() as u64);
             alive = Self::put(idk, known, tx, stats, c, &mut ids);
             alive
         })
@@ -285,6 +338,7 @@ impl Walker<'_, '_> {
                 self.chunker.stats.files_unchanged += 1;
                 self.chunker.stats.bytes_total += e.size;
                 self.chunker.progress.inc(e.size);
+                self.chunker.status.add(1, e.size);
                 self.entries.push(e);
                 return;
             }
@@ -293,8 +347,13 @@ impl Walker<'_, '_> {
             Ok(f) => f,
             Err(err) => return self.error(abs, err),
         };
+        if let Ok(mut c) = self.chunker.status.current.lock() {
+            c.clear();
+            c.push_str(&String::from_utf8_lossy(rel));
+        }
         match self.chunker.stream(f) {
             Ok((ids, n)) => {
+                self.chunker.status.add(1, 0);
                 e.size = n;
                 e.chunks = ids;
                 self.chunker.stats.files += 1;
@@ -481,6 +540,7 @@ pub fn run(
         tx: work_tx,
         stats: PointStats::default(),
         progress: &opts.progress,
+        status: &opts.status,
     };
     let mut w = Walker {
         chunker,

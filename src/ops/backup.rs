@@ -32,6 +32,7 @@ pub async fn backup_job(
     source: JobSource,
     compression_level: i32,
     progress: indicatif::ProgressBar,
+    status: std::sync::Arc<crate::engine::backup::Status>,
 ) -> Result<BackupRun> {
     let cat = s.catalog()?;
     let h = locate_job(&cat, name, None)?;
@@ -51,7 +52,15 @@ pub async fn backup_job(
     let want = h.row.as_ref().and_then(|r| r.password.clone());
     let kdf = oc.chain.point_kdf(want.as_deref());
     let source = match source {
-        JobSource::Tree => Source::Tree(std::path::PathBuf::from(&h.job.source)),
+        JobSource::Tree => {
+            // Totals for progress and ETA, counted alongside the backup.
+            let (st, root) = (status.clone(), std::path::PathBuf::from(&h.job.source));
+            std::thread::Builder::new()
+                .name("arca-prescan".into())
+                .spawn(move || st.prescan(&root))
+                .map_err(|e| Error::Other(format!("start the pre-scan: {e}")))?;
+            Source::Tree(std::path::PathBuf::from(&h.job.source))
+        }
         JobSource::Stream { name, reader } => Source::Stdin { name, reader },
     };
     let opts = BackupOptions {
@@ -61,6 +70,7 @@ pub async fn backup_job(
             .map(|n| n.get())
             .unwrap_or(2),
         progress,
+        status,
         kdf,
     };
     let other_chain_points = h

@@ -30,8 +30,12 @@ impl Run {
         );
         self
     }
+    /// The JSON document on stdout; for NDJSON (status lines, then a summary), the last line.
     pub fn json(&self) -> serde_json::Value {
         serde_json::from_str(&self.stdout)
+            .or_else(|_| {
+                serde_json::from_str(self.stdout.trim_end().lines().last().unwrap_or_default())
+            })
             .unwrap_or_else(|e| panic!("not JSON ({e}): {}", self.stdout))
     }
 }
