@@ -475,3 +475,128 @@ fn json_backup_streams_status_lines_then_one_summary() {
     let r = env.run(&["--json", "backup", "j"]).ok();
     assert_eq!(r.json()["message_type"], "summary");
 }
+
+/// Every `arca ...` command a message suggests (in backticks) names an existing command,
+/// and each of its `--flags` exists for that command.
+fn hints_exist(stderr: &str) -> usize {
+    let root = arca::cli::command();
+    let mut n = 0;
+    for hint in stderr.split('`').skip(1).step_by(2) {
+        let Some(rest) = hint.strip_prefix("arca ") else {
+            continue;
+        };
+        let mut cmd = &root;
+        let mut words = rest.split_whitespace().peekable();
+        while let Some(w) = words.peek() {
+            match cmd
+                .get_subcommands()
+                .find(|s| s.get_name() == *w || s.get_all_aliases().any(|a| a == *w))
+            {
+                Some(s) => {
+                    cmd = s;
+                    words.next();
+                }
+                None => break,
+            }
+        }
+        assert!(
+            cmd.get_subcommands().next().is_none() || cmd.get_name() == "arca",
+            "hint `{hint}` stops at a command group"
+        );
+        for w in rest.split_whitespace().filter(|w| w.starts_with("--")) {
+            let flag = w.trim_start_matches("--").split('=').next().unwrap();
+            let known = cmd.get_arguments().any(|a| a.get_long() == Some(flag))
+                || root.get_arguments().any(|a| a.get_long() == Some(flag));
+            assert!(
+                known,
+                "hint `{hint}`: --{flag} is not a flag of `{}`",
+                cmd.get_name()
+            );
+        }
+        n += 1;
+    }
+    n
+}
+
+#[test]
+fn error_hints_name_commands_and_flags_that_exist() {
+    let env = Env::new();
+    let src = env.path("src");
+    write(&src.join("a.txt"), b"a");
+    let repo = env.passphrase_job("j", &src, PASS);
+    env.run(&["backup", "j"]).ok();
+    let t = env.path("t");
+    write(&t.join("x"), b"occupied");
+    let mut hinted = 0;
+    let mut case = |args: &[&str], vars: &[(&str, &str)], code: i32| {
+        let r = env.run_env(args, vars);
+        assert_eq!(r.code, code, "{args:?}: {}", r.stderr);
+        hinted += hints_exist(&r.stderr);
+        r.stderr
+    };
+    case(&["backup", "nosuchjob"], &[], 1);
+    case(&["restore", "j", "--target", s(&t)], &[], 2);
+    case(&["job", "encryption", "j", "--encryption", "none"], &[], 2);
+    case(&["job", "keyslots", "remove", "j", "0"], &[], 1);
+    case(
+        &[
+            "job",
+            "create",
+            "x",
+            "--repo",
+            s(&env.path("nope")),
+            "--source",
+            s(&src),
+            "--encryption",
+            "none",
+        ],
+        &[],
+        1,
+    );
+    case(&["points", "nosuchjob"], &[], 1);
+    // A moved (or unmounted) repository: never a suggestion to create one there.
+    fs::rename(&repo, env.path("moved")).unwrap();
+    let e = case(&["backup", "j"], &[], 1);
+    assert!(e.contains("mounted") && !e.contains("arca init"), "{e}");
+    fs::rename(env.path("moved"), &repo).unwrap();
+    // Each cause is printed once.
+    let e = case(&["restore", "j", "--target", s(&t)], &[], 2);
+    assert_eq!(e.matches("--overwrite").count(), 1, "{e}");
+    assert!(hinted >= 5, "only {hinted} hints checked");
+}
+
+#[test]
+fn missing_aws_credentials_are_their_own_error() {
+    let env = Env::new();
+    let src = env.path("src");
+    write(&src.join("a.txt"), b"a");
+    let repo = env.path("repo");
+    env.run(&["init", s(&repo)]).ok();
+    let out = env
+        .cmd(&[
+            "job",
+            "create",
+            "k",
+            "--repo",
+            s(&repo),
+            "--source",
+            s(&src),
+            "--encryption",
+            "kms",
+            "--kms-key",
+            "alias/x",
+        ])
+        .env_remove("AWS_ACCESS_KEY_ID")
+        .env_remove("AWS_SECRET_ACCESS_KEY")
+        .env("HOME", env.path("home"))
+        .env("AWS_ENDPOINT_URL", "http://127.0.0.1:9")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(12), "{err}");
+    assert!(
+        err.contains("no AWS credentials") && err.contains("AWS_PROFILE"),
+        "{err}"
+    );
+    assert!(!err.contains("could not be reached"), "{err}");
+}

@@ -273,6 +273,15 @@ pub fn key(ctx: &Ctx, cmd: KeyCmd) -> Result<i32> {
     let KeyCmd::Generate { out } = cmd;
     let k = crate::keys::raw::generate_base64();
     write_private(&out, format!("{}\n", k.as_str()).as_bytes())?;
+    if ctx.json {
+        let fp = crate::keys::raw::RawKeyProvider::from_base64(&k)
+            .map(|p| p.fingerprint())
+            .unwrap_or_default();
+        crate::ui::print_json(
+            &serde_json::json!({"file": out.display().to_string(), "fingerprint": fp}),
+        );
+        return Ok(0);
+    }
     ctx.say(format!(
         "wrote a new key to {} (mode 0600). Keep a copy somewhere safe: without it, data encrypted with it is lost.",
         out.display()

@@ -164,10 +164,14 @@ pub async fn run(ctx: &Ctx, cmd: JobCmd) -> Result<i32> {
         }
         JobCmd::Deactivate { name } => {
             ops_jobs::deactivate(ctx, &name)?;
-            ctx.say(format!(
-                "job '{name}' is deactivated: its backups stop and every recovery point stays restorable. \
-                 `arca job activate {name}` resumes it (with --encryption MODE, under new keys)"
-            ));
+            if ctx.json {
+                crate::ui::print_json(&serde_json::json!({"job": name, "active": false}));
+            } else {
+                ctx.say(format!(
+                    "job '{name}' is deactivated: its backups stop and every recovery point stays restorable. \
+                     `arca job activate {name}` resumes it (with --encryption MODE, under new keys)"
+                ));
+            }
             Ok(0)
         }
         JobCmd::Activate(a) => {
@@ -175,10 +179,17 @@ pub async fn run(ctx: &Ctx, cmd: JobCmd) -> Result<i32> {
                 .encryption
                 .as_deref()
                 .map(|e| spec_of(e, &a.password, &a.kms_key, &a.kmip_key));
-            if let Some(c) = ops_jobs::activate(ctx, &a.name, spec).await? {
-                say_new_chain(ctx, &c);
+            let changed = ops_jobs::activate(ctx, &a.name, spec).await?;
+            if ctx.json {
+                crate::ui::print_json(
+                    &serde_json::json!({"job": a.name, "active": true, "new_chain": changed}),
+                );
+            } else {
+                if let Some(c) = &changed {
+                    say_new_chain(ctx, c);
+                }
+                ctx.say(format!("job '{}' is active: backups run again", a.name));
             }
-            ctx.say(format!("job '{}' is active: backups run again", a.name));
             Ok(0)
         }
         JobCmd::Keys(c) => keys(ctx, c).await,

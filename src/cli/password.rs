@@ -139,7 +139,12 @@ pub async fn run(ctx: &Ctx, cmd: PasswordCmd) -> Result<i32> {
                     )
                 })?;
             crate::ops::lifecycle::create_password(ctx, &name, &description, &p)?;
-            ctx.say(format!("created password '{name}'; attach it with `arca job create ... --encryption passphrase --password {name}`"));
+            if ctx.json {
+                let p = cat.password(&name)?.expect("just created");
+                crate::ui::print_json(&view(&cat, &p)?);
+            } else {
+                ctx.say(format!("created password '{name}'; attach it with `arca job create ... --encryption passphrase --password {name}`"));
+            }
             Ok(0)
         }
         PasswordCmd::List => {
@@ -196,7 +201,11 @@ pub async fn run(ctx: &Ctx, cmd: PasswordCmd) -> Result<i32> {
             if !cat.delete_password(&name)? {
                 return Err(Error::NotFound(format!("no password named '{name}'")));
             }
-            ctx.say(format!("deleted password '{name}'"));
+            if ctx.json {
+                crate::ui::print_json(&serde_json::json!({"password": name, "deleted": true}));
+            } else {
+                ctx.say(format!("deleted password '{name}'"));
+            }
             Ok(0)
         }
     }
@@ -287,12 +296,22 @@ async fn escrow(ctx: &Ctx, cmd: EscrowCmd, target: Target) -> Result<i32> {
     match cmd {
         EscrowCmd::Enable { key } => {
             let (key_id, n) = crate::ops::lifecycle::escrow_enable(ctx, kmip, &key).await?;
-            ctx.say(format!("escrow enabled with key {key_id}: {n} password hash(es) escrowed; future ones will be too"));
+            if ctx.json {
+                crate::ui::print_json(
+                    &serde_json::json!({"enabled": true, "key": key_id, "escrowed": n}),
+                );
+            } else {
+                ctx.say(format!("escrow enabled with key {key_id}: {n} password hash(es) escrowed; future ones will be too"));
+            }
             Ok(0)
         }
         EscrowCmd::Disable => {
             let n = crate::ops::lifecycle::escrow_disable(ctx, kmip)?;
-            ctx.say(format!("escrow disabled; {n} escrow record(s) deleted"));
+            if ctx.json {
+                crate::ui::print_json(&serde_json::json!({"enabled": false, "records_deleted": n}));
+            } else {
+                ctx.say(format!("escrow disabled; {n} escrow record(s) deleted"));
+            }
             Ok(0)
         }
         EscrowCmd::Status => {

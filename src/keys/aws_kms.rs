@@ -306,6 +306,19 @@ fn classify<E: ProvideErrorMetadata + std::error::Error + 'static>(
         SdkError::TimeoutError(_) => {
             return KeyError::Unavailable(format!("KMS ({endpoint}) did not answer in time for key {key}, even after retries; check network access to KMS"))
         }
+        SdkError::DispatchFailure(_)
+            if aws_sdk_kms::error::DisplayErrorContext(&e)
+                .to_string()
+                .to_ascii_lowercase()
+                .contains("credential") =>
+        {
+            return KeyError::Unavailable(format!(
+                "no AWS credentials were found to call KMS ({endpoint}) for key {key}; the credential chain tried \
+                 the environment (AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY), the profile (AWS_PROFILE, ~/.aws/config \
+                 and ~/.aws/credentials, SSO, credential_process), a web identity token, and the ECS/EC2 instance \
+                 metadata: configure one of them"
+            ))
+        }
         SdkError::DispatchFailure(d) => {
             return KeyError::Unavailable(format!(
                 "KMS ({endpoint}) could not be reached for key {key}: {}; check the endpoint, network and proxy settings",

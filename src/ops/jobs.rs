@@ -264,7 +264,13 @@ pub async fn create_job(s: &Session, a: CreateJob<'_>) -> Result<JobRow> {
             a.name
         )));
     }
-    let repo = Repository::open(a.repo)?;
+    let repo = Repository::open(a.repo).map_err(|e| match e {
+        Error::NotFound(m) => Error::NotFound(format!(
+            "{m} (`arca init {}` creates a new, empty repository)",
+            a.repo.display()
+        )),
+        other => other,
+    })?;
     if repo.list_jobs()?.iter().any(|j| j.name == a.name) {
         return Err(Error::Usage(format!(
             "repository {} already has a job named '{}'; `arca catalog rebuild --repo {}` adds it to this catalog",

@@ -128,8 +128,7 @@ impl Repository {
             Ok(h) => h,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                 return Err(Error::NotFound(format!(
-                    "{} does not exist: is the backup disk mounted? (`arca init {}` creates a new, empty repository)",
-                    dir.display(),
+                    "repository {} does not exist: is the backup disk mounted, or was the repository moved?",
                     dir.display()
                 )))
             }
