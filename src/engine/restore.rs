@@ -373,6 +373,11 @@ pub fn run(
     }
     // One flush makes every written file durable before any rename (instead of an fsync
     // per file), then each file replaces its final name atomically.
+    // The bytes are written; what remains is not measured in bytes: say what it is.
+    opts.progress.set_message(format!(
+        "syncing, then putting {} file(s) in place",
+        written.len()
+    ));
     fsx::syncfs(root.fd()).map_err(|e| Error::io(format!("sync {}", opts.target.display()), e))?;
     let workers = opts.workers.max(1);
     let per = written.len().div_ceil(workers).max(1);
