@@ -64,7 +64,7 @@ fn backup_restore_is_byte_identical_with_metadata() {
     assert_eq!(b["full"], true);
     assert_eq!(b["errors"].as_array().unwrap().len(), 0);
     assert_eq!(
-        b["keys"], "catalog",
+        b["tier"], "catalog",
         "a scheduled backup runs on the stored password hash"
     );
     let target = env.path("restored");
@@ -100,13 +100,13 @@ fn unchanged_tree_adds_under_one_percent_and_is_not_reread() {
         "second backup added {added} bytes for a {tree_size}-byte tree"
     );
     assert_eq!(second["full"], false);
-    assert_eq!(second["bytes_read"], 0, "unchanged files were re-read");
+    assert_eq!(second["read_bytes"], 0, "unchanged files were re-read");
     assert_eq!(second["files_unchanged"], 401);
-    assert_eq!(second["bytes_new"], 0);
+    assert_eq!(second["new_bytes"], 0);
     // Touch one file: only it is read again.
     write(&src.join("d0/f0.txt"), b"changed");
     let third = env.run(&["--json", "backup", "j"]).ok().json();
-    assert_eq!(third["bytes_read"], 7);
+    assert_eq!(third["read_bytes"], 7);
     assert_eq!(third["files_unchanged"], 400);
 }
 
@@ -132,7 +132,7 @@ fn stdin_backup_roundtrip() {
         )
         .ok()
         .json();
-    assert_eq!(out["bytes_read"], dump.len() as u64);
+    assert_eq!(out["read_bytes"], dump.len() as u64);
     let ls = env.run(&["--json", "ls", "db"]).ok().json();
     assert_eq!(ls[0]["path"], "db.sql");
     let t = env.path("t");
@@ -419,14 +419,14 @@ fn changing_encryption_starts_a_full_backup_in_a_new_chain() {
     );
     assert_ne!(first["chain_id"], second["chain_id"]);
     assert_eq!(
-        second["bytes_read"], first["bytes_read"],
+        second["read_bytes"], first["read_bytes"],
         "the new chain must re-read everything"
     );
     // Nothing reused from the old chain (boundaries are keyed per chain, so duplicates
     // inside one backup may dedup slightly differently: allow 1%).
     let (a, b) = (
-        first["bytes_new"].as_u64().unwrap(),
-        second["bytes_new"].as_u64().unwrap(),
+        first["new_bytes"].as_u64().unwrap(),
+        second["new_bytes"].as_u64().unwrap(),
     );
     assert!(
         b * 100 >= a * 99,
@@ -521,7 +521,7 @@ fn catalog_rebuild_from_repository() {
     let pts = env.run(&["--json", "points", "nightly"]).ok().json();
     assert!(pts[0]["stats"]["files"].as_u64().unwrap() > 0);
     let b = env.run(&["--json", "backup", "nightly"]).ok().json();
-    assert_eq!(b["keys"], "catalog");
+    assert_eq!(b["tier"], "catalog");
     assert_eq!(b["full"], false);
 }
 
@@ -561,7 +561,7 @@ fn unreadable_source_path_exits_3_and_keeps_the_rest() {
     );
     let pts = env.run(&["--json", "points", "j"]).ok().json();
     assert!(
-        pts[0]["errors"].as_u64().unwrap() > 0,
+        pts[0]["error_count"].as_u64().unwrap() > 0,
         "the point records its errors"
     );
     let t = env.path("t");
@@ -731,7 +731,7 @@ fn password_rotation_rewraps_without_touching_data() {
     // The next run is an incremental (same chain, dedup) under a fresh data key.
     let b = env.run(&["--json", "backup", "j"]).ok().json();
     assert_eq!(b["full"], false);
-    assert_eq!(b["keys"], "catalog", "the catalog holds the new hash");
+    assert_eq!(b["tier"], "catalog", "the catalog holds the new hash");
     let points = env.run(&["--json", "points", "j"]).ok().json();
     // After a reinstall: the new passphrase opens every point, the old one none.
     fs::remove_dir_all(env.catalog.parent().unwrap()).unwrap();

@@ -72,8 +72,8 @@ fn sigint_during_backup_keeps_a_checkpoint_that_the_next_backup_reuses() {
     // the whole source is new.
     let b = env.run(&["--json", "backup", "j"]).ok().json();
     let (total, new) = (
-        b["bytes_total"].as_u64().unwrap(),
-        b["bytes_new"].as_u64().unwrap(),
+        b["total_bytes"].as_u64().unwrap(),
+        b["new_bytes"].as_u64().unwrap(),
     );
     assert!(new < total, "nothing reused: {b}");
     for p in &kept {
@@ -462,13 +462,13 @@ fn json_backup_streams_status_lines_then_one_summary() {
     for s in status {
         assert_eq!(s["message_type"], "status");
         assert!(
-            s["bytes_done"].is_u64() && s["seconds_elapsed"].is_u64(),
+            s["done_bytes"].is_u64() && s["seconds_elapsed"].is_u64(),
             "{s}"
         );
     }
     let done: Vec<u64> = status
         .iter()
-        .map(|s| s["bytes_done"].as_u64().unwrap())
+        .map(|s| s["done_bytes"].as_u64().unwrap())
         .collect();
     assert!(done.windows(2).all(|w| w[0] <= w[1]), "{done:?}");
     // A tree backup reports the pre-scan's totals.

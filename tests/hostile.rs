@@ -1001,7 +1001,7 @@ fn attackers_own_catalog_cannot_switch_the_job_to_plaintext() {
     let r = attacker.run(&["job", "encryption", "j", "--encryption", "none"]);
     assert_eq!(r.code, 12, "{}", r.stderr);
     let out = env.run(&["--json", "backup", "j"]).ok().json();
-    assert_eq!(out["keys"], "catalog");
+    assert_eq!(out["tier"], "catalog");
     assert_eq!(point_count(&repo), 2);
     let pts = env.run(&["--json", "points", "j"]).ok().json();
     assert!(pts

@@ -89,7 +89,7 @@ async fn kms_job_round_trip_and_key_validation() {
         "the alias is resolved to the key ARN"
     );
     let b = env.run(&["--json", "backup", "k"]).ok().json();
-    assert_eq!(b["keys"], "kms");
+    assert_eq!(b["tier"], "kms");
     fs::remove_dir_all(env.catalog.parent().unwrap()).unwrap();
     // After a reinstall the user names the KMS key they trust (strict mode).
     env.set_env("ARCA_TRUST_KMS_KEYS", &key);

@@ -121,8 +121,8 @@ fn rotation_starts_a_new_generation_that_old_secrets_cannot_reach() {
     write(&src.join("third.txt"), b"third point, after the rotation");
     let b = env.run(&["--json", "backup", "j"]).ok().json();
     assert_eq!(b["full"], false, "{b}");
-    let total = b["bytes_total"].as_u64().unwrap();
-    let new = b["bytes_new"].as_u64().unwrap();
+    let total = b["total_bytes"].as_u64().unwrap();
+    let new = b["new_bytes"].as_u64().unwrap();
     assert!(total > 4 << 20, "{b}");
     // Dedup ratio: all but the new file's bytes are found in the older generation's chunks.
     assert!(
@@ -542,7 +542,7 @@ async fn config_bundle_restores_a_fresh_install_without_retyping_passphrases() {
         b"backed up after the reinstall",
     );
     let b = env.run(&["--json", "backup", "nightly"]).ok().json();
-    assert_eq!(b["keys"], "catalog");
+    assert_eq!(b["tier"], "catalog");
     assert_eq!(
         b["full"], false,
         "the pins and chain came back: an incremental"

@@ -225,7 +225,7 @@ pub async fn catalog(ctx: &Ctx, cmd: CatalogCmd) -> Result<i32> {
                     r["points"],
                     r["encryption"].as_str().unwrap_or("-"),
                     r["chains_pinned"],
-                    r["keys"].as_str().unwrap_or("-"),
+                    r["key_status"].as_str().unwrap_or("-"),
                     r["escrow"]
                         .as_str()
                         .map(|e| format!(", escrow {e}"))

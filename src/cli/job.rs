@@ -309,7 +309,7 @@ async fn adopt(ctx: &Ctx, name: &str, dir: &std::path::Path) -> Result<i32> {
             job: name.to_string(),
             detail: format!(
                 "adopting needs the job's keys, and none resolved ({}); give the passphrase or key",
-                r["keys"].as_str().unwrap_or_default()
+                r["key_status"].as_str().unwrap_or_default()
             ),
         });
     }

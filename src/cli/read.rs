@@ -201,8 +201,39 @@ struct PointView {
     time: String,
     parent: Option<String>,
     kind: Option<String>,
-    stats: Option<PointStats>,
-    errors: Option<u64>,
+    stats: Option<StatsView>,
+    /// How many source files could not be read into the point.
+    error_count: Option<u64>,
+}
+
+/// A point's statistics in the `--json` naming scheme (sizes in bytes, `*_bytes`).
+#[derive(Serialize)]
+struct StatsView {
+    files: u64,
+    dirs: u64,
+    symlinks: u64,
+    files_unchanged: u64,
+    chunks_new: u64,
+    total_bytes: u64,
+    read_bytes: u64,
+    new_bytes: u64,
+    stored_bytes: u64,
+}
+
+impl From<&PointStats> for StatsView {
+    fn from(s: &PointStats) -> Self {
+        StatsView {
+            files: s.files,
+            dirs: s.dirs,
+            symlinks: s.symlinks,
+            files_unchanged: s.files_unchanged,
+            chunks_new: s.chunks_new,
+            total_bytes: s.bytes_total,
+            read_bytes: s.bytes_read,
+            new_bytes: s.bytes_new,
+            stored_bytes: s.bytes_stored,
+        }
+    }
 }
 
 pub async fn points(ctx: &Ctx, a: PointsArgs) -> Result<i32> {
@@ -268,8 +299,11 @@ pub async fn points(ctx: &Ctx, a: PointsArgs) -> Result<i32> {
                 .as_ref()
                 .and_then(|r| r.kind.clone())
                 .or_else(|| p.source_kind.clone()),
-            errors: row.as_ref().map(|r| r.errors),
-            stats: row.and_then(|r| r.stats),
+            error_count: row.as_ref().map(|r| r.errors),
+            stats: row
+                .as_ref()
+                .and_then(|r| r.stats.as_ref())
+                .map(StatsView::from),
         });
     }
     for d in foreign {
@@ -282,7 +316,7 @@ pub async fn points(ctx: &Ctx, a: PointsArgs) -> Result<i32> {
             parent: None,
             kind: None,
             stats: None,
-            errors: None,
+            error_count: None,
         });
     }
     if ctx.json {
@@ -311,9 +345,9 @@ pub async fn points(ctx: &Ctx, a: PointsArgs) -> Result<i32> {
         let (files, size, read, new) = match &v.stats {
             Some(s) => (
                 s.files.to_string(),
-                human_bytes(s.bytes_total),
-                human_bytes(s.bytes_read),
-                human_bytes(s.bytes_new),
+                human_bytes(s.total_bytes),
+                human_bytes(s.read_bytes),
+                human_bytes(s.new_bytes),
             ),
             None => ("-".into(), "-".into(), "-".into(), "-".into()),
         };
@@ -474,7 +508,7 @@ pub async fn restore(ctx: &Ctx, a: RestoreArgs) -> Result<i32> {
         #[derive(Serialize)]
         struct Out<'a> {
             point_id: String,
-            keys: &'a str,
+            tier: &'a str,
             target: String,
             kms_requests: u64,
             #[serde(flatten)]
@@ -482,7 +516,7 @@ pub async fn restore(ctx: &Ctx, a: RestoreArgs) -> Result<i32> {
         }
         crate::ui::print_json(&Out {
             point_id: op.record.point_id.hex(),
-            keys: tier,
+            tier,
             target: a.target.display().to_string(),
             kms_requests: crate::keys::aws_kms::process_requests(),
             stats: &stats,
@@ -495,7 +529,7 @@ pub async fn restore(ctx: &Ctx, a: RestoreArgs) -> Result<i32> {
             stats.files,
             stats.dirs,
             stats.symlinks,
-            human_bytes(stats.bytes)
+            human_bytes(stats.total_bytes)
         ));
     }
     Ok(0)
@@ -576,7 +610,7 @@ pub async fn check(ctx: &Ctx, a: CheckArgs) -> Result<i32> {
                 format!(
                     "; read {} packs ({}), {} chunks authenticated",
                     report.packs_checked,
-                    human_bytes(report.bytes_read),
+                    human_bytes(report.read_bytes),
                     report.chunks_read
                 )
             } else {

@@ -14,7 +14,7 @@ pub struct CheckReport {
     pub chunks_referenced: u64,
     pub packs_checked: u64,
     pub chunks_read: u64,
-    pub bytes_read: u64,
+    pub read_bytes: u64,
     pub problems: Vec<Problem>,
 }
 
@@ -138,7 +138,7 @@ fn read_packs(
             }
         };
         report.packs_checked += 1;
-        report.bytes_read += bytes.len() as u64;
+        report.read_bytes += bytes.len() as u64;
         progress.inc(bytes.len() as u64);
         if crypto::content_hash(&bytes) != pack_id.0 {
             report.problem(

@@ -35,7 +35,7 @@ pub struct RestoreStats {
     pub files: u64,
     pub dirs: u64,
     pub symlinks: u64,
-    pub bytes: u64,
+    pub total_bytes: u64,
 }
 
 /// A tree path → a relative filesystem path, refusing anything that could escape the target.
@@ -414,7 +414,7 @@ pub fn run(
         return Err(e);
     }
     stats.files = files.len() as u64;
-    stats.bytes = bytes.into_inner();
+    stats.total_bytes = bytes.into_inner();
 
     for (rel, e) in planned.iter().filter(|(_, e)| e.kind == EntryType::Symlink) {
         let parent = dirs_cache.get(rel.parent().unwrap_or(Path::new("")))?;

@@ -193,7 +193,7 @@ pub async fn adopt_job(
         "job": job.name, "points": points.len(), "points_opened": opened,
         "encryption": chain.encryption.as_str(), "chain_id": job.chain_id.hex(), "source": job.source,
         "chains_pinned": open.len(), "escrow": escrow,
-        "keys": key_note.map(|n| format!("not resolved: {n}")).unwrap_or("resolved".into()),
+        "key_status": key_note.map(|n| format!("not resolved: {n}")).unwrap_or("resolved".into()),
     }))
 }
 
