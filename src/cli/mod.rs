@@ -410,14 +410,45 @@ fn with_examples(mut cmd: clap::Command, path: &[&str], text: &'static str) -> c
     }
 }
 
-/// The full command definition: clap's, with the examples of every command.
+/// The full command definition: clap's, with the examples of every command. Global options
+/// are listed once, under their own heading in `arca --help`; a subcommand's help points
+/// there instead of repeating them (they still work after any subcommand).
 pub fn command() -> clap::Command {
     let mut cmd = <Cli as clap::CommandFactory>::command();
     for (path, text) in EXAMPLES {
         let p: Vec<&str> = path.split(' ').collect();
         cmd = with_examples(cmd, &p, text);
     }
+    cmd.build();
+    let names: Vec<String> = cmd
+        .get_subcommands()
+        .map(|s| s.get_name().to_string())
+        .collect();
+    for n in names {
+        cmd = cmd.mut_subcommand(n, hide_globals);
+    }
     cmd
+}
+
+fn hide_globals(mut c: clap::Command) -> clap::Command {
+    let examples = c.get_after_help().map(|h| h.to_string());
+    let note = "Global options (--catalog, --json, --quiet, --passphrase-file, --password-command, \
+                --key-file, --config, KMS and KMIP settings...) work here too: `arca --help` lists them.";
+    let after = match examples {
+        Some(e) => format!("{e}\n\n{note}"),
+        None => note.to_string(),
+    };
+    c = c
+        .mut_args(|a| if a.is_global_set() { a.hide(true) } else { a })
+        .after_help(after);
+    let names: Vec<String> = c
+        .get_subcommands()
+        .map(|s| s.get_name().to_string())
+        .collect();
+    for n in names {
+        c = c.mut_subcommand(n, hide_globals);
+    }
+    c
 }
 
 /// Parses the command line (exits with clap's message on a usage error).
