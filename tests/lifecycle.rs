@@ -657,3 +657,55 @@ async fn rekey_rewraps_every_kind_of_keyslot() {
         assert!(r.stdout.contains("resolved via kms"), "{}", r.stderr);
     }
 }
+
+#[test]
+fn sigint_during_a_rotation_stops_cleanly() {
+    use std::io::Write;
+    use std::process::Stdio;
+    let env = Env::new();
+    let src = tree(&env);
+    let repo = env.path("repo");
+    team_job(&env, "j", &src, &repo);
+    env.run(&["backup", "j"]).ok();
+    let first = point_ids(&env, "j")[0].clone();
+    // A running backup holds the lock, so the rotation waits; Ctrl-C then stops it.
+    let mut backup = env
+        .cmd(&["backup", "j", "--stdin", "--stdin-name", "dump.sql"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut input = backup.stdin.take().unwrap();
+    input.write_all(b"some data").unwrap();
+    let lock = fs::File::open(repo.join("lock")).unwrap();
+    while lock.try_lock().is_ok() {
+        lock.unlock().unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let rot = env
+        .cmd(&["password", "rotate", "team"])
+        .env("ARCA_NEW_PASSPHRASE", NEW)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    let pid = rustix::process::Pid::from_raw(rot.id() as i32).unwrap();
+    rustix::process::kill_process(pid, rustix::process::Signal::INT).unwrap();
+    let out = rot.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(130), "{err}");
+    assert!(err.contains("nothing was changed"), "{err}");
+    drop(input);
+    assert!(backup.wait().unwrap().success());
+    // Nothing changed: the old passphrase opens every point, the new one none; a later
+    // rotation is a fresh one.
+    for p in point_ids(&env, "j") {
+        assert_eq!(opens(&env, &repo, "j", &p, OLD), 0);
+        assert_eq!(opens(&env, &repo, "j", &p, NEW), 12);
+    }
+    let r = rotate(&env, &[]).ok().json();
+    assert_eq!(r["resumed"], false);
+    assert_eq!(opens(&env, &repo, "j", &first, NEW), 0);
+}

@@ -286,6 +286,7 @@ pub fn run(
     let next = AtomicUsize::new(0);
     let first_err: Mutex<Option<Error>> = Mutex::new(None);
     let bytes = std::sync::atomic::AtomicU64::new(0);
+    let files_done = AtomicUsize::new(0);
     // Files written under temporary names, renamed once all are written and durable.
     let written: Mutex<Vec<(usize, String)>> = Mutex::new(Vec::with_capacity(files.len()));
     let owner = fsx::euid_egid();
@@ -326,6 +327,14 @@ pub fn run(
                     match res {
                         Ok((n, tmp)) => {
                             bytes.fetch_add(n, Ordering::Relaxed);
+                            let done = files_done.fetch_add(1, Ordering::Relaxed) + 1;
+                            if !opts.progress.is_hidden() {
+                                opts.progress.set_message(format!(
+                                    "{done}/{} files {}",
+                                    files.len(),
+                                    e.display_path()
+                                ));
+                            }
                             mine.push((i, tmp));
                         }
                         Err(err) => {

@@ -57,6 +57,15 @@ pub fn lock_waiting(s: &Session, repo: &Repository, wait: Duration) -> Result<Re
     let start = std::time::Instant::now();
     let mut said = false;
     loop {
+        if let Some(signal) = crate::signals::requested() {
+            return Err(Error::Interrupted {
+                signal,
+                detail: format!(
+                    "interrupted while waiting for the lock of {}; nothing was changed",
+                    repo.root().display()
+                ),
+            });
+        }
         match repo.lock() {
             Err(Error::Locked { path, detail }) => {
                 if start.elapsed() >= wait {
@@ -351,6 +360,7 @@ pub async fn rotate_password(s: &Session, name: &str, new_pass: &Passphrase) -> 
             (old.clone(), new, hash)
         }
     };
+    crate::signals::install();
     // Every repository involved is locked before the first write (a backup running now
     // finishes first; its point then moves with the rest).
     let mut handles = Vec::new();
@@ -469,6 +479,7 @@ pub struct Rekey {
 pub async fn rekey_job(s: &Session, name: &str) -> Result<Rekey> {
     let cat = s.catalog()?;
     let h = locate_job(&cat, name, None)?;
+    crate::signals::install();
     let _lock = lock_waiting(s, &h.repo, lock_wait())?;
     let (oc, _) = open_chain_with(s, &cat, &h, &h.job.chain_id, None, false, true).await?;
     if oc.chain.encryption == EncryptionMode::None {
