@@ -248,17 +248,37 @@ fn flipped_byte_in_pack_is_found_and_fails_restore_with_13() {
     let repo = env.passphrase_job("nightly", &src, PASS);
     env.run(&["backup", "nightly"]).ok();
     env.run(&["check", "nightly", "--read-data"]).ok();
-    // a_big.bin is the first file walked, so its first chunk starts right after the
-    // 24-byte pack prefix of the first pack written.
+    // A byte inside one of a_big.bin's sealed chunks. Workers may seal chunks out of walk
+    // order and packs may share an mtime, so find the pack by trying: flip a byte past the
+    // small chunks, and keep the flip in the pack whose damage a_big.bin's restore reports.
     let packs = packs(&repo);
-    // Packs are written one after another: the first has the oldest mtime.
-    let victim = packs
-        .iter()
-        .min_by_key(|p| fs::metadata(p).unwrap().modified().unwrap())
-        .unwrap();
-    let mut b = fs::read(victim).unwrap();
-    b[24 + 5000] ^= 0x01;
-    fs::write(victim, &b).unwrap();
+    let probe = env.path("probe");
+    let mut victim = None;
+    for p in &packs {
+        let mut b = fs::read(p).unwrap();
+        if b.len() < 24 + 5001 {
+            continue;
+        }
+        b[24 + 5000] ^= 0x01;
+        fs::write(p, &b).unwrap();
+        let _ = fs::remove_dir_all(&probe);
+        let r = env.run(&[
+            "restore",
+            "nightly",
+            "--target",
+            probe.to_str().unwrap(),
+            "--include",
+            "a_big.bin",
+        ]);
+        if r.code == 13 {
+            victim = Some(p.clone());
+            break;
+        }
+        b[24 + 5000] ^= 0x01;
+        fs::write(p, &b).unwrap();
+    }
+    let victim = victim.expect("no pack holds a_big.bin's chunks past offset 5024");
+    let victim = &victim;
     let name = victim.file_name().unwrap().to_str().unwrap().to_string();
 
     let r = env.run(&["check", "nightly", "--read-data"]);

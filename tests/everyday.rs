@@ -652,3 +652,106 @@ fn every_hint_in_the_sources_names_existing_commands_and_flags() {
     let n = hints_exist(&all);
     assert!(n > 40, "only {n} hints found: the scan is broken");
 }
+
+#[test]
+fn backups_of_four_jobs_run_at_once_and_locks_say_who_holds_them() {
+    use std::io::Write;
+    let env = Env::new();
+    let repo = env.path("repo");
+    let jobs = ["a", "b", "c", "d"];
+    for (i, j) in jobs.iter().enumerate() {
+        let src = env.path(&format!("src-{j}"));
+        for k in 0..3 {
+            write(
+                &src.join(format!("f{k}.bin")),
+                &pseudo_random(3 << 20, (i * 10 + k) as u64, false),
+            );
+        }
+        if i == 0 {
+            env.run(&["init", s(&repo)]).ok();
+        }
+        env.run_env(
+            &[
+                "job",
+                "create",
+                j,
+                "--repo",
+                s(&repo),
+                "--source",
+                s(&src),
+                "--encryption",
+                "passphrase",
+                "--password",
+                "team",
+            ],
+            &[("ARCA_PASSPHRASE", PASS)],
+        )
+        .ok();
+    }
+    // All four at once, with no waiting allowed: a backup takes the repository lock shared.
+    let children: Vec<_> = jobs
+        .iter()
+        .map(|j| {
+            env.cmd(&["--lock-wait", "0s", "backup", j])
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    for c in children {
+        let o = c.wait_with_output().unwrap();
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    }
+    for j in jobs {
+        env.run(&["check", j, "--read-data"]).ok();
+    }
+    // A backup of job a holds its chain; a rekey of a cannot wait and names the holder; a
+    // note left by a process that no longer runs is removed.
+    let mut hold = env
+        .cmd(&["backup", "a", "--stdin", "--stdin-name", "hold.bin"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut input = hold.stdin.take().unwrap();
+    input.write_all(b"held").unwrap();
+    wait_for("the holder note", || {
+        fs::read_dir(repo.join("locks"))
+            .map(|d| {
+                d.flatten().any(|e| {
+                    e.file_name()
+                        .to_string_lossy()
+                        .contains(&format!(".{}.", hold.id()))
+                })
+            })
+            .unwrap_or(false)
+    });
+    let host = fs::read_to_string("/proc/sys/kernel/hostname")
+        .unwrap()
+        .trim()
+        .to_string();
+    let stale = repo.join("locks").join(format!("{host}.4000000.repo.json"));
+    fs::write(
+        &stale,
+        format!(r#"{{"pid":4000000,"host":"{host}","command":"arca backup x","since":"2026-01-01T00:00:00Z","lock":"repository","kind":"shared"}}"#),
+    )
+    .unwrap();
+    let r = env.run(&["--lock-wait", "0s", "job", "rekey", "a"]);
+    assert_ne!(r.code, 0);
+    assert!(
+        r.stderr.contains(&format!("pid {}", hold.id())) && r.stderr.contains("backup a --stdin"),
+        "{}",
+        r.stderr
+    );
+    assert!(
+        !stale.exists(),
+        "the stale note was not removed: {}",
+        r.stderr
+    );
+    // Other jobs are not held up by it.
+    env.run(&["--lock-wait", "0s", "job", "rekey", "b"]).ok();
+    drop(input);
+    assert!(hold.wait().unwrap().success());
+}

@@ -366,6 +366,7 @@ pub async fn quickstart(ctx: &Ctx, a: QuickstartArgs) -> Result<i32> {
                     session: crate::ops::Session {
                         catalog_path: ctx.catalog_path.clone(),
                         quiet: ctx.quiet,
+                        lock_wait: ctx.lock_wait,
                         creds: crate::resolve::Credentials::new(None, Some(kf)),
                     },
                     json: ctx.json,

@@ -143,6 +143,9 @@ pub struct Cli {
         value_delimiter = ','
     )]
     pub trust_kms_key: Vec<String>,
+    /// How long to wait for a lock another arca process holds (e.g. 30s, 10m) [default: 10m].
+    #[arg(long, global = true, help_heading = "Global options", value_name = "DURATION", env = "ARCA_LOCK_WAIT", value_parser = humantime::parse_duration)]
+    pub lock_wait: Option<std::time::Duration>,
     /// Run Argon2 parameters above arca's cap (4x the defaults) when a repository asks for them.
     #[arg(long, global = true, help_heading = "Global options")]
     pub allow_expensive_kdf: bool,
@@ -308,6 +311,7 @@ pub async fn run(cli: Cli) -> Result<i32> {
             catalog_path: cli.catalog.clone().unwrap_or_else(Catalog::default_path),
             quiet: cli.quiet,
             creds,
+            lock_wait: cli.lock_wait.unwrap_or(std::time::Duration::from_secs(600)),
         },
         json: cli.json,
     };

@@ -471,7 +471,6 @@ pub fn run(
             ))
         })?;
     }
-    repo.clean_tmp()?;
     let earlier = chain_points(&repo, &job.job_id, &oc.chain.chain_id)?;
     // Only points whose metadata authenticates under this chain count (a planted or
     // edited point file is ignored here and reported by `check`).

@@ -41,7 +41,9 @@ pub async fn backup_job(
             "job '{name}' is deactivated; `arca job activate {name}` resumes its backups"
         )));
     }
-    let lock = h.repo.lock()?;
+    let lock = super::lifecycle::lock_chain(s, &h.repo, &h.job.chain_id)?;
+    // Leftovers of interrupted writes: other backups may be writing now, so only old ones.
+    h.repo.clean_tmp(std::time::Duration::from_secs(3600))?;
     let (oc, tier) = open_chain(s, &cat, &h, &h.job.chain_id, None, false).await?;
     if let Err(e) = check_latest(&h, &h.repo.list_points(&h.job.job_id)?) {
         // Not fatal for a backup (it only re-reads more), but never silent.

@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 
 use serde::Serialize;
 
-use super::lifecycle::{escrow_if_enabled, lock_wait, lock_waiting};
+use super::lifecycle::escrow_if_enabled;
 use super::{locate_job, open_chain, open_chain_with, pin_open_chain, validate_job_name, Session};
 use crate::catalog::{Catalog, JobRow};
 use crate::crypto::{KdfParams, SecretKey};
@@ -287,7 +287,8 @@ pub async fn create_job(s: &Session, a: CreateJob<'_>) -> Result<JobRow> {
         ));
     }
     let mode = a.spec.mode;
-    let _lock = repo.lock()?;
+    let _lock =
+        super::lifecycle::wait_for(s, &repo, || repo.try_lock(crate::repo::LockKind::Shared))?;
     let job_id = Id16::random();
     let nc = new_chain(s, &cat, &repo, job_id, a.name, a.spec).await?;
     let chain = &nc.chain;
@@ -358,7 +359,7 @@ pub async fn change_encryption(
             mode.as_str()
         )));
     }
-    let _lock = lock_waiting(s, &h.repo, lock_wait())?;
+    let _locks = super::lifecycle::lock_chain(s, &h.repo, &h.job.chain_id)?;
     // The current chain's key authenticates the change of the job record. A passphrase or
     // key given here is meant for the new chain.
     open_chain_with(s, &cat, &h, &h.job.chain_id, None, false, false).await?;
@@ -463,7 +464,7 @@ pub enum NewSlot<'a> {
 pub async fn add_keyslot(s: &Session, name: &str, new: NewSlot<'_>) -> Result<SlotView> {
     let cat = s.catalog()?;
     let h = locate_job(&cat, name, None)?;
-    let _lock = lock_waiting(s, &h.repo, lock_wait())?;
+    let _locks = super::lifecycle::lock_chain(s, &h.repo, &h.job.chain_id)?;
     // A passphrase or key given here is the new keyslot's, not the chain's.
     let explicit = matches!(new, NewSlot::Kms(_) | NewSlot::Kmip(_));
     let (oc, _) = open_chain_with(s, &cat, &h, &h.job.chain_id, None, false, explicit).await?;
@@ -535,7 +536,7 @@ pub async fn add_keyslot(s: &Session, name: &str, new: NewSlot<'_>) -> Result<Sl
 pub async fn remove_keyslot(s: &Session, name: &str, prefix: &str) -> Result<SlotView> {
     let cat = s.catalog()?;
     let h = locate_job(&cat, name, None)?;
-    let _lock = lock_waiting(s, &h.repo, lock_wait())?;
+    let _locks = super::lifecycle::lock_chain(s, &h.repo, &h.job.chain_id)?;
     let (oc, _) = open_chain(s, &cat, &h, &h.job.chain_id, None, false).await?;
     let mut chain = oc.chain.clone();
     let matches: Vec<usize> = chain

@@ -20,7 +20,7 @@ use crate::error::{Error, Result};
 use crate::keys::passphrase::{self, PasswordHashProvider};
 use crate::keys::{KeyProvider, SlotContext};
 use crate::repo::format::{ChainRecord, EncryptionMode, Id16, KdfRecord, Keyslot, SlotParams};
-use crate::repo::{RepoLock, Repository};
+use crate::repo::{LockKind, RepoLock, Repository};
 
 /// Fault injection for the crash tests: with `ARCA_FAULT_AFTER_WRITES=N`, the process exits
 /// with status 75 right after the N-th write (to the repository or the catalog) of a
@@ -44,7 +44,7 @@ pub mod fault {
     }
 }
 
-/// How long lifecycle operations wait for a repository lock held by a backup.
+/// How long to wait for a lock: `--lock-wait` / `ARCA_LOCK_WAIT` (default 10 minutes).
 pub fn lock_wait() -> Duration {
     std::env::var("ARCA_LOCK_WAIT")
         .ok()
@@ -52,8 +52,15 @@ pub fn lock_wait() -> Duration {
         .unwrap_or(Duration::from_secs(600))
 }
 
-/// Takes a repository's lock, waiting up to `wait` while another process holds it.
-pub fn lock_waiting(s: &Session, repo: &Repository, wait: Duration) -> Result<RepoLock> {
+/// Calls `take` until it gets its lock, waiting up to the session's lock wait while another
+/// process holds it (saying who, once), removing holder files of dead processes, and
+/// stopping on SIGINT/SIGTERM (when the handlers are installed).
+pub fn wait_for<T>(
+    s: &Session,
+    repo: &Repository,
+    mut take: impl FnMut() -> Result<T>,
+) -> Result<T> {
+    let wait = s.lock_wait;
     let start = std::time::Instant::now();
     let mut said = false;
     loop {
@@ -66,20 +73,25 @@ pub fn lock_waiting(s: &Session, repo: &Repository, wait: Duration) -> Result<Re
                 ),
             });
         }
-        match repo.lock() {
+        match take() {
             Err(Error::Locked { path, detail }) => {
+                for h in repo.sweep_stale_holders() {
+                    s.note(format!(
+                        "removed the lock note of a process that no longer runs ({h})"
+                    ));
+                }
                 if start.elapsed() >= wait {
                     return Err(Error::Locked {
                         path,
                         detail: format!(
-                            "{detail}; waited {}",
+                            "{detail}; waited {} (--lock-wait)",
                             humantime::format_duration(Duration::from_secs(wait.as_secs()))
                         ),
                     });
                 }
                 if !said {
                     s.note(format!(
-                        "waiting for the lock of {} ({detail}; up to {}, ARCA_LOCK_WAIT)",
+                        "waiting for the lock of {}: {detail} (up to {}, --lock-wait)",
                         repo.root().display(),
                         humantime::format_duration(wait)
                     ));
@@ -90,6 +102,19 @@ pub fn lock_waiting(s: &Session, repo: &Repository, wait: Duration) -> Result<Re
             other => return other,
         }
     }
+}
+
+/// Takes the repository's exclusive lock, waiting (see [`wait_for`]).
+pub fn lock_waiting(s: &Session, repo: &Repository, _wait: Duration) -> Result<RepoLock> {
+    wait_for(s, repo, || repo.try_lock(LockKind::Exclusive))
+}
+
+/// The locks of a change to one chain (a backup, a rotation, a rekey, a keyslot change): the
+/// repository shared (other jobs go on) and the chain exclusive.
+pub fn lock_chain(s: &Session, repo: &Repository, chain: &Id16) -> Result<(RepoLock, RepoLock)> {
+    let shared = wait_for(s, repo, || repo.try_lock(LockKind::Shared))?;
+    let own = wait_for(s, repo, || repo.try_lock_chain(chain))?;
+    Ok((shared, own))
 }
 
 /// If escrow is enabled (AWS KMS or KMIP), escrows the stored hash of `password` for a job.
@@ -368,11 +393,11 @@ pub async fn rotate_password(s: &Session, name: &str, new_pass: &Passphrase) -> 
         handles.push(locate_job(&cat, &job, None)?);
     }
     let mut locks = Vec::new();
-    let mut roots: Vec<std::path::PathBuf> = Vec::new();
     for h in &handles {
-        if !roots.contains(&h.repo.root().to_path_buf()) {
-            roots.push(h.repo.root().to_path_buf());
-            locks.push(lock_waiting(s, &h.repo, lock_wait())?);
+        for c in h.job.all_chains() {
+            let (a, b) = lock_chain(s, &h.repo, &c)?;
+            locks.push(a);
+            locks.push(b);
         }
     }
     crate::signals::install();
@@ -480,7 +505,7 @@ pub async fn rekey_job(s: &Session, name: &str) -> Result<Rekey> {
     let cat = s.catalog()?;
     let h = locate_job(&cat, name, None)?;
     crate::signals::install();
-    let _lock = lock_waiting(s, &h.repo, lock_wait())?;
+    let _locks = lock_chain(s, &h.repo, &h.job.chain_id)?;
     let (oc, _) = open_chain_with(s, &cat, &h, &h.job.chain_id, None, false, true).await?;
     if oc.chain.encryption == EncryptionMode::None {
         return Err(Error::Usage(format!(

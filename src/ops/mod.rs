@@ -26,6 +26,8 @@ pub struct Session {
     pub creds: Credentials,
     /// Only errors on standard error.
     pub quiet: bool,
+    /// How long to wait for a lock another process holds.
+    pub lock_wait: std::time::Duration,
 }
 
 impl Session {
@@ -34,6 +36,7 @@ impl Session {
             catalog_path,
             creds,
             quiet: false,
+            lock_wait: lifecycle::lock_wait(),
         }
     }
 

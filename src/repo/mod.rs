@@ -47,9 +47,75 @@ pub struct Repository {
     pack_dirs: std::sync::Mutex<std::collections::HashMap<String, std::sync::Arc<DirHandle>>>,
 }
 
-/// Holds the repository's advisory lock until dropped.
+/// Holds an advisory lock (flock) of the repository until dropped, and the file saying who
+/// holds it (`locks/<host>.<pid>.<lock>.json`, removed on drop). The kernel releases a flock
+/// when its process dies, so a lock is never stale; a holder file left by a dead process is.
 pub struct RepoLock {
     _file: File,
+    holder: Option<(DirHandle, String)>,
+}
+
+impl Drop for RepoLock {
+    fn drop(&mut self) {
+        if let Some((d, name)) = &self.holder {
+            let _ = d.unlink(name);
+        }
+    }
+}
+
+/// Shared (backups of different jobs run together) or exclusive (prune, migration, job
+/// creation).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LockKind {
+    Shared,
+    Exclusive,
+}
+
+/// Who holds a lock: written beside it while held, for "waiting for ..." messages.
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize, PartialEq, Eq)]
+pub struct LockHolder {
+    pub pid: u32,
+    pub host: String,
+    pub command: String,
+    pub since: String,
+    /// "repository" or "chain <id>".
+    pub lock: String,
+    pub kind: String,
+}
+
+impl std::fmt::Display for LockHolder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "pid {} on {} ({}), {} lock of the {} since {}",
+            self.pid, self.host, self.command, self.kind, self.lock, self.since
+        )
+    }
+}
+
+fn this_host() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|s| s.trim().to_string())
+        .unwrap_or_default()
+}
+
+/// The `<lock>` part of a holder file's name.
+fn holder_lock_name(lock: &str) -> String {
+    match lock.strip_prefix("chain ") {
+        Some(id) => id.to_string(),
+        None => "repo".into(),
+    }
+}
+
+/// Whether a process of this host is alive (EPERM: alive, someone else's).
+fn pid_alive(pid: u32) -> bool {
+    let Some(p) = rustix::process::Pid::from_raw(pid as i32) else {
+        return false;
+    };
+    !matches!(
+        rustix::process::test_kill_process(p),
+        Err(rustix::io::Errno::SRCH)
+    )
 }
 
 /// An object the repository holds but that could not be read (damage stays local).
@@ -246,8 +312,125 @@ impl Repository {
 
     /// Takes the repository's exclusive lock (non-blocking). `lock` must be a regular file.
     pub fn lock(&self) -> Result<RepoLock> {
-        let p = self.root.join("lock");
-        let f = self.dir.open_rw("lock", self.file_mode()).map_err(|e| {
+        self.try_lock(LockKind::Exclusive)
+    }
+
+    /// Takes the repository lock, shared or exclusive (non-blocking), and records the holder.
+    pub fn try_lock(&self, kind: LockKind) -> Result<RepoLock> {
+        let f = self.lock_file(&self.dir, "lock")?;
+        self.take(f, kind, "repository", "repo")
+    }
+
+    /// Takes the exclusive lock of one chain (`locks/<chain_id>`): backups of the job and
+    /// changes of its keys exclude each other; other jobs are not held up.
+    pub fn try_lock_chain(&self, chain: &Id16) -> Result<RepoLock> {
+        let d = self.sub(&["locks"], true)?;
+        let f = self.lock_file(&d, &chain.hex())?;
+        self.take(
+            f,
+            LockKind::Exclusive,
+            &format!("chain {chain}"),
+            &chain.hex(),
+        )
+    }
+
+    /// Who holds locks, from the holder files (unreadable ones are skipped).
+    pub fn lock_holders(&self) -> Vec<LockHolder> {
+        let Ok(d) = self.sub(&["locks"], false) else {
+            return Vec::new();
+        };
+        let Ok(names) = d.list() else {
+            return Vec::new();
+        };
+        let me = std::process::id();
+        names
+            .into_iter()
+            .filter(|(n, ft)| {
+                n.to_string_lossy().ends_with(".json") && *ft == rustix::fs::FileType::RegularFile
+            })
+            .filter_map(|(n, _)| d.read_bounded(&n, 4096).ok())
+            .filter_map(|b| serde_json::from_slice::<LockHolder>(&b).ok())
+            .filter(|h| h.pid != me || h.host != this_host())
+            .collect()
+    }
+
+    /// Removes holder files this host's dead processes left; returns them.
+    pub fn sweep_stale_holders(&self) -> Vec<LockHolder> {
+        let Ok(d) = self.sub(&["locks"], false) else {
+            return Vec::new();
+        };
+        let host = this_host();
+        let mut gone = Vec::new();
+        for h in self.lock_holders() {
+            if h.host == host && !pid_alive(h.pid) {
+                let name = format!("{}.{}.{}.json", h.host, h.pid, holder_lock_name(&h.lock));
+                if d.unlink(&name).is_ok() {
+                    gone.push(h);
+                }
+            }
+        }
+        gone
+    }
+
+    fn take(&self, f: File, kind: LockKind, what: &str, short: &str) -> Result<RepoLock> {
+        let r = match kind {
+            LockKind::Exclusive => f.try_lock(),
+            LockKind::Shared => f.try_lock_shared(),
+        };
+        match r {
+            Ok(()) => {}
+            Err(std::fs::TryLockError::WouldBlock) => {
+                let holders = self.lock_holders();
+                return Err(Error::Locked {
+                    path: self.root.display().to_string(),
+                    detail: if holders.is_empty() {
+                        format!("the {what} is locked by another arca process")
+                    } else {
+                        format!(
+                            "the {what} is held: {}",
+                            holders
+                                .iter()
+                                .map(|h| h.to_string())
+                                .collect::<Vec<_>>()
+                                .join("; ")
+                        )
+                    },
+                });
+            }
+            Err(std::fs::TryLockError::Error(e)) => {
+                return Err(Error::io(
+                    format!("lock {}", self.root.join("lock").display()),
+                    e,
+                ))
+            }
+        }
+        // Who holds it, for others' messages (best effort: a read-only repository still locks).
+        let holder = (|| -> Option<(DirHandle, String)> {
+            let d = self.sub(&["locks"], true).ok()?;
+            let h = LockHolder {
+                pid: std::process::id(),
+                host: this_host(),
+                command: std::env::args().collect::<Vec<_>>().join(" "),
+                since: now_rfc3339(),
+                lock: what.to_string(),
+                kind: match kind {
+                    LockKind::Shared => "shared".into(),
+                    LockKind::Exclusive => "exclusive".into(),
+                },
+            };
+            let name = format!("{}.{}.{short}.json", h.host, h.pid);
+            let _ = d.unlink(&name);
+            let mut w = d.create_excl(&name, self.file_mode()).ok()?;
+            use std::io::Write;
+            w.write_all(&serde_json::to_vec(&h).ok()?).ok()?;
+            Some((d, name))
+        })();
+        Ok(RepoLock { _file: f, holder })
+    }
+
+    fn lock_file(&self, d: &DirHandle, name: &str) -> Result<File> {
+        let p = self.root.join(name);
+        d.open_rw(name, self.file_mode()).map_err(|e| {
             if e.raw_os_error() == Some(rustix::io::Errno::LOOP.raw_os_error())
                 || e.kind() == std::io::ErrorKind::InvalidData
             {
@@ -258,17 +441,7 @@ impl Repository {
             } else {
                 Error::io(format!("open {}", p.display()), e)
             }
-        })?;
-        match f.try_lock() {
-            Ok(()) => Ok(RepoLock { _file: f }),
-            Err(std::fs::TryLockError::WouldBlock) => Err(Error::Locked {
-                path: self.root.display().to_string(),
-                detail: "another backup is running".into(),
-            }),
-            Err(std::fs::TryLockError::Error(e)) => {
-                Err(Error::io(format!("lock {}", p.display()), e))
-            }
-        }
+        })
     }
 
     /// Writes `path/name` atomically: a new file in `tmp/` (0600 or 0640, `O_EXCL`), fsync,
@@ -770,12 +943,31 @@ impl Repository {
 
     /// Removes leftovers of interrupted writes: only names arca itself makes in `tmp/`
     /// (`<32 hex>.tmp`), never through a symlink. A symlinked `tmp/` is refused.
-    pub fn clean_tmp(&self) -> Result<()> {
+    /// Removes leftovers of interrupted writes in `tmp/` that are older than `min_age` (other
+    /// writers may be running: their files are younger).
+    pub fn clean_tmp(&self, min_age: std::time::Duration) -> Result<()> {
         let d = self.sub(&["tmp"], true)?;
+        let now = std::time::SystemTime::now();
         for (name, ft) in d.list().map_err(|e| Error::io("list tmp", e))? {
             let n = name.to_string_lossy();
             let ours = n.strip_suffix(".tmp").is_some_and(|s| is_hex(s, 32));
-            if ours && ft == rustix::fs::FileType::RegularFile {
+            if !ours || ft != rustix::fs::FileType::RegularFile {
+                continue;
+            }
+            let old_enough = min_age.is_zero()
+                || rustix::fs::statat(
+                    d.fd(),
+                    name.as_os_str(),
+                    rustix::fs::AtFlags::SYMLINK_NOFOLLOW,
+                )
+                .ok()
+                .and_then(|st| {
+                    let m = std::time::UNIX_EPOCH
+                        + std::time::Duration::from_secs(st.st_mtime.max(0) as u64);
+                    now.duration_since(m).ok()
+                })
+                .is_some_and(|age| age >= min_age);
+            if old_enough {
                 let _ = d.unlink(&name);
             }
         }
@@ -856,7 +1048,10 @@ mod tests {
         let repo = Repository::init(&r, false).unwrap();
         std::fs::remove_dir(r.join("tmp")).unwrap();
         std::os::unix::fs::symlink(outside.path(), r.join("tmp")).unwrap();
-        assert!(matches!(repo.clean_tmp(), Err(Error::Integrity { .. })));
+        assert!(matches!(
+            repo.clean_tmp(std::time::Duration::ZERO),
+            Err(Error::Integrity { .. })
+        ));
         assert!(repo.write_pack(&Id32([1; 32]), b"x").is_err());
         assert!(victim.exists() && outside.path().join("keep").exists());
         assert_eq!(std::fs::read_dir(outside.path()).unwrap().count(), 2);

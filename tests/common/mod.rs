@@ -194,6 +194,11 @@ pub fn snapshot(root: &Path) -> BTreeMap<String, String> {
         for p in names {
             let m = fs::symlink_metadata(&p).unwrap();
             let rel = p.strip_prefix(root).unwrap().to_string_lossy().into_owned();
+            // A repository's `locks/` holds lock files and notes of who holds them, written
+            // by every locking command whatever it then does: not repository data.
+            if rel == "locks" && root.join("config").is_file() {
+                continue;
+            }
             let ft = m.file_type();
             let desc = if ft.is_symlink() {
                 format!(
