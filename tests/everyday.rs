@@ -180,23 +180,8 @@ fn password_and_key_commands_follow_restics_precedence() {
     assert_eq!(r.code, 12, "{}", r.stderr);
     assert!(r.stderr.contains("failed"), "{}", r.stderr);
     // The raw key from a command.
-    let key = env.path("k.key");
-    env.run(&["key", "generate", "--out", s(&key)]).ok();
     let repo = env.path("repo");
-    env.run(&[
-        "--key-file",
-        s(&key),
-        "job",
-        "create",
-        "k",
-        "--repo",
-        s(&repo),
-        "--source",
-        s(&src),
-        "--encryption",
-        "key",
-    ])
-    .ok();
+    let key = env.key_job("k", &src, &repo);
     env.run(&["--key-file", s(&key), "backup", "k"]).ok();
     let kc = format!("cat {}", s(&key));
     let r = env.run(&[

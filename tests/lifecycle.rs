@@ -607,23 +607,7 @@ async fn rekey_rewraps_every_kind_of_keyslot() {
     let env = Env::new();
     let src = tree(&env);
     let repo = env.path("repo");
-    let key = env.path("k.key");
-    env.run(&["init", s(&repo)]).ok();
-    env.run(&["key", "generate", "--out", s(&key)]).ok();
-    env.run(&[
-        "--key-file",
-        s(&key),
-        "job",
-        "create",
-        "k",
-        "--repo",
-        s(&repo),
-        "--source",
-        s(&src),
-        "--encryption",
-        "key",
-    ])
-    .ok();
+    let key = env.key_job("k", &src, &repo);
     env.run(&["job", "keys", "add", "k", "--kms-key", &kms_key])
         .ok();
     env.run_env(

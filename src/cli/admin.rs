@@ -58,43 +58,15 @@ fn bundle_passphrase(
     file: Option<PathBuf>,
     confirm: bool,
 ) -> Result<crate::crypto::Passphrase> {
-    if let Some(f) = file {
-        let t = zeroize::Zeroizing::new(
-            std::fs::read_to_string(&f)
-                .map_err(|e| Error::io(format!("read {}", f.display()), e))?,
-        );
-        let t = t.trim_end_matches(['\n', '\r']);
-        if t.is_empty() {
-            return Err(Error::Usage(format!("{} is empty", f.display())));
-        }
-        return Ok(crate::crypto::Passphrase::new(t.to_string()));
-    }
-    if let Ok(v) = std::env::var("ARCA_BUNDLE_PASSPHRASE") {
-        if !v.is_empty() {
-            return Ok(crate::crypto::Passphrase::new(v));
-        }
-    }
-    if !ctx.creds.interactive {
-        return Err(Error::Usage(
-            "the bundle passphrase is needed: ARCA_BUNDLE_PASSPHRASE, --bundle-passphrase-file, or a terminal".into(),
-        ));
-    }
-    let a = zeroize::Zeroizing::new(
-        rpassword::prompt_password("Bundle passphrase: ")
-            .map_err(|e| Error::io("read passphrase", e))?,
-    );
-    if confirm {
-        let b = zeroize::Zeroizing::new(
-            rpassword::prompt_password("Repeat the bundle passphrase: ")
-                .map_err(|e| Error::io("read passphrase", e))?,
-        );
-        if a.is_empty() || *a != *b {
-            return Err(Error::Usage(
-                "the bundle passphrases are empty or differ; nothing was written".into(),
-            ));
-        }
-    }
-    Ok(crate::crypto::Passphrase::new(a.to_string()))
+    super::other_secret(
+        ctx,
+        file.as_deref(),
+        "ARCA_BUNDLE_PASSPHRASE",
+        "--bundle-passphrase-file",
+        "Bundle passphrase: ",
+        "bundle passphrase",
+        confirm,
+    )
 }
 
 pub fn config(ctx: &Ctx, cmd: ConfigCmd) -> Result<i32> {

@@ -462,6 +462,56 @@ pub fn parse() -> Cli {
     Cli::from_arg_matches(&m).unwrap_or_else(|e| e.exit())
 }
 
+/// A secret that is not the job passphrase (a new passphrase, a bundle passphrase): from a
+/// file given by flag (first line), else the environment variable `env`, else a no-echo prompt
+/// on a terminal (asked twice when `confirm`). `what` names it in messages.
+pub(crate) fn other_secret(
+    ctx: &Ctx,
+    file: Option<&std::path::Path>,
+    env: &str,
+    flag: &str,
+    prompt: &str,
+    what: &str,
+    confirm: bool,
+) -> Result<crate::crypto::Passphrase> {
+    if let Some(f) = file {
+        let t = zeroize::Zeroizing::new(
+            std::fs::read_to_string(f)
+                .map_err(|e| Error::io(format!("read {}", f.display()), e))?,
+        );
+        let t = t.trim_end_matches(['\n', '\r']);
+        if t.is_empty() {
+            return Err(Error::Usage(format!("{} is empty", f.display())));
+        }
+        return Ok(crate::crypto::Passphrase::new(t.to_string()));
+    }
+    if let Ok(v) = std::env::var(env) {
+        if !v.is_empty() {
+            return Ok(crate::crypto::Passphrase::new(v));
+        }
+    }
+    if !ctx.creds.interactive {
+        return Err(Error::Usage(format!(
+            "the {what} is needed: {env}, {flag}, or a terminal"
+        )));
+    }
+    let a = zeroize::Zeroizing::new(
+        rpassword::prompt_password(prompt).map_err(|e| Error::io("read passphrase", e))?,
+    );
+    if confirm {
+        let b = zeroize::Zeroizing::new(
+            rpassword::prompt_password(format!("Repeat the {what}: "))
+                .map_err(|e| Error::io("read passphrase", e))?,
+        );
+        if a.is_empty() || *a != *b {
+            return Err(Error::Usage(format!(
+                "the {what}s are empty or differ; nothing was changed"
+            )));
+        }
+    }
+    Ok(crate::crypto::Passphrase::new(a.to_string()))
+}
+
 /// The man page of arca (stdout), or of arca and each command (into `out`).
 fn man(out: Option<&std::path::Path>) -> Result<i32> {
     let cmd = command();

@@ -216,36 +216,16 @@ fn new_passphrase(
     name: &str,
     file: Option<std::path::PathBuf>,
 ) -> Result<crate::crypto::Passphrase> {
-    if let Ok(v) = std::env::var("ARCA_NEW_PASSPHRASE") {
-        if !v.is_empty() {
-            return Ok(crate::crypto::Passphrase::new(v));
-        }
-    }
-    if file.is_none() && !ctx.creds.interactive {
-        return Err(Error::Usage("the new passphrase is needed: ARCA_NEW_PASSPHRASE, --new-passphrase-file, or a terminal".into()));
-    }
-    // Credentials::read_passphrase prefers ARCA_PASSPHRASE, which holds the *old* one here.
-    if let Some(f) = file {
-        let t = zeroize::Zeroizing::new(
-            std::fs::read_to_string(&f)
-                .map_err(|e| Error::io(format!("read {}", f.display()), e))?,
-        );
-        let t = t.trim_end_matches(['\n', '\r']);
-        if t.is_empty() {
-            return Err(Error::Usage(format!("{} is empty", f.display())));
-        }
-        return Ok(crate::crypto::Passphrase::new(t.to_string()));
-    }
-    let a = rpassword::prompt_password(format!("New passphrase for password '{name}': "))
-        .map_err(|e| Error::io("read passphrase", e))?;
-    let b = rpassword::prompt_password("Repeat the new passphrase: ")
-        .map_err(|e| Error::io("read passphrase", e))?;
-    if a.is_empty() || a != b {
-        return Err(Error::Usage(
-            "the new passphrases are empty or differ; nothing was changed".into(),
-        ));
-    }
-    Ok(crate::crypto::Passphrase::new(a))
+    // Not Credentials::read_passphrase: ARCA_PASSPHRASE holds the *old* one here.
+    super::other_secret(
+        ctx,
+        file.as_deref(),
+        "ARCA_NEW_PASSPHRASE",
+        "--new-passphrase-file",
+        &format!("New passphrase for password '{name}': "),
+        "new passphrase",
+        true,
+    )
 }
 
 async fn rotate(

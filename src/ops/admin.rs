@@ -233,7 +233,7 @@ pub async fn rebuild(s: &Session, dir: &Path) -> Result<Vec<serde_json::Value>> 
 pub async fn migrate(s: &Session, dir: &Path) -> Result<Vec<serde_json::Value>> {
     let cat = s.catalog()?;
     let repo = Repository::open(dir)?;
-    let _lock = super::lifecycle::lock_waiting(s, &repo, s.lock_wait)?;
+    let _lock = super::lifecycle::lock_waiting(s, &repo)?;
     let (jobs, damaged) = repo.scan_jobs()?;
     if let Some(d) = damaged.first() {
         return Err(Error::integrity(

@@ -105,7 +105,7 @@ pub fn wait_for<T>(
 }
 
 /// Takes the repository's exclusive lock, waiting (see [`wait_for`]).
-pub fn lock_waiting(s: &Session, repo: &Repository, _wait: Duration) -> Result<RepoLock> {
+pub fn lock_waiting(s: &Session, repo: &Repository) -> Result<RepoLock> {
     wait_for(s, repo, || repo.try_lock(LockKind::Exclusive))
 }
 
@@ -400,7 +400,6 @@ pub async fn rotate_password(s: &Session, name: &str, new_pass: &Passphrase) -> 
             locks.push(b);
         }
     }
-    crate::signals::install();
     let stop = |done: usize| -> Result<()> {
         match crate::signals::requested() {
             Some(signal) => Err(Error::Interrupted {

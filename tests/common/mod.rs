@@ -158,6 +158,34 @@ impl Env {
     }
 }
 
+impl Env {
+    /// A key file (`keyfile generate`) and a job `name` encrypted with it, in repository
+    /// `repo` (created if needed). Returns the key file.
+    pub fn key_job(&self, name: &str, source: &Path, repo: &Path) -> PathBuf {
+        if !repo.join("config").exists() {
+            self.run(&["init", repo.to_str().unwrap()]).ok();
+        }
+        let key = self.path(&format!("{name}.key"));
+        self.run(&["keyfile", "generate", "--out", key.to_str().unwrap()])
+            .ok();
+        self.run(&[
+            "--key-file",
+            key.to_str().unwrap(),
+            "job",
+            "create",
+            name,
+            "--repo",
+            repo.to_str().unwrap(),
+            "--source",
+            source.to_str().unwrap(),
+            "--encryption",
+            "key",
+        ])
+        .ok();
+        key
+    }
+}
+
 /// Deterministic pseudo-random bytes (xorshift), optionally half compressible.
 pub fn pseudo_random(len: usize, seed: u64, compressible: bool) -> Vec<u8> {
     let mut x = seed | 1;
