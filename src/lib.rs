@@ -12,6 +12,7 @@ pub mod config;
 pub mod crypto;
 pub mod engine;
 pub mod error;
+pub mod fault;
 pub mod keys;
 pub mod ops;
 pub mod passwords;

@@ -551,7 +551,7 @@ fn error_hints_name_commands_and_flags_that_exist() {
     case(&["backup", "nosuchjob"], &[], 1);
     case(&["restore", "j", "--target", s(&t)], &[], 2);
     case(&["job", "encryption", "j", "--encryption", "none"], &[], 2);
-    case(&["job", "keyslots", "remove", "j", "0"], &[], 1);
+    case(&["job", "keyslots", "remove", "j", "zz"], &[], 1); // never a hex prefix
     case(
         &[
             "job",

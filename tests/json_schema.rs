@@ -127,6 +127,22 @@ fn every_command_matches_the_json_schema() {
         &[],
     );
     ok(&env, "stats", &["stats", "j"], &[]);
+    let f = ok(
+        &env,
+        "forget",
+        &["forget", "j", "--keep-last", "1", "--dry-run"],
+        &[],
+    );
+    assert_eq!(f["removed"].as_array().unwrap().len(), 1);
+    let f = ok(
+        &env,
+        "forget",
+        &["forget", "j", "--keep-last", "1", "--prune"],
+        &[],
+    );
+    assert!(f["prune"]["stats"].is_object());
+    ok(&env, "prune", &["prune", "j", "--dry-run"], &[]);
+    ok(&env, "prune", &["prune", "j"], &[]);
     ok(
         &env,
         "job keyslots list",

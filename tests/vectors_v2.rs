@@ -245,6 +245,7 @@ fn compute() -> Value {
         source_kind: Some("tree".into()),
         data_format: 2,
         generation: None,
+        forgotten: None,
         data_key: WrappedKeyJson::from(&dw),
         body: sealed_body.clone(),
         mac: None,
@@ -375,6 +376,19 @@ fn compute() -> Value {
             "point_record": gpoint,
         }),
     );
+    // A forgotten point (FORMAT.md §5.4): the same record with `forgotten` set, no body.
+    let mut fpoint = point.clone();
+    fpoint.forgotten = Some("2026-11-24T00:00:00Z".into());
+    fpoint.body = Vec::new();
+    fpoint.mac = None;
+    fpoint.seal(&data_key);
+    v.insert(
+        "forgotten",
+        json!({
+            "point_mac_input": h(&fpoint.mac_input()),
+            "point_record": fpoint,
+        }),
+    );
     // The configuration bundle (FORMAT.md §13): a fixed passphrase, salt, parameters and
     // nonce over a small JSON payload.
     let bparams = KdfParams {
@@ -465,6 +479,13 @@ fn v2_vectors_decode_and_reject_edits() {
     assert!(point.verify(&data_key));
     point.time = "2099-01-01T00:00:00Z".into();
     assert!(!point.verify(&data_key));
+    // A forgotten record verifies; the same record without `forgotten` (put back as a live
+    // point) does not.
+    let mut fpoint: PointRecord =
+        serde_json::from_value(want["forgotten"]["point_record"].clone()).unwrap();
+    assert!(fpoint.verify(&data_key) && fpoint.is_forgotten());
+    fpoint.forgotten = None;
+    assert!(!fpoint.verify(&data_key));
     // The chunk opens with the derived nonce.
     let c = &want["chunk"];
     let cs = ChunkSealer::new(

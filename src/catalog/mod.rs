@@ -114,6 +114,12 @@ const MIGRATIONS: &[&str] = &[
         new_kdf TEXT NOT NULL,
         new_hash BLOB NOT NULL
      );",
+    // 6: points `arca forget` removed: a record of one that reappears is a rollback
+    "CREATE TABLE forgotten (
+        point_id TEXT PRIMARY KEY,
+        job_id TEXT NOT NULL,
+        forgotten TEXT NOT NULL
+     );",
 ];
 
 /// What the catalog trusts about one chain of a job: its mode, the check value of its key,
@@ -915,6 +921,51 @@ impl Catalog {
             )
             .map_err(|e| self.err(e))?;
         Ok(())
+    }
+
+    /// Sets (or clears) the pinned latest point of a job.
+    pub fn set_latest_point_opt(&self, name: &str, point: Option<&Id16>) -> Result<()> {
+        self.conn
+            .execute(
+                "UPDATE jobs SET latest_point = ?2 WHERE name = ?1",
+                params![name, point.map(|p| p.hex())],
+            )
+            .map_err(|e| self.err(e))?;
+        Ok(())
+    }
+
+    /// Records that `points` of a job were forgotten (at `when`), and drops their rows.
+    pub fn mark_forgotten(&self, job_id: &Id16, points: &[Id16], when: &str) -> Result<()> {
+        for p in points {
+            self.conn
+                .execute(
+                    "INSERT OR IGNORE INTO forgotten (point_id, job_id, forgotten) VALUES (?1, ?2, ?3)",
+                    params![p.hex(), job_id.hex(), when],
+                )
+                .map_err(|e| self.err(e))?;
+            self.conn
+                .execute("DELETE FROM points WHERE point_id = ?1", [p.hex()])
+                .map_err(|e| self.err(e))?;
+        }
+        Ok(())
+    }
+
+    /// The points of a job this catalog saw forgotten.
+    pub fn forgotten_points(&self, job_id: &Id16) -> Result<std::collections::HashSet<Id16>> {
+        let mut st = self
+            .conn
+            .prepare("SELECT point_id FROM forgotten WHERE job_id = ?1")
+            .map_err(|e| self.err(e))?;
+        let rows = st
+            .query_map([job_id.hex()], |r| r.get::<_, String>(0))
+            .map_err(|e| self.err(e))?;
+        let mut out = std::collections::HashSet::new();
+        for r in rows {
+            if let Ok(id) = Id16::parse(&r.map_err(|e| self.err(e))?) {
+                out.insert(id);
+            }
+        }
+        Ok(out)
     }
 
     /// The repository format version the catalog has seen (a downgrade is refused).

@@ -209,6 +209,9 @@ pub async fn run(ctx: &Ctx, a: DrillArgs) -> Result<i32> {
             allowed.extend(pin.kms_keys);
         }
         for p in repo.list_points(&job.job_id)? {
+            if p.is_forgotten() {
+                continue;
+            }
             results.push(drill_point(ctx, &repo, job, &p, &allowed).await?);
         }
     }

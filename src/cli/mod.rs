@@ -6,6 +6,7 @@ mod drill;
 mod job;
 mod password;
 mod read;
+mod retention;
 
 use std::path::PathBuf;
 
@@ -207,6 +208,12 @@ pub enum Command {
     },
     /// Verify a job's recovery points; --read-data also reads and authenticates every chunk.
     Check(read::CheckArgs),
+    /// Remove recovery points by a retention policy (restic's --keep-* rules, per series) or
+    /// by id. Their space is reclaimed by `prune` (or `--prune`).
+    Forget(retention::ForgetArgs),
+    /// Reclaim space: remove what no kept recovery point uses (forgotten points, leftovers of
+    /// interrupted backups) and repack partly used packs. Crash-safe.
+    Prune(retention::PruneArgs),
     /// Resolve the keys of a recovery point and explain how.
     #[command(subcommand)]
     Keys(read::KeysCmd),
@@ -335,6 +342,8 @@ pub async fn run(cli: Cli) -> Result<i32> {
         } => read::diff(&ctx, &name, repo.as_deref(), &from, &to).await,
         Command::Stats { name, repo } => read::stats(&ctx, &name, repo.as_deref()).await,
         Command::Check(a) => read::check(&ctx, a).await,
+        Command::Forget(a) => retention::forget(&ctx, a).await,
+        Command::Prune(a) => retention::prune(&ctx, a).await,
         Command::Keys(c) => read::keys(&ctx, c).await,
         Command::Catalog(c) => admin::catalog(&ctx, c).await,
         Command::Key(c) => admin::key(&ctx, c),
@@ -378,6 +387,8 @@ const EXAMPLES: &[(&str, &str)] = &[
     ("diff", "arca diff nightly 3f2a 9c01\n  arca diff nightly 3f2a latest --json"),
     ("stats", "arca stats nightly\n  arca stats nightly --json"),
     ("check", "arca check nightly\n  arca check nightly --read-data"),
+    ("forget", "arca forget nightly --keep-daily 7 --keep-weekly 4 --keep-monthly 12 --prune\n  arca forget nightly --keep-last 10 --dry-run --json\n  arca forget db --stream mydb.sql --keep-within 30d\n  arca forget nightly 3f2a9c01"),
+    ("prune", "arca prune nightly\n  arca prune --repo /srv/backup/repo --dry-run\n  arca prune nightly --max-unused 0 --max-repack 10"),
     ("keys resolve", "arca keys resolve nightly --explain\n  arca keys resolve nightly 3f2a9c01 --repo /srv/backup/repo --no-store"),
     ("catalog rebuild", "arca catalog rebuild --repo /srv/backup/repo\n  arca --trust-kms-key arn:aws:kms:eu-west-1:111122223333:key/1234abcd catalog rebuild --repo /srv/backup/repo"),
     ("config export", "arca config export --out /secure/arca-config.bundle\n  arca config export --out arca.bundle --bundle-passphrase-file ~/.bundle-pass"),

@@ -253,18 +253,25 @@ pub async fn points(ctx: &Ctx, a: PointsArgs) -> Result<i32> {
     let mut unopened = 0;
     for p in &recs {
         let mut row = cached.get(&p.point_id).cloned();
-        if row.as_ref().and_then(|r| r.stats.as_ref()).is_none() {
-            if let std::collections::hash_map::Entry::Vacant(v) = opened.entry(p.chain_id) {
-                let oc = open_chain(ctx, &cat, &h, &p.chain_id, None, false)
-                    .await
-                    .ok()
-                    .map(|x| x.0);
-                v.insert(oc);
+        // Every point is authenticated when its chain's keys resolve (an edited record shows
+        // as damaged even if the catalog has its statistics).
+        if let std::collections::hash_map::Entry::Vacant(v) = opened.entry(p.chain_id) {
+            let oc = open_chain(ctx, &cat, &h, &p.chain_id, None, false)
+                .await
+                .ok()
+                .map(|x| x.0);
+            v.insert(oc);
+        }
+        if let Some(Some(oc)) = opened.get(&p.chain_id) {
+            if let Err(e) = open_point(oc, p) {
+                damage.insert(p.point_id, e.to_string());
             }
+        }
+        if row.as_ref().and_then(|r| r.stats.as_ref()).is_none()
+            && !damage.contains_key(&p.point_id)
+        {
             if let Some(Some(oc)) = opened.get(&p.chain_id) {
-                if let Err(e) = open_point(oc, p) {
-                    damage.insert(p.point_id, e.to_string());
-                } else if let Ok((_, body)) = open_point(oc, p) {
+                if let Ok((_, body)) = open_point(oc, p) {
                     let r = PointRow {
                         point_id: p.point_id,
                         job_id: p.job_id,
@@ -582,12 +589,13 @@ pub async fn check(ctx: &Ctx, a: CheckArgs) -> Result<i32> {
             detail: e.to_string(),
         });
     }
+    let mut opened = Vec::new();
     for chain_id in chains {
         let (oc, _) = open_chain(ctx, &cat, &h, &chain_id, None, false).await?;
-        let pts: Vec<_> = recs
-            .iter()
-            .filter(|p| p.chain_id == chain_id)
-            .cloned()
+        // The chain's kept points, and its forgotten ones (whose indexes kept points use).
+        let pts: Vec<_> = crate::engine::chain_points(&h.repo, &h.job.job_id, &chain_id)?
+            .into_iter()
+            .filter(|p| p.is_forgotten() || recs.iter().any(|r| r.point_id == p.point_id))
             .collect();
         let total = if a.read_data {
             let idx = crate::engine::ChainIndex::load(&h.repo, &oc, &pts).ok();
@@ -598,6 +606,28 @@ pub async fn check(ctx: &Ctx, a: CheckArgs) -> Result<i32> {
         let pb = crate::ui::progress(total, ctx.quiet || ctx.json || !a.read_data, "check");
         check::check_chain(&h.repo, &oc, &pts, a.read_data, &pb, &mut report)?;
         pb.finish_and_clear();
+        opened.push((oc, pts));
+    }
+    // Space prune would reclaim (not a problem).
+    let inputs: Vec<_> = opened
+        .iter()
+        .map(|(oc, pts)| crate::engine::prune::ChainInput {
+            oc,
+            records: pts.clone(),
+        })
+        .collect();
+    let limits = crate::engine::prune::PruneLimits {
+        max_unused_percent: 0.0,
+        max_repack_percent: 100.0,
+    };
+    if let Ok(plan) = crate::engine::prune::plan(&h.repo, &inputs, limits) {
+        let est = plan.estimate();
+        report.unreferenced_packs =
+            est.leftover_packs + est.stale_packs + est.forgotten_packs_removed;
+        report.unreferenced_bytes =
+            est.leftover_bytes + est.stale_bytes + est.forgotten_bytes_removed;
+        report.unused_bytes =
+            est.repacked_bytes_before - est.repacked_bytes_after.min(est.repacked_bytes_before);
     }
     if ctx.json {
         crate::ui::print_json(&report);
@@ -616,6 +646,15 @@ pub async fn check(ctx: &Ctx, a: CheckArgs) -> Result<i32> {
             } else {
                 " (structure only; --read-data reads every chunk)".into()
             }
+        ));
+    }
+    if report.unreferenced_packs > 0 || report.unused_bytes > 0 {
+        ctx.say(format!(
+            "{} unreferenced pack(s) ({}) and {} unused in partly used packs: `arca prune {}` reclaims them",
+            report.unreferenced_packs,
+            human_bytes(report.unreferenced_bytes),
+            human_bytes(report.unused_bytes),
+            a.name
         ));
     }
     if report.problems.is_empty() {

@@ -417,6 +417,7 @@ fn run_writer(
             let flush = |pack: PackBuilder, res: &mut WriterResult| -> Result<()> {
                 let fin = pack.finish(&header_sealer, &place);
                 repo.0.write_pack(&fin.id, &fin.bytes)?;
+                crate::fault::wrote("backup: pack written");
                 res.bytes_stored += fin.bytes.len() as u64;
                 res.entries.extend(fin.entries.iter().map(|e| IndexEntry {
                     chunk_id: e.chunk_id,
@@ -490,7 +491,7 @@ pub fn run(
     let parent_rec = earlier
         .iter()
         .rev()
-        .find(|p| p.source_kind.as_deref().is_none_or(|k| k == "tree"))
+        .find(|p| !p.is_forgotten() && p.source_kind.as_deref().is_none_or(|k| k == "tree"))
         .cloned();
     let mut parent = HashMap::new();
     if let (Some(p), Source::Tree(_)) = (&parent_rec, &opts.source) {
@@ -687,6 +688,7 @@ pub fn run(
         source_kind: Some(kind.to_string()),
         data_format: 2,
         generation: Some(oc.chain.current_generation()),
+        forgotten: None,
         data_key: WrappedKeyJson {
             nonce: Vec::new(),
             commitment: Vec::new(),

@@ -15,6 +15,12 @@ pub struct CheckReport {
     pub packs_checked: u64,
     pub chunks_read: u64,
     pub read_bytes: u64,
+    /// Packs no kept point uses (leftovers of interrupted backups, forgotten points) and
+    /// their bytes, and bytes of unused chunks in partly used packs: `arca prune` reclaims
+    /// them. Not problems.
+    pub unreferenced_packs: u64,
+    pub unreferenced_bytes: u64,
+    pub unused_bytes: u64,
     pub problems: Vec<Problem>,
 }
 
@@ -45,7 +51,8 @@ pub fn pack_bytes(repo: &Repository, idx: &ChainIndex) -> u64 {
     idx.packs.iter().filter_map(|p| repo.pack_len(p)).sum()
 }
 
-/// Checks the points of one chain.
+/// Checks the points of one chain (`points`: every record of the chain, kept and forgotten,
+/// oldest first).
 pub fn check_chain(
     repo: &Repository,
     oc: &OpenChain,
@@ -63,6 +70,13 @@ pub fn check_chain(
     // and lies inside an existing pack.
     let mut referenced: HashSet<Id32> = HashSet::new();
     for p in points {
+        if p.is_forgotten() {
+            // Only its key and index remain: they must authenticate.
+            if let Err(e) = oc.verified_data_key(p) {
+                report.add_error(e);
+            }
+            continue;
+        }
         report.points += 1;
         let body = match open_point(oc, p) {
             Ok((_, b)) => b,

@@ -4,6 +4,7 @@
 pub mod backup;
 pub mod check;
 pub mod chunker;
+pub mod prune;
 pub mod restore;
 
 use std::collections::HashMap;
@@ -243,6 +244,12 @@ impl PointKeys {
 /// Opens a point's body.
 pub fn open_point(oc: &OpenChain, p: &PointRecord) -> Result<(PointKeys, PointBody)> {
     let dk = oc.verified_data_key(p)?;
+    if let Some(when) = &p.forgotten {
+        return Err(Error::NotFound(format!(
+            "recovery point {} was forgotten ({when}); only its key remains until `arca prune`",
+            p.point_id
+        )));
+    }
     let keys = PointKeys::new(&dk, p.place());
     let obj = || format!("recovery point {}", p.point_id);
     let pt = crypto::open(&keys.body, &p.place().body_aad(), &p.body)

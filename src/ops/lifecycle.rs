@@ -22,27 +22,7 @@ use crate::keys::{KeyProvider, SlotContext};
 use crate::repo::format::{ChainRecord, EncryptionMode, Id16, KdfRecord, Keyslot, SlotParams};
 use crate::repo::{LockKind, RepoLock, Repository};
 
-/// Fault injection for the crash tests: with `ARCA_FAULT_AFTER_WRITES=N`, the process exits
-/// with status 75 right after the N-th write (to the repository or the catalog) of a
-/// lifecycle operation, as a crash or power loss would leave things.
-pub mod fault {
-    use std::sync::atomic::{AtomicU64, Ordering};
-
-    static WRITES: AtomicU64 = AtomicU64::new(0);
-    pub const EXIT: i32 = 75;
-
-    /// Counts one completed write; stops the process here if told to.
-    pub fn wrote(what: &str) {
-        let n = WRITES.fetch_add(1, Ordering::SeqCst) + 1;
-        let limit = std::env::var("ARCA_FAULT_AFTER_WRITES")
-            .ok()
-            .and_then(|v| v.parse::<u64>().ok());
-        if limit == Some(n) {
-            eprintln!("arca: fault injected after write {n} ({what})");
-            std::process::exit(EXIT);
-        }
-    }
-}
+pub use crate::fault;
 
 /// How long to wait for a lock: `--lock-wait` / `ARCA_LOCK_WAIT` (default 10 minutes).
 pub fn lock_wait() -> Duration {

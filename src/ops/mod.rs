@@ -10,6 +10,7 @@ pub mod bundle;
 pub mod inspect;
 pub mod jobs;
 pub mod lifecycle;
+pub mod retention;
 
 use std::path::{Path, PathBuf};
 
@@ -392,11 +393,10 @@ pub async fn open_chain_with(
 
 /// A job's recovery points that belong to its trusted chains, oldest first, and the ones
 /// that do not (planted in another chain, or unreadable).
-pub fn job_points(
-    cat: &Catalog,
-    h: &JobHandle,
-) -> Result<(Vec<PointRecord>, Vec<crate::repo::Damaged>)> {
-    let trusted: Vec<Id16> = match &h.row {
+/// The chains whose points count as the job's: those the catalog pinned, else (no catalog
+/// entry, or nothing pinned yet) those the job record lists.
+pub fn trusted_chains(cat: &Catalog, h: &JobHandle) -> Result<Vec<Id16>> {
+    let mut t: Vec<Id16> = match &h.row {
         Some(row) => {
             let pins = cat.chain_pins(&h.job.job_id)?;
             let mut t: Vec<Id16> = pins.iter().map(|p| p.chain_id).collect();
@@ -409,22 +409,47 @@ pub fn job_points(
         }
         None => h.job.all_chains(),
     };
+    t.sort();
+    t.dedup();
+    Ok(t)
+}
+
+/// The job's recovery points (oldest first) in the chains it trusts, without forgotten
+/// ones; and the records that claim the job but are not its points (planted, or forgotten
+/// ones put back).
+pub fn job_points(
+    cat: &Catalog,
+    h: &JobHandle,
+) -> Result<(Vec<PointRecord>, Vec<crate::repo::Damaged>)> {
+    let trusted = trusted_chains(cat, h)?;
     // A format-1 repository authenticates nothing, so its job records do not list their
     // chains: every point of the job counts (as in arca 0.1; `arca migrate` fixes this).
     let v1 = h.repo.version() < 2;
+    let forgotten = match &h.row {
+        Some(_) => cat.forgotten_points(&h.job.job_id)?,
+        None => Default::default(),
+    };
     let (ok, bad): (Vec<PointRecord>, Vec<PointRecord>) = h
         .repo
         .list_points(&h.job.job_id)?
         .into_iter()
-        .partition(|p| v1 || trusted.contains(&p.chain_id));
+        // Forgotten points are not points any more (their records only hold keys).
+        .filter(|p| !p.is_forgotten())
+        .partition(|p| (v1 || trusted.contains(&p.chain_id)) && !forgotten.contains(&p.point_id));
     let bad = bad
         .into_iter()
         .map(|p| crate::repo::Damaged {
             object: format!("recovery point {}", p.point_id),
-            detail: format!(
-                "it claims job '{}' but lies in chain {}, which is not a chain of this job (planted?)",
-                h.job.name, p.chain_id
-            ),
+            detail: if forgotten.contains(&p.point_id) {
+                "it was forgotten, but its record is back (an old copy put back, or the \
+                 repository rolled back); ignored"
+                    .to_string()
+            } else {
+                format!(
+                    "it claims job '{}' but lies in chain {}, which is not a chain of this job (planted?)",
+                    h.job.name, p.chain_id
+                )
+            },
         })
         .collect();
     Ok((ok, bad))

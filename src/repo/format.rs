@@ -844,6 +844,11 @@ pub struct PointRecord {
     /// v2: the chain's key generation whose key wraps `data_key` (absent: 1).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub generation: Option<u32>,
+    /// v2: when `arca forget` removed the point (RFC 3339). A forgotten point is never
+    /// listed or restored; its record stays (with an empty body) only while its data key is
+    /// needed for chunks that kept points share with it, and `arca prune` removes it after.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub forgotten: Option<String>,
     /// This point's data key, wrapped under the chain key.
     pub data_key: WrappedKeyJson,
     /// [`PointBody`] as JSON, sealed under the point-body subkey of the data key.
@@ -896,7 +901,15 @@ impl PointRecord {
         if let Some(g) = self.generation {
             c.u32(g);
         }
+        if let Some(f) = &self.forgotten {
+            c.lp(b"forgotten").lp(f.as_bytes());
+        }
         c.finish()
+    }
+
+    /// True for a point `arca forget` removed (its record only holds its data key).
+    pub fn is_forgotten(&self) -> bool {
+        self.forgotten.is_some()
     }
 
     /// The key generation that wraps this point's data key.
@@ -1276,6 +1289,7 @@ mod tests {
                 repo_id: ids.0, job_id: ids.1, job, chain_id: ids.2, point_id: ids.3,
                 time: "2026-11-23T11:00:00Z".into(), parent: Some(ids.0),
                 source_kind: Some("tree".into()), data_format: 2, generation: None, mac: Some(vec![9; 32]),
+                forgotten: None,
                 kdf: Some(KdfRecord { password: "p".into(), algorithm: KdfRecord::ARGON2ID.into(),
                     salt, m_kib: 65536, t: 3, p: 2 }),
                 data_key: WrappedKeyJson { nonce: vec![1; 12], commitment: vec![2; 32],

@@ -794,6 +794,15 @@ impl Repository {
         Ok(out)
     }
 
+    /// Ids of every point record file present, readable or not.
+    pub fn point_ids(&self) -> Result<Vec<Id16>> {
+        Ok(self
+            .list_dir_ids("points", ".json")?
+            .iter()
+            .filter_map(|i| Id16::parse(i).ok())
+            .collect())
+    }
+
     pub fn delete_point_file(&self, id: &Id16) -> Result<()> {
         let d = self.sub(&["points"], false)?;
         d.unlink(format!("{id}.json"))
@@ -919,6 +928,72 @@ impl Repository {
                 _ => Error::io(format!("read pack {id}"), e),
             })?;
         Ok(buf)
+    }
+
+    /// The unauthenticated owner of a pack: the point id in its first 24 bytes and its
+    /// layout version, with the pack's size. `None` when it is not a pack.
+    pub fn pack_owner(&self, id: &Id32) -> Result<Option<(Id16, u32, u64)>> {
+        let f = self.open_pack(id)?;
+        let len = f
+            .metadata()
+            .map_err(|e| Error::io(format!("stat pack {id}"), e))?
+            .len();
+        let mut head = [0u8; PACK_PREFIX_LEN];
+        if len < PACK_PREFIX_LEN as u64 + 4 || f.read_exact_at(&mut head, 0).is_err() {
+            return Ok(None);
+        }
+        let fmt = if head[..8] == *PACK_MAGIC2 {
+            2
+        } else if head[..8] == *PACK_MAGIC {
+            1
+        } else {
+            return Ok(None);
+        };
+        let point = Id16(head[8..24].try_into().expect("16 bytes"));
+        Ok(Some((point, fmt, len)))
+    }
+
+    /// Removes a pack (never through a symlink). A pack already gone is not an error.
+    pub fn delete_pack(&self, id: &Id32) -> Result<()> {
+        let h = id.hex();
+        let d = match self.sub(&["packs", &h[..2]], false) {
+            Ok(d) => d,
+            Err(Error::NotFound(_)) => return Ok(()),
+            Err(e) => return Err(e),
+        };
+        self.pack_dirs.lock().expect("not poisoned").remove(&h[..2]);
+        match d.unlink(&h) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(Error::io(format!("remove pack {h}"), e)),
+        }
+    }
+
+    /// Ids of the index files present (names of another form are ignored).
+    pub fn list_index_ids(&self) -> Result<Vec<Id16>> {
+        let d = match self.sub(&["index"], false) {
+            Ok(d) => d,
+            Err(Error::NotFound(_)) => return Ok(Vec::new()),
+            Err(e) => return Err(e),
+        };
+        let mut out: Vec<Id16> = d
+            .list()
+            .map_err(|e| Error::io("list index", e))?
+            .into_iter()
+            .filter_map(|(n, _)| Id16::parse(&n.to_string_lossy()).ok())
+            .collect();
+        out.sort();
+        Ok(out)
+    }
+
+    /// Removes an index file. One already gone is not an error.
+    pub fn delete_index(&self, id: &Id16) -> Result<()> {
+        let d = self.sub(&["index"], false)?;
+        match d.unlink(id.hex()) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(Error::io(format!("remove index/{id}"), e)),
+        }
     }
 
     /// All pack ids present on disk.

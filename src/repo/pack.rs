@@ -3,7 +3,7 @@
 //! id), so nothing in a v2 pack marks where one chunk ends and the next begins.
 
 use super::format::*;
-use crate::crypto::{content_hash, Opener, Sealer};
+use crate::crypto::{content_hash, Opener, Sealer, SecretKey};
 
 /// Collects sealed chunks of one recovery point into a pack.
 pub struct PackBuilder {
@@ -52,9 +52,24 @@ impl PackBuilder {
     }
 
     /// Seals the header and names the pack by the BLAKE3 hash of all its bytes.
-    pub fn finish(mut self, header_sealer: &Sealer, place: &PointPlace) -> FinishedPack {
+    pub fn finish(self, header_sealer: &Sealer, place: &PointPlace) -> FinishedPack {
         let header =
             header_sealer.seal(&place.pack_header_aad(), &encode_pack_header(&self.entries));
+        self.finish_sealed(header)
+    }
+
+    /// [`PackBuilder::finish`] for a pack written after its point (by `arca prune`): the
+    /// header is sealed with a random nonce, since the point's header counter is spent.
+    pub fn finish_random_nonce(self, header_key: &SecretKey, place: &PointPlace) -> FinishedPack {
+        let header = crate::crypto::seal_random_nonce(
+            header_key,
+            &place.pack_header_aad(),
+            &encode_pack_header(&self.entries),
+        );
+        self.finish_sealed(header)
+    }
+
+    fn finish_sealed(mut self, header: Vec<u8>) -> FinishedPack {
         self.buf.extend_from_slice(&header);
         self.buf
             .extend_from_slice(&(header.len() as u32).to_le_bytes());

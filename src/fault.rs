@@ -1,0 +1,41 @@
+//! Fault injection for the crash tests. With `ARCA_FAULT_AFTER_WRITES=N`, the process stops
+//! right after the N-th write or removal (in the repository or the catalog) of an operation
+//! that counts them (rotation, rekey, forget, prune), as a crash or power loss would leave
+//! things: it exits with status 75, or with `ARCA_FAULT_SIGNAL=KILL` it sends itself SIGKILL
+//! (nothing runs after that: no destructor, no flush). With `ARCA_FAULT_PAUSE_AFTER_WRITES=N`
+//! it sleeps `ARCA_FAULT_PAUSE_SECS` (default 3) there instead, holding whatever locks it
+//! holds (for the tests of work that must wait).
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+static WRITES: AtomicU64 = AtomicU64::new(0);
+pub const EXIT: i32 = 75;
+
+/// Counts one completed write; stops the process here if told to.
+pub fn wrote(what: &str) {
+    let n = WRITES.fetch_add(1, Ordering::SeqCst) + 1;
+    let limit = std::env::var("ARCA_FAULT_AFTER_WRITES")
+        .ok()
+        .and_then(|v| v.parse::<u64>().ok());
+    let pause = std::env::var("ARCA_FAULT_PAUSE_AFTER_WRITES")
+        .ok()
+        .and_then(|v| v.parse::<u64>().ok());
+    if pause == Some(n) {
+        let secs = std::env::var("ARCA_FAULT_PAUSE_SECS")
+            .ok()
+            .and_then(|v| v.parse::<u64>().ok())
+            .unwrap_or(3);
+        eprintln!("arca: pausing {secs}s after write {n} ({what})");
+        std::thread::sleep(std::time::Duration::from_secs(secs));
+    }
+    if limit == Some(n) {
+        if std::env::var("ARCA_FAULT_SIGNAL").as_deref() == Ok("KILL") {
+            let _ = rustix::process::kill_process(
+                rustix::process::getpid(),
+                rustix::process::Signal::KILL,
+            );
+        }
+        eprintln!("arca: fault injected after write {n} ({what})");
+        std::process::exit(EXIT);
+    }
+}
