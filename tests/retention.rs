@@ -457,3 +457,116 @@ fn forget_needs_a_policy_or_points() {
     assert!(r.stderr.contains("policy"));
     assert_eq!(j.points().len(), 1);
 }
+
+#[test]
+fn streams_are_their_own_series() {
+    let j = Job::new();
+    for i in 0..20u64 {
+        write(
+            &j.src.join(format!("dir/f{i}")),
+            &rnd(50_000, 500 + i, true),
+        );
+    }
+    let tree1 = j.backup();
+    let stream = |name: &str, data: &[u8]| -> String {
+        let r = j
+            .env
+            .run_stdin(
+                &[
+                    "--key-file",
+                    &j.key,
+                    "--json",
+                    "backup",
+                    "j",
+                    "--stdin",
+                    "--stdin-name",
+                    name,
+                ],
+                &[],
+                data,
+            )
+            .ok();
+        r.json()["point_id"].as_str().unwrap().to_string()
+    };
+    let d1 = rnd(300_000, 600, true);
+    let s1 = stream("db.sql", &d1);
+    let other = stream("other.sql", &rnd(100_000, 601, true));
+    // The next tree backup is an incremental on the tree point: it re-reads nothing.
+    let b = j.arca(&["--json", "backup", "j"]).ok().json();
+    assert_eq!(b["read_bytes"], 0, "{b}");
+    assert_eq!(b["files_unchanged"], 20);
+    let tree2 = b["point_id"].as_str().unwrap().to_string();
+    // "latest" is the tree; a stream is selected by name.
+    assert_eq!(j.restore("latest"), manifest(&j.src));
+    let t = j.env.path("t-stream");
+    j.arca(&[
+        "-q",
+        "restore",
+        "j",
+        "--stream",
+        "db.sql",
+        "--target",
+        t.to_str().unwrap(),
+    ])
+    .ok();
+    assert_eq!(fs::read(t.join("db.sql")).unwrap(), d1);
+    let ls = j.arca(&["ls", "j", "--stream", "other.sql"]).ok();
+    assert!(ls.stdout.contains("other.sql") && !ls.stdout.contains("dir/f1"));
+    let pts = j
+        .arca(&["--json", "points", "j", "--stream", "db.sql"])
+        .ok()
+        .json();
+    assert_eq!(ids(pts.as_array().unwrap()), [s1.as_str()]);
+    assert_eq!(pts[0]["series"], "stream:db.sql");
+    let t0 = j.env.path("t-none");
+    let r = j.arca(&[
+        "restore",
+        "j",
+        "--stream",
+        "nosuch",
+        "--target",
+        t0.to_str().unwrap(),
+    ]);
+    assert_eq!(r.code, 1, "{}", r.stderr);
+    assert!(r.stderr.contains("no stream 'nosuch'"), "{}", r.stderr);
+    // Retention per series: one stream only, then every series.
+    let d3 = rnd(300_000, 602, true);
+    let s3 = stream("db.sql", &d3);
+    let f = j
+        .arca(&[
+            "--json",
+            "forget",
+            "j",
+            "--stream",
+            "db.sql",
+            "--keep-last",
+            "1",
+        ])
+        .ok()
+        .json();
+    assert_eq!(ids(f["removed"].as_array().unwrap()), [s1.as_str()]);
+    let f = j
+        .arca(&["--json", "forget", "j", "--keep-last", "1"])
+        .ok()
+        .json();
+    assert_eq!(ids(f["removed"].as_array().unwrap()), [tree1.as_str()]);
+    let mut kept = ids(f["kept"].as_array().unwrap());
+    kept.sort();
+    let mut want = vec![other.clone(), tree2.clone(), s3.clone()];
+    want.sort();
+    assert_eq!(kept, want);
+    j.arca(&["prune", "j", "--max-unused", "0"]).ok();
+    j.check_clean();
+    let t3 = j.env.path("t-stream-3");
+    j.arca(&[
+        "-q",
+        "restore",
+        "j",
+        "--stream",
+        "db.sql",
+        "--target",
+        t3.to_str().unwrap(),
+    ])
+    .ok();
+    assert_eq!(fs::read(t3.join("db.sql")).unwrap(), d3);
+}

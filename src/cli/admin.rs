@@ -384,6 +384,7 @@ pub async fn quickstart(ctx: &Ctx, a: QuickstartArgs) -> Result<i32> {
         super::read::points(
             ctx,
             super::read::PointsArgs {
+                stream: None,
                 name: a.job.clone(),
                 repo: None,
             },

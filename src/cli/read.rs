@@ -20,6 +20,9 @@ use crate::ui::human_bytes;
 pub struct PointsArgs {
     /// The job's name.
     pub name: String,
+    /// Only this series: `tree`, or a stream's name (`backup --stdin --stdin-name NAME`).
+    #[arg(long, value_name = "NAME")]
+    pub stream: Option<String>,
     /// Read the job from this repository instead of the catalog.
     #[arg(long)]
     pub repo: Option<PathBuf>,
@@ -31,6 +34,10 @@ pub struct LsArgs {
     pub name: String,
     /// Recovery point id or id prefix [default: the latest].
     pub point: Option<String>,
+    /// The newest point of this stream series (`backup --stdin --stdin-name NAME`) instead
+    /// of the newest tree backup.
+    #[arg(long, value_name = "NAME", conflicts_with = "point")]
+    pub stream: Option<String>,
     /// Read the job from this repository instead of the catalog (after a reinstall, or a repository this catalog does not know).
     #[arg(long)]
     pub repo: Option<PathBuf>,
@@ -141,6 +148,10 @@ pub struct RestoreArgs {
     pub name: String,
     /// Recovery point id or id prefix [default: the latest].
     pub point: Option<String>,
+    /// The newest point of this stream series (`backup --stdin --stdin-name NAME`) instead
+    /// of the newest tree backup.
+    #[arg(long, value_name = "NAME", conflicts_with = "point")]
+    pub stream: Option<String>,
     /// Where to restore (must be empty unless --overwrite).
     #[arg(long)]
     pub target: PathBuf,
@@ -201,6 +212,8 @@ struct PointView {
     time: String,
     parent: Option<String>,
     kind: Option<String>,
+    /// `tree`, or `stream:NAME` (null when the keys did not resolve).
+    series: Option<String>,
     stats: Option<StatsView>,
     /// How many source files could not be read into the point.
     error_count: Option<u64>,
@@ -262,9 +275,23 @@ pub async fn points(ctx: &Ctx, a: PointsArgs) -> Result<i32> {
                 .map(|x| x.0);
             v.insert(oc);
         }
+        let mut series = None;
         if let Some(Some(oc)) = opened.get(&p.chain_id) {
-            if let Err(e) = open_point(oc, p) {
-                damage.insert(p.point_id, e.to_string());
+            match open_point(oc, p) {
+                Err(e) => {
+                    damage.insert(p.point_id, e.to_string());
+                }
+                Ok((_, b)) => series = Some(crate::ops::retention::series_of(&b.kind, &b.source)),
+            }
+        }
+        if let Some(want) = &a.stream {
+            let want = if want == "tree" {
+                want.clone()
+            } else {
+                format!("stream:{want}")
+            };
+            if series.as_ref() != Some(&want) {
+                continue;
             }
         }
         if row.as_ref().and_then(|r| r.stats.as_ref()).is_none()
@@ -306,6 +333,7 @@ pub async fn points(ctx: &Ctx, a: PointsArgs) -> Result<i32> {
                 .as_ref()
                 .and_then(|r| r.kind.clone())
                 .or_else(|| p.source_kind.clone()),
+            series,
             error_count: row.as_ref().map(|r| r.errors),
             stats: row
                 .as_ref()
@@ -322,6 +350,7 @@ pub async fn points(ctx: &Ctx, a: PointsArgs) -> Result<i32> {
             time: String::new(),
             parent: None,
             kind: None,
+            series: None,
             stats: None,
             error_count: None,
         });
@@ -363,7 +392,10 @@ pub async fn points(ctx: &Ctx, a: PointsArgs) -> Result<i32> {
             &v.point_id[..8],
             v.time,
             &v.chain_id[..8],
-            v.kind.as_deref().unwrap_or("-"),
+            match (&v.series, &v.kind) {
+                (Some(s), _) if s.starts_with("stream:") => s.as_str(),
+                (_, k) => k.as_deref().unwrap_or("-"),
+            },
             files,
             size,
             read,
@@ -385,21 +417,40 @@ async fn open_selected(
     cat: &Catalog,
     h: &JobHandle,
     sel: Option<&str>,
+    stream: Option<&str>,
     explain: bool,
 ) -> Result<(OpenChain, OpenPoint, &'static str)> {
     let (recs, _) = job_points(cat, h)?;
     if matches!(sel, None | Some("latest")) {
         check_latest(h, &recs)?;
-        select_point(&recs, None, &h.job.name)?;
+        let candidates: Vec<&crate::repo::format::PointRecord> = match stream {
+            None => {
+                select_point(&recs, None, &h.job.name)?;
+                crate::ops::latest_candidates(&recs)
+            }
+            Some(_) => recs
+                .iter()
+                .rev()
+                .filter(|p| p.source_kind.as_deref() == Some("stdin"))
+                .collect(),
+        };
         let mut chains: HashMap<Id16, (OpenChain, &'static str)> = HashMap::new();
         let mut last_err = None;
-        for p in recs.iter().rev() {
+        for p in candidates {
             if let std::collections::hash_map::Entry::Vacant(v) = chains.entry(p.chain_id) {
                 v.insert(open_chain(ctx, cat, h, &p.chain_id, Some(p), explain).await?);
             }
             let (oc, tier) = &chains[&p.chain_id];
-            match oc.verified_data_key(p) {
-                Ok(_) => {
+            let verified = oc.verified_data_key(p).and_then(|_| match stream {
+                // A stream series is named inside the sealed body.
+                Some(name) => open_point(oc, p).map(|(_, b)| {
+                    crate::ops::retention::series_of(&b.kind, &b.source) == format!("stream:{name}")
+                }),
+                None => Ok(true),
+            });
+            match verified {
+                Ok(false) => continue,
+                Ok(true) => {
                     let (oc, tier) = chains.remove(&p.chain_id).expect("present");
                     let _ = tier;
                     let op = OpenPoint::open(&h.repo, &oc, p.clone())?;
@@ -415,7 +466,15 @@ async fn open_selected(
                 }
             }
         }
-        return Err(last_err.expect("at least one point"));
+        return Err(last_err.unwrap_or_else(|| {
+            Error::NotFound(match stream {
+                Some(n) => format!(
+                    "job '{}' has no stream '{n}' (backups with --stdin-name {n}); `arca points {}` lists the series",
+                    h.job.name, h.job.name
+                ),
+                None => format!("job '{}' has no recovery points yet", h.job.name),
+            })
+        }));
     }
     let p = select_point(&recs, sel, &h.job.name)?.clone();
     let (oc, tier) = open_chain(ctx, cat, h, &p.chain_id, Some(&p), explain).await?;
@@ -449,7 +508,15 @@ fn fmt_mtime(ns: i128) -> String {
 pub async fn ls(ctx: &Ctx, a: LsArgs) -> Result<i32> {
     let cat = ctx.catalog()?;
     let h = locate_job(&cat, &a.name, a.repo.as_deref())?;
-    let (oc, op, _) = open_selected(ctx, &cat, &h, a.point.as_deref(), false).await?;
+    let (oc, op, _) = open_selected(
+        ctx,
+        &cat,
+        &h,
+        a.point.as_deref(),
+        a.stream.as_deref(),
+        false,
+    )
+    .await?;
     let tree = op.tree(&h.repo, &oc)?;
     let entries: Vec<LsEntry> = tree
         .iter()
@@ -498,7 +565,15 @@ pub async fn restore(ctx: &Ctx, a: RestoreArgs) -> Result<i32> {
     };
     // Refuse a non-empty target before asking for any passphrase.
     restore::check_target(&opts)?;
-    let (oc, op, tier) = open_selected(ctx, &cat, &h, a.point.as_deref(), a.explain).await?;
+    let (oc, op, tier) = open_selected(
+        ctx,
+        &cat,
+        &h,
+        a.point.as_deref(),
+        a.stream.as_deref(),
+        a.explain,
+    )
+    .await?;
     ctx.note(format!(
         "keys of recovery point {} opened via: {tier}",
         op.record.point_id.short()

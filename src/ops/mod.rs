@@ -472,22 +472,37 @@ pub fn check_latest(h: &JobHandle, points: &[PointRecord]) -> Result<()> {
 }
 
 /// Picks a recovery point: the latest, or the one whose id starts with `sel`.
+/// The points "latest" may mean, newest first: complete tree points; a job that has none
+/// (one that only backs up streams) offers its stream points.
+pub fn latest_candidates(points: &[PointRecord]) -> Vec<&PointRecord> {
+    let complete = points
+        .iter()
+        .rev()
+        .filter(|p| p.source_kind.as_deref() != Some(crate::engine::backup::CHECKPOINT));
+    let tree: Vec<&PointRecord> = complete
+        .clone()
+        .filter(|p| p.source_kind.as_deref().is_none_or(|k| k == "tree"))
+        .collect();
+    if tree.is_empty() {
+        complete.collect()
+    } else {
+        tree
+    }
+}
+
 pub fn select_point<'a>(
     points: &'a [PointRecord],
     sel: Option<&str>,
     job: &str,
 ) -> Result<&'a PointRecord> {
     match sel {
-        // A checkpoint of an interrupted backup is never "latest".
-        None | Some("latest") => points
-            .iter()
-            .rev()
-            .find(|p| p.source_kind.as_deref() != Some(crate::engine::backup::CHECKPOINT))
-            .ok_or_else(|| {
-                Error::NotFound(format!(
-                    "job '{job}' has no recovery points yet; run `arca backup {job}`"
-                ))
-            }),
+        // A checkpoint of an interrupted backup is never "latest"; nor is a stream while the
+        // job has tree points (streams are their own series: `--stream NAME`).
+        None | Some("latest") => latest_candidates(points).into_iter().next().ok_or_else(|| {
+            Error::NotFound(format!(
+                "job '{job}' has no recovery points yet; run `arca backup {job}`"
+            ))
+        }),
         Some(prefix) => {
             let m: Vec<_> = points
                 .iter()
