@@ -60,6 +60,7 @@ async fn main() -> Res<()> {
         "ledger",
         JobSource::Tree,
         3,
+        &Default::default(),
         ProgressBar::hidden(),
         Default::default(),
     )
@@ -83,6 +84,7 @@ async fn main() -> Res<()> {
         "ledger",
         JobSource::Tree,
         3,
+        &Default::default(),
         ProgressBar::hidden(),
         Default::default(),
     )

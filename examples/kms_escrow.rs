@@ -123,6 +123,7 @@ async fn main() -> Res<()> {
             workers: 2,
             progress: ProgressBar::hidden(),
             kdf: Some(kdf),
+            filter: arca::engine::filter::Compiled::none(),
         },
     )?;
     println!(

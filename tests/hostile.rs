@@ -292,6 +292,7 @@ fn plant_forged_point(env: &Env, repo: &Path) -> Id16 {
             workers: 1,
             progress: indicatif::ProgressBar::hidden(),
             kdf: None,
+            filter: arca::engine::filter::Compiled::none(),
         },
     )
     .unwrap();

@@ -883,6 +883,7 @@ async fn kms_redirect_to_an_attackers_key_is_refused() {
             workers: 1,
             progress: indicatif::ProgressBar::hidden(),
             kdf: None,
+            filter: arca::engine::filter::Compiled::none(),
         },
     )
     .unwrap();

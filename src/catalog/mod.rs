@@ -120,6 +120,11 @@ const MIGRATIONS: &[&str] = &[
         job_id TEXT NOT NULL,
         forgotten TEXT NOT NULL
      );",
+    // 7: a job's excludes (JSON of engine::filter::Filters)
+    "CREATE TABLE job_filters (
+        job_id TEXT PRIMARY KEY,
+        filters TEXT NOT NULL
+     );",
 ];
 
 /// What the catalog trusts about one chain of a job: its mode, the check value of its key,
@@ -903,6 +908,17 @@ impl Catalog {
         Ok(())
     }
 
+    /// A job's source after `arca job set --source` (the pin moves with it).
+    pub fn set_job_source(&self, name: &str, source: &str) -> Result<()> {
+        self.conn
+            .execute(
+                "UPDATE jobs SET source = ?2 WHERE name = ?1",
+                params![name, source],
+            )
+            .map_err(|e| self.err(e))?;
+        Ok(())
+    }
+
     pub fn set_active(&self, name: &str, active: bool) -> Result<()> {
         self.conn
             .execute(
@@ -920,6 +936,47 @@ impl Catalog {
                 params![name, point.hex()],
             )
             .map_err(|e| self.err(e))?;
+        Ok(())
+    }
+
+    /// A job's stored excludes (none: the default).
+    pub fn job_filters(&self, job_id: &Id16) -> Result<crate::engine::filter::Filters> {
+        let v: Option<String> = self
+            .conn
+            .query_row(
+                "SELECT filters FROM job_filters WHERE job_id = ?1",
+                [job_id.hex()],
+                |r| r.get(0),
+            )
+            .optional()
+            .map_err(|e| self.err(e))?;
+        match v {
+            None => Ok(Default::default()),
+            Some(j) => serde_json::from_str(&j).map_err(|e| Error::Catalog {
+                path: self.path.display().to_string(),
+                detail: format!("stored excludes of job {job_id}: {e}"),
+            }),
+        }
+    }
+
+    /// Replaces a job's stored excludes.
+    pub fn set_job_filters(&self, job_id: &Id16, f: &crate::engine::filter::Filters) -> Result<()> {
+        if f.is_empty() {
+            self.conn
+                .execute("DELETE FROM job_filters WHERE job_id = ?1", [job_id.hex()])
+                .map_err(|e| self.err(e))?;
+        } else {
+            self.conn
+                .execute(
+                    "INSERT INTO job_filters (job_id, filters) VALUES (?1, ?2)
+                     ON CONFLICT(job_id) DO UPDATE SET filters = excluded.filters",
+                    params![
+                        job_id.hex(),
+                        serde_json::to_string(f).expect("filters serialize")
+                    ],
+                )
+                .map_err(|e| self.err(e))?;
+        }
         Ok(())
     }
 

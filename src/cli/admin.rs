@@ -376,6 +376,7 @@ pub async fn quickstart(ctx: &Ctx, a: QuickstartArgs) -> Result<i32> {
             stdin: false,
             stdin_name: None,
             compression: 3,
+            filters: Default::default(),
         },
     )
     .await?;

@@ -24,6 +24,9 @@ pub struct BackupArgs {
     /// zstd level (1-19); higher is smaller and slower.
     #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(i32).range(1..=19))]
     pub compression: i32,
+    /// Excludes for this run, added to the job's (`arca job show` lists those).
+    #[command(flatten)]
+    pub filters: super::filters::FilterArgs,
 }
 
 /// Progress while a backup runs: on a terminal, the bar gets the pre-scan's totals (bytes
@@ -108,6 +111,8 @@ struct Summary<'a> {
     dirs: u64,
     symlinks: u64,
     files_unchanged: u64,
+    /// Entries the excludes left out.
+    excluded: u64,
     total_bytes: u64,
     read_bytes: u64,
     new_bytes: u64,
@@ -138,6 +143,7 @@ pub async fn run(ctx: &Ctx, a: BackupArgs) -> Result<i32> {
         &a.name,
         source,
         a.compression,
+        &a.filters.filters(),
         progress.clone(),
         status,
     )
@@ -167,6 +173,7 @@ pub async fn run(ctx: &Ctx, a: BackupArgs) -> Result<i32> {
                 dirs: s.dirs,
                 symlinks: s.symlinks,
                 files_unchanged: s.files_unchanged,
+                excluded: s.excluded,
                 total_bytes: s.bytes_total,
                 read_bytes: s.bytes_read,
                 new_bytes: s.bytes_new,
@@ -196,6 +203,9 @@ pub async fn run(ctx: &Ctx, a: BackupArgs) -> Result<i32> {
             secs,
             human_bytes((s.bytes_read as f64 / secs.max(1e-3)) as u64),
         ));
+        if s.excluded > 0 {
+            ctx.say(format!("  {} entries left out by excludes", s.excluded));
+        }
     }
     if !out.body.errors.is_empty() {
         eprintln!(

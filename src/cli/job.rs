@@ -15,6 +15,9 @@ pub enum JobCmd {
     Create(CreateArgs),
     /// List jobs in the catalog.
     List,
+    /// Change a job's source or excludes (`--exclude ...` replaces the stored excludes,
+    /// `--no-excludes` clears them). Encryption changes with `job encryption`.
+    Set(SetArgs),
     /// Show one job.
     Show {
         /// The job's name.
@@ -113,6 +116,23 @@ pub struct CreateArgs {
     /// The KMIP key for --encryption kmip: its name or unique identifier.
     #[arg(long)]
     pub kmip_key: Option<String>,
+    #[command(flatten)]
+    pub filters: super::filters::FilterArgs,
+}
+
+#[derive(Args, Debug)]
+pub struct SetArgs {
+    /// The job's name.
+    pub name: String,
+    /// A new source directory (the job record and the catalog's trust pin change with it).
+    #[arg(long)]
+    pub source: Option<PathBuf>,
+    /// Remove every stored exclude.
+    #[arg(long, conflicts_with_all = ["exclude", "exclude_file", "exclude_if_present", "exclude_caches", "one_file_system", "exclude_larger_than"])]
+    pub no_excludes: bool,
+    /// The job's excludes become exactly the ones given (when any is given).
+    #[command(flatten)]
+    pub filters: super::filters::FilterArgs,
 }
 
 #[derive(Args, Debug)]
@@ -156,6 +176,7 @@ pub async fn run(ctx: &Ctx, cmd: JobCmd) -> Result<i32> {
         JobCmd::Create(a) => create(ctx, a).await,
         JobCmd::List => list(ctx),
         JobCmd::Show { name } => show(ctx, &name),
+        JobCmd::Set(a) => set(ctx, a).await,
         JobCmd::Encryption(a) => {
             let spec = spec_of(&a.encryption, &a.password, &a.kms_key, &a.kmip_key);
             let c = ops_jobs::change_encryption(ctx, &a.name, spec).await?;
@@ -249,8 +270,11 @@ pub async fn create(ctx: &Ctx, a: CreateArgs) -> Result<i32> {
         },
     )
     .await?;
+    let filters = a.filters.filters();
+    filters.compile(&a.source)?;
+    ctx.catalog()?.set_job_filters(&row.job_id, &filters)?;
     if ctx.json {
-        crate::ui::print_json(&JobView::of(&row));
+        crate::ui::print_json(&JobView::of(&row, filters));
     } else {
         ctx.say(format!(
             "created job '{}': {} → {} (encryption: {}, chain {})\nnext: arca backup {}",
@@ -279,10 +303,12 @@ struct JobView {
     chain_id: String,
     created: String,
     active: bool,
+    /// What backups leave out (empty: nothing).
+    excludes: crate::engine::filter::Filters,
 }
 
 impl JobView {
-    fn of(r: &JobRow) -> Self {
+    fn of(r: &JobRow, excludes: crate::engine::filter::Filters) -> Self {
         JobView {
             name: r.name.clone(),
             job_id: r.job_id.hex(),
@@ -294,6 +320,7 @@ impl JobView {
             chain_id: r.chain_id.hex(),
             created: r.created.clone(),
             active: r.active,
+            excludes,
         }
     }
 }
@@ -338,7 +365,10 @@ async fn adopt(ctx: &Ctx, name: &str, dir: &std::path::Path) -> Result<i32> {
 
 fn list(ctx: &Ctx) -> Result<i32> {
     let cat = ctx.catalog()?;
-    let jobs: Vec<JobView> = cat.list_jobs()?.iter().map(JobView::of).collect();
+    let mut jobs: Vec<JobView> = Vec::new();
+    for r in cat.list_jobs()? {
+        jobs.push(JobView::of(&r, cat.job_filters(&r.job_id)?));
+    }
     if ctx.json {
         crate::ui::print_json(&jobs);
     } else if jobs.is_empty() {
@@ -363,7 +393,7 @@ fn show(ctx: &Ctx, name: &str) -> Result<i32> {
     let r = cat
         .job(name)?
         .ok_or_else(|| Error::NotFound(format!("no job named '{name}' in the catalog")))?;
-    let v = JobView::of(&r);
+    let v = JobView::of(&r, cat.job_filters(&r.job_id)?);
     if ctx.json {
         crate::ui::print_json(&v);
     } else {
@@ -383,6 +413,59 @@ fn show(ctx: &Ctx, name: &str) -> Result<i32> {
             v.job_id,
             v.created
         ));
+        ctx.say(format!("  excludes:   {}", describe_filters(&v.excludes)));
+    }
+    Ok(0)
+}
+
+fn describe_filters(f: &crate::engine::filter::Filters) -> String {
+    if f.is_empty() {
+        return "none".into();
+    }
+    let mut parts: Vec<String> = f.exclude.iter().map(|p| format!("--exclude {p}")).collect();
+    parts.extend(f.exclude_file.iter().map(|p| format!("--exclude-file {p}")));
+    parts.extend(
+        f.exclude_if_present
+            .iter()
+            .map(|p| format!("--exclude-if-present {p}")),
+    );
+    if f.exclude_caches {
+        parts.push("--exclude-caches".into());
+    }
+    if f.one_file_system {
+        parts.push("--one-file-system".into());
+    }
+    if let Some(n) = f.exclude_larger_than {
+        parts.push(format!("--exclude-larger-than {n}"));
+    }
+    parts.join(" ")
+}
+
+async fn set(ctx: &Ctx, a: SetArgs) -> Result<i32> {
+    let filters = if a.no_excludes {
+        Some(Default::default())
+    } else if a.filters.given() {
+        Some(a.filters.filters())
+    } else {
+        None
+    };
+    if a.source.is_none() && filters.is_none() {
+        return Err(Error::Usage(
+            "nothing to change: give --source, excludes, or --no-excludes".into(),
+        ));
+    }
+    let changed = ops_jobs::set_job(ctx, &a.name, a.source.as_deref(), filters).await?;
+    let cat = ctx.catalog()?;
+    let r = cat
+        .job(&a.name)?
+        .ok_or_else(|| Error::NotFound(format!("no job named '{}'", a.name)))?;
+    let v = JobView::of(&r, cat.job_filters(&r.job_id)?);
+    if ctx.json {
+        crate::ui::print_json(&v);
+    } else {
+        for c in changed {
+            ctx.say(c);
+        }
     }
     Ok(0)
 }

@@ -3,6 +3,7 @@
 mod admin;
 pub(crate) mod backup;
 mod drill;
+mod filters;
 mod job;
 mod password;
 mod read;
@@ -370,6 +371,7 @@ const EXAMPLES: &[(&str, &str)] = &[
     ("migrate", "arca migrate --repo /srv/backup/repo\n  arca --passphrase-file ~/.arca-pass migrate --repo /srv/backup/repo"),
     ("job create", "arca job create nightly --repo /srv/backup/repo --source /home --encryption passphrase\n  arca job create db --repo /srv/backup/repo --source /var/lib/db --encryption kms --kms-key alias/backup\n  arca --key-file ~/arca.key job create media --repo /srv/backup/repo --source /srv/media --encryption key"),
     ("job list", "arca job list\n  arca job list --json"),
+    ("job set", "arca job set nightly --exclude '*.tmp' --exclude node_modules --exclude-caches\n  arca job set nightly --source /srv/home --one-file-system\n  arca job set nightly --no-excludes"),
     ("job show", "arca job show nightly\n  arca job show nightly --json"),
     ("job encryption", "arca job deactivate nightly && arca job encryption nightly --encryption kms --kms-key alias/backup\n  arca job encryption nightly --encryption passphrase --password ops"),
     ("job deactivate", "arca job deactivate nightly\n  arca job deactivate nightly && arca job activate nightly --encryption kmip --kmip-key backups"),
@@ -379,7 +381,7 @@ const EXAMPLES: &[(&str, &str)] = &[
     ("job keyslots remove", "arca job keyslots remove nightly 3f2a\n  arca job keyslots remove nightly 3f2a && arca job rekey nightly"),
     ("job rekey", "arca job rekey nightly\n  arca job rekey nightly --json"),
     ("job adopt", "arca job adopt nightly --repo /srv/backup/repo\n  arca --passphrase-file ~/.arca-pass job adopt nightly --repo /srv/backup/repo"),
-    ("backup", "arca backup nightly\n  pg_dump mydb | arca backup db --stdin --stdin-name mydb.sql\n  arca backup nightly --json --compression 6"),
+    ("backup", "arca backup nightly\n  pg_dump mydb | arca backup db --stdin --stdin-name mydb.sql\n  arca backup nightly --exclude '*.iso' --exclude-larger-than 2G --json"),
     ("points", "arca points nightly\n  arca points nightly --repo /srv/backup/repo --json"),
     ("ls", "arca ls nightly\n  arca ls nightly 3f2a9c01 | grep etc/"),
     ("find", "arca find nightly '*.conf'\n  arca find nightly invoice --json"),

@@ -65,7 +65,8 @@ impl Status {
 
     /// Counts the regular files and their bytes below `root` (no symlink followed), updating
     /// the totals as it goes; sets `scanned` at the end.
-    pub fn prescan(&self, root: &Path) {
+    pub fn prescan(&self, root: &Path, filter: &super::filter::Compiled) {
+        use super::filter::DirContents;
         use std::sync::atomic::Ordering::Relaxed;
         let mut stack = vec![root.to_path_buf()];
         let (mut files, mut bytes) = (0u64, 0u64);
@@ -73,9 +74,15 @@ impl Status {
             let Ok(m) = fs::symlink_metadata(&p) else {
                 continue;
             };
+            let rel = p.strip_prefix(root).unwrap_or(&p).as_os_str().as_bytes();
+            if !rel.is_empty() && filter.skip(rel, &m).is_some() {
+                continue;
+            }
             if m.is_dir() {
-                if let Ok(rd) = fs::read_dir(&p) {
-                    stack.extend(rd.flatten().map(|e| e.path()));
+                if filter.dir_contents(&p, &m) == DirContents::All {
+                    if let Ok(rd) = fs::read_dir(&p) {
+                        stack.extend(rd.flatten().map(|e| e.path()));
+                    }
                 }
             } else if m.is_file() {
                 files += 1;
@@ -101,6 +108,8 @@ pub struct BackupOptions {
     pub progress: ProgressBar,
     /// Salt and parameters recorded in the point (passphrase chains).
     pub kdf: Option<KdfRecord>,
+    /// What a tree backup leaves out.
+    pub filter: super::filter::Compiled,
 }
 
 pub struct BackupOutcome {
@@ -246,6 +255,7 @@ fn entry_from_meta(rel: &[u8], kind: EntryType, m: &fs::Metadata) -> TreeEntry {
 
 struct Walker<'a, 'b> {
     chunker: Chunker<'a>,
+    filter: super::filter::Compiled,
     parent: HashMap<Vec<u8>, TreeEntry>,
     entries: Vec<TreeEntry>,
     errors: Vec<SourceError>,
@@ -300,11 +310,34 @@ impl Walker<'_, '_> {
             Ok(m) => m,
             Err(e) => return self.error(abs, e),
         };
+        if self.filter.skip(rel, &m).is_some() {
+            self.chunker.stats.excluded += 1;
+            return;
+        }
         let ft = m.file_type();
         if ft.is_dir() {
+            use super::filter::DirContents;
+            let contents = self.filter.dir_contents(abs, &m);
+            if contents == DirContents::Nothing {
+                self.chunker.stats.excluded += 1;
+                return;
+            }
             self.chunker.stats.dirs += 1;
             self.entries.push(entry_from_meta(rel, EntryType::Dir, &m));
-            self.walk_dir(abs, rel);
+            match contents {
+                DirContents::All => self.walk_dir(abs, rel),
+                DirContents::TagOnly => {
+                    let tag = super::filter::CACHEDIR_TAG;
+                    let mut r = rel.to_vec();
+                    r.push(b'/');
+                    r.extend_from_slice(tag.as_bytes());
+                    self.visit(&abs.join(tag), &r);
+                    self.chunker.stats.excluded += 1;
+                }
+                DirContents::Empty | DirContents::Nothing => {
+                    self.chunker.stats.excluded += 1;
+                }
+            }
         } else if ft.is_symlink() {
             match fs::read_link(abs) {
                 Ok(t) => {
@@ -544,6 +577,7 @@ pub fn run(
     };
     let mut w = Walker {
         chunker,
+        filter: opts.filter.clone(),
         parent,
         entries: Vec::new(),
         errors: Vec::new(),

@@ -4,6 +4,7 @@
 pub mod backup;
 pub mod check;
 pub mod chunker;
+pub mod filter;
 pub mod prune;
 pub mod restore;
 

@@ -31,6 +31,7 @@ pub async fn backup_job(
     name: &str,
     source: JobSource,
     compression_level: i32,
+    run_filters: &crate::engine::filter::Filters,
     progress: indicatif::ProgressBar,
     status: std::sync::Arc<crate::engine::backup::Status>,
 ) -> Result<BackupRun> {
@@ -53,13 +54,22 @@ pub async fn backup_job(
     // first passphrase keyslot, whatever the chain's mode (a KMS chain may have one too).
     let want = h.row.as_ref().and_then(|r| r.password.clone());
     let kdf = oc.chain.point_kdf(want.as_deref());
+    let mut filter = crate::engine::filter::Compiled::none();
     let source = match source {
         JobSource::Tree => {
+            let stored = match &h.row {
+                Some(_) => cat.job_filters(&h.job.job_id)?,
+                None => Default::default(),
+            };
+            filter = stored
+                .merged(run_filters)
+                .compile(std::path::Path::new(&h.job.source))?;
             // Totals for progress and ETA, counted alongside the backup.
             let (st, root) = (status.clone(), std::path::PathBuf::from(&h.job.source));
+            let f2 = filter.clone();
             std::thread::Builder::new()
                 .name("arca-prescan".into())
-                .spawn(move || st.prescan(&root))
+                .spawn(move || st.prescan(&root, &f2))
                 .map_err(|e| Error::Other(format!("start the pre-scan: {e}")))?;
             Source::Tree(std::path::PathBuf::from(&h.job.source))
         }
@@ -74,6 +84,7 @@ pub async fn backup_job(
         progress,
         status,
         kdf,
+        filter,
     };
     let other_chain_points = h
         .repo

@@ -62,6 +62,12 @@ pub struct JobEntry {
     pub latest_point: Option<Id16>,
     pub active: bool,
     pub pins: Vec<ChainPin>,
+    /// The job's excludes (absent: none).
+    #[serde(
+        default,
+        skip_serializing_if = "crate::engine::filter::Filters::is_empty"
+    )]
+    pub excludes: crate::engine::filter::Filters,
 }
 
 impl JobEntry {
@@ -143,6 +149,7 @@ pub fn collect(cat: &Catalog) -> Result<Bundle> {
     for r in cat.list_jobs()? {
         jobs.push(JobEntry {
             pins: cat.chain_pins(&r.job_id)?,
+            excludes: cat.job_filters(&r.job_id)?,
             name: r.name,
             job_id: r.job_id,
             repo_id: r.repo_id,
@@ -393,6 +400,7 @@ pub fn import(
         }
         for j in &b.jobs {
             cat.put_job(&j.row())?;
+            cat.set_job_filters(&j.job_id, &j.excludes)?;
             if !j.pins.is_empty() {
                 cat.clear_pins(&j.job_id)?;
                 for pin in &j.pins {

@@ -577,3 +577,53 @@ pub async fn remove_keyslot(s: &Session, name: &str, prefix: &str) -> Result<Slo
         created: removed.created.clone(),
     })
 }
+
+/// `arca job set`: a new source and/or new excludes for a job. A new source rewrites the job
+/// record (authenticated under the chain key; its revision rises) and the catalog's pin of
+/// the source, so a repository that still says the old source is refused afterwards. Returns
+/// what changed, as sentences.
+pub async fn set_job(
+    s: &Session,
+    name: &str,
+    source: Option<&Path>,
+    filters: Option<crate::engine::filter::Filters>,
+) -> Result<Vec<String>> {
+    let cat = s.catalog()?;
+    let h = locate_job(&cat, name, None)?;
+    let mut changed = Vec::new();
+    if let Some(f) = &filters {
+        let root = source
+            .map(Path::to_path_buf)
+            .unwrap_or_else(|| std::path::PathBuf::from(&h.job.source));
+        f.compile(&root)?;
+    }
+    if let Some(src) = source {
+        let abs = std::fs::canonicalize(src)
+            .map_err(|e| Error::io(format!("source {}", src.display()), e))?;
+        let new = abs.display().to_string();
+        if new != h.job.source {
+            let _locks = super::lifecycle::lock_chain(s, &h.repo, &h.job.chain_id)?;
+            let (oc, _) = open_chain(s, &cat, &h, &h.job.chain_id, None, false).await?;
+            let mut job = h.repo.read_job(&h.job.job_id)?;
+            let old = std::mem::replace(&mut job.source, new.clone());
+            job.revision += 1;
+            job.seal(&oc.root);
+            h.repo.write_job(&job)?;
+            cat.set_job_source(name, &new)?;
+            cat.set_job_revision(name, job.revision)?;
+            changed.push(format!(
+                "source of '{name}': {old} -> {new} (the job record and this catalog's pin changed; \
+                 the next backup compares against the last point by path)"
+            ));
+        }
+    }
+    if let Some(f) = filters {
+        cat.set_job_filters(&h.job.job_id, &f)?;
+        changed.push(if f.is_empty() {
+            format!("excludes of '{name}': none")
+        } else {
+            format!("excludes of '{name}' replaced")
+        });
+    }
+    Ok(changed)
+}

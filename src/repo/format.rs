@@ -952,6 +952,13 @@ pub struct PointStats {
     pub bytes_new: u64,
     pub bytes_stored: u64,
     pub files_unchanged: u64,
+    /// Entries left out by the job's or the run's excludes.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub excluded: u64,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
