@@ -122,6 +122,7 @@ async fn main() -> Res<()> {
             &oc,
             &op,
             &RestoreOptions {
+                partial: false,
                 target: target.clone(),
                 include: vec![],
                 overwrite: false,

@@ -179,6 +179,7 @@ async fn main() -> Res<()> {
         &resolved.chain,
         &op,
         &RestoreOptions {
+            partial: false,
             target: target.clone(),
             include: vec![],
             overwrite: false,

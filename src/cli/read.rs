@@ -167,6 +167,10 @@ pub struct RestoreArgs {
     /// Print every key-resolution tier tried and why it failed.
     #[arg(long)]
     pub explain: bool,
+    /// Restore every file whose data reads back intact and list the damaged ones (exit 13)
+    /// instead of stopping at the first.
+    #[arg(long)]
+    pub partial: bool,
 }
 
 #[derive(Args, Debug)]
@@ -562,6 +566,7 @@ pub async fn restore(ctx: &Ctx, a: RestoreArgs) -> Result<i32> {
             .map(|n| n.get())
             .unwrap_or(2),
         progress: indicatif::ProgressBar::hidden(),
+        partial: a.partial,
     };
     // Refuse a non-empty target before asking for any passphrase.
     restore::check_target(&opts)?;
@@ -613,6 +618,17 @@ pub async fn restore(ctx: &Ctx, a: RestoreArgs) -> Result<i32> {
             stats.symlinks,
             human_bytes(stats.total_bytes)
         ));
+    }
+    if !stats.failed.is_empty() {
+        eprintln!(
+            "{} file(s) could not be restored: their data is damaged or missing (`arca check {} --read-data` says more):",
+            stats.failed.len(),
+            a.name
+        );
+        for f in &stats.failed {
+            eprintln!("  {}: {}", f.path, f.error);
+        }
+        return Ok(exit::INTEGRITY);
     }
     Ok(0)
 }

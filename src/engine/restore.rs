@@ -7,7 +7,6 @@
 
 use std::ffi::OsStr;
 use std::fs;
-use std::io::Write;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::DirBuilderExt;
 use std::path::{Component, Path, PathBuf};
@@ -28,6 +27,9 @@ pub struct RestoreOptions {
     pub overwrite: bool,
     pub workers: usize,
     pub progress: ProgressBar,
+    /// Restore every file that reads back intact and list the others (damaged data) instead
+    /// of stopping at the first.
+    pub partial: bool,
 }
 
 #[derive(Debug, Default, serde::Serialize)]
@@ -36,6 +38,8 @@ pub struct RestoreStats {
     pub dirs: u64,
     pub symlinks: u64,
     pub total_bytes: u64,
+    /// With `partial`: files not restored because their data is damaged or missing.
+    pub failed: Vec<SourceError>,
 }
 
 /// A tree path → a relative filesystem path, refusing anything that could escape the target.
@@ -287,6 +291,7 @@ pub fn run(
     let first_err: Mutex<Option<Error>> = Mutex::new(None);
     let bytes = std::sync::atomic::AtomicU64::new(0);
     let files_done = AtomicUsize::new(0);
+    let failed: Mutex<Vec<SourceError>> = Mutex::new(Vec::new());
     // Files written under temporary names, renamed once all are written and durable.
     let written: Mutex<Vec<(usize, String)>> = Mutex::new(Vec::with_capacity(files.len()));
     let owner = fsx::euid_egid();
@@ -336,6 +341,13 @@ pub fn run(
                                 ));
                             }
                             mine.push((i, tmp));
+                        }
+                        Err(Error::Integrity { object, detail }) if opts.partial => {
+                            // Its temporary file is gone; the others go on.
+                            failed.lock().unwrap().push(SourceError {
+                                path: e.display_path(),
+                                error: format!("{object}: {detail}"),
+                            });
                         }
                         Err(err) => {
                             let err = match err {
@@ -422,7 +434,9 @@ pub fn run(
     if let Some(e) = rename_err.into_inner().unwrap() {
         return Err(e);
     }
-    stats.files = files.len() as u64;
+    stats.failed = failed.into_inner().unwrap();
+    stats.failed.sort_by(|a, b| a.path.cmp(&b.path));
+    stats.files = written.len() as u64;
     stats.total_bytes = bytes.into_inner();
 
     for (rel, e) in planned.iter().filter(|(_, e)| e.kind == EntryType::Symlink) {
@@ -488,7 +502,7 @@ fn write_file(
     }
     let dest = parent.path().join(name);
     let tmp = tmp_name();
-    let mut f = parent
+    let f = parent
         .create_excl(&tmp, 0o600)
         .map_err(|err| Error::io(format!("create {}", dest.display()), err))?;
     let res = (|| -> Result<u64> {
@@ -498,11 +512,14 @@ fn write_file(
                 return Err(interrupted(signal, Path::new("the target")));
             }
             let data = reader.read(id)?;
-            f.write_all(&data)
+            write_sparse(&f, &data, n)
                 .map_err(|err| Error::io(format!("write {}", dest.display()), err))?;
             n += data.len() as u64;
             progress.inc(data.len() as u64);
         }
+        // Trailing holes: the length comes from the size, not from a write.
+        f.set_len(n)
+            .map_err(|err| Error::io(format!("write {}", dest.display()), err))?;
         if n != e.size {
             return Err(Error::integrity(
                 format!("file {}", e.display_path()),
@@ -525,6 +542,36 @@ fn write_file(
             Err(err)
         }
     }
+}
+
+/// Holes are not written: blocks of zeros (4 KiB, aligned in the file) are skipped, so a
+/// sparse file comes back sparse (GNU tar's `--sparse` detection, on restore).
+fn write_sparse(f: &std::fs::File, data: &[u8], at: u64) -> std::io::Result<()> {
+    use std::os::unix::fs::FileExt;
+    const BLOCK: u64 = 4096;
+    let mut i = 0usize;
+    while i < data.len() {
+        let pos = at + i as u64;
+        let end = (((pos / BLOCK) + 1) * BLOCK - at).min(data.len() as u64) as usize;
+        let block = &data[i..end];
+        let whole = block.len() as u64 == BLOCK;
+        if !(whole && block.iter().all(|b| *b == 0)) {
+            // Write runs of non-hole blocks at once.
+            let mut j = end;
+            while j < data.len() {
+                let e = (j + BLOCK as usize).min(data.len());
+                if e - j == BLOCK as usize && data[j..e].iter().all(|b| *b == 0) {
+                    break;
+                }
+                j = e;
+            }
+            f.write_all_at(&data[i..j], pos)?;
+            i = j;
+        } else {
+            i = end;
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]
