@@ -933,6 +933,8 @@ fn a_tree_length_of_u64_max_under_a_valid_key_is_an_error_not_a_panic() {
             tree: vec![Id32([1; 32])],
             tree_bytes,
             errors: vec![],
+            skipped: vec![],
+            root: None,
         };
         assert!(read_tree(&mut reader, &body).is_err());
     }

@@ -227,6 +227,8 @@ fn compute() -> Value {
         tree: vec![],
         tree_bytes: 0,
         errors: vec![],
+        skipped: vec![],
+        root: None,
     };
     let body_json = serde_json::to_vec(&body).unwrap();
     let body_key = data_key.derive(context::POINT_BODY);

@@ -122,6 +122,8 @@ struct Summary<'a> {
     /// KMS requests this run made (retries included).
     kms_requests: u64,
     errors: &'a [SourceError],
+    /// Entries deliberately not backed up (sockets, ...), with the reason.
+    skipped: &'a [SourceError],
 }
 
 pub async fn run(ctx: &Ctx, a: BackupArgs) -> Result<i32> {
@@ -182,6 +184,7 @@ pub async fn run(ctx: &Ctx, a: BackupArgs) -> Result<i32> {
                 seconds: secs,
                 kms_requests: crate::keys::aws_kms::process_requests(),
                 errors: &out.body.errors,
+                skipped: &out.body.skipped,
             })
             .expect("summary serializes"),
         );
@@ -205,6 +208,12 @@ pub async fn run(ctx: &Ctx, a: BackupArgs) -> Result<i32> {
         ));
         if s.excluded > 0 {
             ctx.say(format!("  {} entries left out by excludes", s.excluded));
+        }
+    }
+    if !out.body.skipped.is_empty() && !ctx.json {
+        eprintln!("note: {} item(s) not backed up:", out.body.skipped.len());
+        for e in &out.body.skipped {
+            eprintln!("  {}: {}", e.path, e.error);
         }
     }
     if !out.body.errors.is_empty() {

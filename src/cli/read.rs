@@ -496,6 +496,15 @@ struct LsEntry {
     mtime: String,
     #[serde(skip_serializing_if = "Option::is_none")]
     target: Option<String>,
+    /// Owner and group names (numbers when the name was not known).
+    user: String,
+    group: String,
+    /// For a hard link: the path it links to.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    hardlink: Option<String>,
+    /// Names of its extended attributes (POSIX ACLs are `system.posix_acl_*`).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    xattrs: Vec<String>,
 }
 
 fn fmt_mtime(ns: i128) -> String {
@@ -534,6 +543,13 @@ pub async fn ls(ctx: &Ctx, a: LsArgs) -> Result<i32> {
                 .target
                 .as_ref()
                 .map(|t| String::from_utf8_lossy(t).into_owned()),
+            user: e.user.clone().unwrap_or_else(|| e.uid.to_string()),
+            group: e.group.clone().unwrap_or_else(|| e.gid.to_string()),
+            hardlink: e
+                .hardlink
+                .as_ref()
+                .map(|t| String::from_utf8_lossy(t).into_owned()),
+            xattrs: e.xattrs.iter().map(|x| x.name.clone()).collect(),
         })
         .collect();
     if ctx.json {
@@ -544,11 +560,18 @@ pub async fn ls(ctx: &Ctx, a: LsArgs) -> Result<i32> {
                 EntryType::Dir => 'd',
                 EntryType::Symlink => 'l',
                 EntryType::File => '-',
+                EntryType::Fifo => 'p',
+                EntryType::Chardev => 'c',
+                EntryType::Blockdev => 'b',
             };
-            let link = e.target.map(|t| format!(" -> {t}")).unwrap_or_default();
+            let link = match (&e.target, &e.hardlink) {
+                (Some(t), _) => format!(" -> {t}"),
+                (None, Some(h)) => format!(" link to {h}"),
+                _ => String::new(),
+            };
             ctx.say(format!(
-                "{t} {} {:>12} {} {}{link}",
-                e.mode, e.size, e.mtime, e.path
+                "{t} {} {:<8} {:<8} {:>12} {} {}{link}",
+                e.mode, e.user, e.group, e.size, e.mtime, e.path
             ));
         }
     }
@@ -618,6 +641,15 @@ pub async fn restore(ctx: &Ctx, a: RestoreArgs) -> Result<i32> {
             stats.symlinks,
             human_bytes(stats.total_bytes)
         ));
+    }
+    if !stats.skipped.is_empty() && !ctx.json {
+        eprintln!(
+            "note: {} item(s) not restored as recorded:",
+            stats.skipped.len()
+        );
+        for f in &stats.skipped {
+            eprintln!("  {}: {}", f.path, f.error);
+        }
     }
     if !stats.failed.is_empty() {
         eprintln!(

@@ -237,25 +237,32 @@ fn path_fields(rel: &[u8]) -> (String, Option<Vec<u8>>) {
 
 fn entry_from_meta(rel: &[u8], kind: EntryType, m: &fs::Metadata) -> TreeEntry {
     let (path, path_b64) = path_fields(rel);
-    TreeEntry {
-        path,
-        path_b64,
-        kind,
-        mode: m.mode() & 0o7777,
-        uid: m.uid(),
-        gid: m.gid(),
-        mtime_ns: mtime_ns(m),
-        size: 0,
-        inode: m.ino(),
-        ctime_ns: ctime_ns(m),
-        target: None,
-        chunks: Vec::new(),
-    }
+    let mut e = TreeEntry::new(path, path_b64, kind);
+    e.mode = m.mode() & 0o7777;
+    e.uid = m.uid();
+    e.gid = m.gid();
+    e.mtime_ns = mtime_ns(m);
+    e.inode = m.ino();
+    e.ctime_ns = ctime_ns(m);
+    e
 }
+
+/// Size, mtime and ctime: what must not change while a file is read.
+fn stamp(m: &fs::Metadata) -> (u64, i128, i128) {
+    (m.len(), mtime_ns(m), ctime_ns(m))
+}
+
+/// How often a file that changes while it is read is read again before it is stored as
+/// read and reported.
+const TORN_RETRIES: u32 = 2;
 
 struct Walker<'a, 'b> {
     chunker: Chunker<'a>,
     filter: super::filter::Compiled,
+    names: super::owners::Names,
+    /// (device, inode) of files with more than one link → the path first recorded.
+    links: HashMap<(u64, u64), Vec<u8>>,
+    skipped: Vec<SourceError>,
     parent: HashMap<Vec<u8>, TreeEntry>,
     entries: Vec<TreeEntry>,
     errors: Vec<SourceError>,
@@ -273,6 +280,37 @@ impl Walker<'_, '_> {
         self.errors.push(SourceError {
             path: path.display().to_string(),
             error: e.to_string(),
+        });
+    }
+
+    /// Owner names and extended attributes (ACLs among them) of an entry.
+    fn describe(&mut self, abs: &Path, e: &mut TreeEntry) {
+        e.user = self.names.user(e.uid);
+        e.group = self.names.group(e.gid);
+        match crate::repo::fsx::read_xattrs(abs) {
+            Ok((kept, odd)) => {
+                e.xattrs = kept
+                    .into_iter()
+                    .map(|(name, value)| Xattr { name, value })
+                    .collect();
+                for n in odd {
+                    self.skip(
+                        abs,
+                        format!(
+                            "extended attribute {:?} (its name is not UTF-8) not kept",
+                            String::from_utf8_lossy(&n)
+                        ),
+                    );
+                }
+            }
+            Err(err) => self.error(abs, format!("read extended attributes: {err}")),
+        }
+    }
+
+    fn skip(&mut self, path: &Path, why: impl Into<String>) {
+        self.skipped.push(SourceError {
+            path: path.display().to_string(),
+            error: why.into(),
         });
     }
 
@@ -323,7 +361,9 @@ impl Walker<'_, '_> {
                 return;
             }
             self.chunker.stats.dirs += 1;
-            self.entries.push(entry_from_meta(rel, EntryType::Dir, &m));
+            let mut e = entry_from_meta(rel, EntryType::Dir, &m);
+            self.describe(abs, &mut e);
+            self.entries.push(e);
             match contents {
                 DirContents::All => self.walk_dir(abs, rel),
                 DirContents::TagOnly => {
@@ -343,15 +383,52 @@ impl Walker<'_, '_> {
                 Ok(t) => {
                     let mut e = entry_from_meta(rel, EntryType::Symlink, &m);
                     e.target = Some(t.as_os_str().as_bytes().to_vec());
+                    e.user = self.names.user(e.uid);
+                    e.group = self.names.group(e.gid);
                     self.chunker.stats.symlinks += 1;
                     self.entries.push(e);
                 }
                 Err(e) => self.error(abs, e),
             }
         } else if ft.is_file() {
+            if m.nlink() > 1 {
+                if let Some(first) = self.links.get(&(m.dev(), m.ino())) {
+                    // A hard link to a file already recorded: its name only.
+                    let mut e = entry_from_meta(rel, EntryType::File, &m);
+                    e.hardlink = Some(first.clone());
+                    e.size = m.len();
+                    e.user = self.names.user(e.uid);
+                    e.group = self.names.group(e.gid);
+                    self.chunker.stats.files += 1;
+                    self.entries.push(e);
+                    return;
+                }
+                self.links.insert((m.dev(), m.ino()), rel.to_vec());
+            }
             self.file(abs, rel, &m);
         } else {
-            tracing::info!("skipping special file {}", abs.display());
+            use std::os::unix::fs::FileTypeExt;
+            let kind = if ft.is_fifo() {
+                EntryType::Fifo
+            } else if ft.is_char_device() {
+                EntryType::Chardev
+            } else if ft.is_block_device() {
+                EntryType::Blockdev
+            } else {
+                let what = if ft.is_socket() {
+                    "socket"
+                } else {
+                    "special file"
+                };
+                return self.skip(
+                    abs,
+                    format!("{what}: not backed up (it cannot be recreated)"),
+                );
+            };
+            let mut e = entry_from_meta(rel, kind, &m);
+            e.rdev = m.rdev();
+            self.describe(abs, &mut e);
+            self.entries.push(e);
         }
     }
 
@@ -359,6 +436,7 @@ impl Walker<'_, '_> {
         let mut e = entry_from_meta(rel, EntryType::File, m);
         if let Some(p) = self.parent.get(rel) {
             let unchanged = p.kind == EntryType::File
+                && p.hardlink.is_none()
                 && p.size == m.size()
                 && p.mtime_ns == e.mtime_ns
                 && p.ctime_ns == e.ctime_ns
@@ -367,6 +445,7 @@ impl Walker<'_, '_> {
             if unchanged {
                 e.size = p.size;
                 e.chunks = p.chunks.clone();
+                self.describe(abs, &mut e);
                 self.chunker.stats.files += 1;
                 self.chunker.stats.files_unchanged += 1;
                 self.chunker.stats.bytes_total += e.size;
@@ -376,26 +455,56 @@ impl Walker<'_, '_> {
                 return;
             }
         }
-        let f = match fs::File::open(abs) {
-            Ok(f) => f,
-            Err(err) => return self.error(abs, err),
-        };
         if let Ok(mut c) = self.chunker.status.current.lock() {
             c.clear();
             c.push_str(&String::from_utf8_lossy(rel));
         }
-        match self.chunker.stream(f) {
-            Ok((ids, n)) => {
-                self.chunker.status.add(1, 0);
-                e.size = n;
-                e.chunks = ids;
-                self.chunker.stats.files += 1;
-                self.chunker.stats.bytes_total += n;
-                self.entries.push(e);
+        // A file that changes while it is read (size, mtime or ctime differ before and
+        // after) is read again; if it keeps changing it is stored as read and reported.
+        let mut before = stamp(m);
+        let mut meta = m.clone();
+        for attempt in 0..=TORN_RETRIES {
+            let f = match fs::File::open(abs) {
+                Ok(f) => f,
+                Err(err) => return self.error(abs, err),
+            };
+            match self.chunker.stream(&f) {
+                Ok((ids, n)) => {
+                    let after = match f.metadata() {
+                        Ok(a) => a,
+                        Err(err) => return self.error(abs, err),
+                    };
+                    if stamp(&after) != before || n != after.len() {
+                        if attempt < TORN_RETRIES {
+                            before = stamp(&after);
+                            meta = after;
+                            continue;
+                        }
+                        self.error(
+                            abs,
+                            format!(
+                                "changed while it was read ({} tries): stored as last read, it may be \
+                                 inconsistent",
+                                TORN_RETRIES + 1
+                            ),
+                        );
+                        meta = after;
+                    }
+                    let mut e = entry_from_meta(rel, EntryType::File, &meta);
+                    self.describe(abs, &mut e);
+                    self.chunker.status.add(1, 0);
+                    e.size = n;
+                    e.chunks = ids;
+                    self.chunker.stats.files += 1;
+                    self.chunker.stats.bytes_total += n;
+                    self.entries.push(e);
+                    return;
+                }
+                Err(err) if err == "pipeline stopped" => self.stopped = true,
+                Err(err) if err == INTERRUPTED => self.interrupted = true,
+                Err(err) => self.error(abs, err),
             }
-            Err(err) if err == "pipeline stopped" => self.stopped = true,
-            Err(err) if err == INTERRUPTED => self.interrupted = true,
-            Err(err) => self.error(abs, err),
+            return;
         }
     }
 }
@@ -578,6 +687,9 @@ pub fn run(
     let mut w = Walker {
         chunker,
         filter: opts.filter.clone(),
+        names: super::owners::Names::load(),
+        links: HashMap::new(),
+        skipped: Vec::new(),
         parent,
         entries: Vec::new(),
         errors: Vec::new(),
@@ -585,11 +697,16 @@ pub fn run(
         interrupted: false,
         _p: std::marker::PhantomData,
     };
+    let mut root_entry = None;
     let (kind, source_desc) = match opts.source {
         Source::Tree(ref root) => {
             let m = fs::symlink_metadata(root)
                 .map_err(|e| Error::io(format!("read backup source {}", root.display()), e))?;
             if m.is_dir() {
+                // The root's own metadata is kept in the body.
+                let mut r = entry_from_meta(b"", EntryType::Dir, &m);
+                w.describe(root, &mut r);
+                root_entry = Some(r);
                 w.walk_dir(root, b"");
             } else {
                 let name = root
@@ -610,20 +727,9 @@ pub fn run(
             .duration_since(std::time::UNIX_EPOCH)
             .unwrap_or_default();
         let (path, path_b64) = path_fields(name.as_bytes());
-        let mut e = TreeEntry {
-            path,
-            path_b64,
-            kind: EntryType::File,
-            mode: 0o600,
-            uid: 0,
-            gid: 0,
-            mtime_ns: now.as_nanos() as i128,
-            size: 0,
-            inode: 0,
-            ctime_ns: 0,
-            target: None,
-            chunks: Vec::new(),
-        };
+        let mut e = TreeEntry::new(path, path_b64, EntryType::File);
+        e.mode = 0o600;
+        e.mtime_ns = now.as_nanos() as i128;
         match w.chunker.stream(reader) {
             Ok((ids, n)) => {
                 e.size = n;
@@ -674,7 +780,10 @@ pub fn run(
         kind
     };
     let Walker {
-        chunker, errors, ..
+        chunker,
+        errors,
+        skipped,
+        ..
     } = w;
     let Chunker { tx, mut stats, .. } = chunker;
     drop(tx);
@@ -702,6 +811,8 @@ pub fn run(
         tree: tree_ids,
         tree_bytes: tree_bytes.len() as u64,
         errors,
+        skipped,
+        root: root_entry,
     };
     let body_sealer = Sealer::new(&sealers.keys.body);
     let sealed_body = body_sealer.seal(

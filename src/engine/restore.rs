@@ -40,6 +40,47 @@ pub struct RestoreStats {
     pub total_bytes: u64,
     /// With `partial`: files not restored because their data is damaged or missing.
     pub failed: Vec<SourceError>,
+    pub hardlinks: u64,
+    /// FIFOs and device nodes recreated.
+    pub special: u64,
+    /// What was deliberately not restored, and why (device nodes without root, attributes
+    /// only root may set).
+    pub skipped: Vec<SourceError>,
+}
+
+/// The owner to give an entry: its recorded names mapped to this machine's ids when they
+/// exist here, else the recorded ids.
+fn owner_of(names: &super::owners::Names, e: &TreeEntry) -> (u32, u32) {
+    (
+        names.uid(e.user.as_deref(), e.uid),
+        names.gid(e.group.as_deref(), e.gid),
+    )
+}
+
+/// Sets an entry's extended attributes on its open handle. `user.*` and the POSIX ACLs are
+/// set for anyone; `security.*` and `trusted.*` only by root. What cannot be set is noted.
+fn set_xattrs(
+    fd: impl std::os::fd::AsFd,
+    e: &TreeEntry,
+    root: bool,
+    notes: &Mutex<Vec<SourceError>>,
+) {
+    for x in &e.xattrs {
+        let privileged = x.name.starts_with("security.") || x.name.starts_with("trusted.");
+        let why = if privileged && !root {
+            Some("needs root".to_string())
+        } else {
+            fsx::set_xattr(fd.as_fd(), &x.name, &x.value)
+                .err()
+                .map(|err| err.to_string())
+        };
+        if let Some(why) = why {
+            notes.lock().unwrap().push(SourceError {
+                path: e.display_path(),
+                error: format!("extended attribute {} not restored ({why})", x.name),
+            });
+        }
+    }
 }
 
 /// A tree path → a relative filesystem path, refusing anything that could escape the target.
@@ -275,6 +316,8 @@ pub fn run(
     let root = DirHandle::open_root(&opts.target)
         .map_err(|e| Error::io(format!("open {}", opts.target.display()), e))?;
     let chown = fsx::is_root();
+    let names = super::owners::Names::load();
+    let notes: Mutex<Vec<SourceError>> = Mutex::new(Vec::new());
     let mut stats = RestoreStats::default();
 
     let dirs_cache = DirCache::new(&root, opts.overwrite);
@@ -285,7 +328,7 @@ pub fn run(
 
     let files: Vec<&(PathBuf, &TreeEntry)> = planned
         .iter()
-        .filter(|(_, e)| e.kind == EntryType::File)
+        .filter(|(_, e)| e.kind == EntryType::File && e.hardlink.is_none())
         .collect();
     let next = AtomicUsize::new(0);
     let first_err: Mutex<Option<Error>> = Mutex::new(None);
@@ -323,8 +366,12 @@ pub fn run(
                             &parent,
                             name,
                             e,
-                            chown,
-                            owner,
+                            Meta {
+                                chown,
+                                owner,
+                                names: &names,
+                                notes: &notes,
+                            },
                             opts.overwrite,
                             &opts.progress,
                         )
@@ -449,7 +496,8 @@ pub fn run(
             .symlink(e.target.as_deref().unwrap_or_default(), &tmp)
             .map_err(|err| Error::io(format!("create symlink {}", shown.display()), err))?;
         if chown {
-            let _ = parent.chown_nofollow(&tmp, e.uid, e.gid);
+            let (uid, gid) = owner_of(&names, e);
+            let _ = parent.chown_nofollow(&tmp, uid, gid);
         }
         let _ = parent.set_times_nofollow(&tmp, e.mtime_ns);
         if let Err(err) = parent.rename_to(&tmp, &parent, name) {
@@ -462,22 +510,125 @@ pub fn run(
         stats.symlinks += 1;
     }
 
+    // Hard links, to the files restored above (by their paths in the point).
+    let restored: std::collections::HashSet<Vec<u8>> = written
+        .iter()
+        .map(|(i, _)| files[*i].1.path_bytes())
+        .collect();
+    for (rel, e) in planned.iter().filter(|(_, e)| e.hardlink.is_some()) {
+        let first = e.hardlink.as_deref().unwrap_or_default();
+        let first_rel = match safe_rel_path(first) {
+            Ok(r) if restored.contains(first) => r,
+            _ => {
+                stats.failed.push(SourceError {
+                    path: e.display_path(),
+                    error: format!(
+                        "a hard link to {}, which was not restored",
+                        String::from_utf8_lossy(first)
+                    ),
+                });
+                continue;
+            }
+        };
+        let parent = dirs_cache.get(rel.parent().unwrap_or(Path::new("")))?;
+        let name = rel.file_name().expect("a normal last component");
+        check_dest(&parent, name, opts.overwrite)?;
+        let src_dir = dirs_cache.get(first_rel.parent().unwrap_or(Path::new("")))?;
+        let tmp = tmp_name();
+        let shown = parent.path().join(name);
+        parent
+            .link_from(
+                &src_dir,
+                first_rel.file_name().expect("a normal last component"),
+                &tmp,
+            )
+            .map_err(|err| Error::io(format!("create hard link {}", shown.display()), err))?;
+        if let Err(err) = parent.rename_to(&tmp, &parent, name) {
+            let _ = parent.unlink(&tmp);
+            return Err(Error::io(
+                format!("create hard link {}", shown.display()),
+                err,
+            ));
+        }
+        stats.hardlinks += 1;
+    }
+
+    // FIFOs and device nodes (devices only as root).
+    for (rel, e) in planned.iter().filter(|(_, e)| {
+        matches!(
+            e.kind,
+            EntryType::Fifo | EntryType::Chardev | EntryType::Blockdev
+        )
+    }) {
+        let kind = match e.kind {
+            EntryType::Fifo => rustix::fs::FileType::Fifo,
+            EntryType::Chardev => rustix::fs::FileType::CharacterDevice,
+            _ => rustix::fs::FileType::BlockDevice,
+        };
+        if kind != rustix::fs::FileType::Fifo && !chown {
+            notes.lock().unwrap().push(SourceError {
+                path: e.display_path(),
+                error: "device node not recreated (needs root)".into(),
+            });
+            continue;
+        }
+        let parent = dirs_cache.get(rel.parent().unwrap_or(Path::new("")))?;
+        let name = rel.file_name().expect("a normal last component");
+        check_dest(&parent, name, opts.overwrite)?;
+        let tmp = tmp_name();
+        let shown = parent.path().join(name);
+        let res = (|| -> std::io::Result<()> {
+            parent.mknod(&tmp, kind, 0o600, e.rdev)?;
+            let owner_set = chown && {
+                let (uid, gid) = owner_of(&names, e);
+                parent.chown_nofollow(&tmp, uid, gid).is_ok()
+            };
+            parent.chmod_at(&tmp, final_mode(e, owner_set))?;
+            parent.set_times_nofollow(&tmp, e.mtime_ns)?;
+            parent.rename_to(&tmp, &parent, name)
+        })();
+        if let Err(err) = res {
+            let _ = parent.unlink(&tmp);
+            return Err(Error::io(format!("create {}", shown.display()), err));
+        }
+        stats.special += 1;
+    }
+
     // Directory metadata last, deepest first, so writing children does not change it.
     let mut dirs: Vec<&(PathBuf, &TreeEntry)> = planned
         .iter()
         .filter(|(_, e)| e.kind == EntryType::Dir)
         .collect();
     dirs.sort_by_key(|(rel, _)| std::cmp::Reverse(rel.components().count()));
-    for (rel, e) in dirs {
-        let d = dirs_cache.get(rel)?;
-        let shown = || opts.target.join(rel).display().to_string();
-        let owner_set = chown && fsx::fchown(d.fd(), e.uid, e.gid).is_ok();
+    let set_dir = |d: &DirHandle, e: &TreeEntry, shown: &dyn Fn() -> String| -> Result<()> {
+        let owner_set = chown && {
+            let (uid, gid) = owner_of(&names, e);
+            fsx::fchown(d.fd(), uid, gid).is_ok()
+        };
         fsx::fchmod(d.fd(), final_mode(e, owner_set))
             .map_err(|err| Error::io(format!("set mode of {}", shown()), err))?;
+        set_xattrs(d.fd(), e, chown, &notes);
         fsx::futimens(d.fd(), e.mtime_ns)
-            .map_err(|err| Error::io(format!("set times of {}", shown()), err))?;
+            .map_err(|err| Error::io(format!("set times of {}", shown()), err))
+    };
+    for (rel, e) in dirs {
+        let d = dirs_cache.get(rel)?;
+        set_dir(&d, e, &|| opts.target.join(rel).display().to_string())?;
     }
+    // The source root's own metadata goes to the target directory (a whole restore only).
+    if let (Some(r), true) = (&point.body.root, opts.include.is_empty()) {
+        set_dir(&root, r, &|| opts.target.display().to_string())?;
+    }
+    stats.skipped = notes.into_inner().unwrap();
     Ok(stats)
+}
+
+/// How a restored file gets its owner, and where notes go.
+struct Meta<'a> {
+    chown: bool,
+    owner: (u32, u32),
+    names: &'a super::owners::Names,
+    notes: &'a Mutex<Vec<SourceError>>,
 }
 
 /// Writes one file under a new `O_EXCL` temporary name in its directory (0600), every chunk
@@ -491,11 +642,16 @@ fn write_file(
     parent: &DirHandle,
     name: &OsStr,
     e: &TreeEntry,
-    chown: bool,
-    owner: (u32, u32),
+    meta: Meta<'_>,
     overwrite: bool,
     progress: &ProgressBar,
 ) -> Result<(u64, String)> {
+    let Meta {
+        chown,
+        owner,
+        names,
+        notes,
+    } = meta;
     if overwrite {
         // The target was empty otherwise: nothing can be in the way but what we restore.
         check_dest(parent, name, overwrite)?;
@@ -527,9 +683,11 @@ fn write_file(
             ));
         }
         // New files already belong to this process: only root changes owners.
-        let owner_set = chown && ((e.uid, e.gid) == owner || fsx::fchown(&f, e.uid, e.gid).is_ok());
+        let want = owner_of(names, e);
+        let owner_set = chown && (want == owner || fsx::fchown(&f, want.0, want.1).is_ok());
         fsx::fchmod(&f, final_mode(e, owner_set))
             .map_err(|err| Error::io(format!("set mode of {}", dest.display()), err))?;
+        set_xattrs(&f, e, chown, notes);
         fsx::futimens(&f, e.mtime_ns)
             .map_err(|err| Error::io(format!("set times of {}", dest.display()), err))?;
         Ok(n)

@@ -978,9 +978,15 @@ pub struct PointBody {
     /// The file index (JSON lines of [`TreeEntry`]) as a list of chunk ids.
     pub tree: Vec<Id32>,
     pub tree_bytes: u64,
-    /// Files that could not be read.
+    /// Files that could not be read (or changed while read).
     #[serde(default)]
     pub errors: Vec<SourceError>,
+    /// Entries deliberately not backed up (sockets, ...), with the reason.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub skipped: Vec<SourceError>,
+    /// The source root's own metadata (mode, owner, times, xattrs), for a tree point.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub root: Option<TreeEntry>,
 }
 
 #[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq)]
@@ -989,6 +995,11 @@ pub enum EntryType {
     File,
     Dir,
     Symlink,
+    /// A named pipe (recreated empty).
+    Fifo,
+    /// Character and block device nodes (`rdev`; recreated by root).
+    Chardev,
+    Blockdev,
 }
 
 /// One line of a recovery point's file index.
@@ -1015,6 +1026,54 @@ pub struct TreeEntry {
     pub target: Option<Vec<u8>>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub chunks: Vec<Id32>,
+    /// Device number of a `chardev`/`blockdev` entry.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub rdev: u64,
+    /// Owner and group names (when the backing-up machine knew them).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub group: Option<String>,
+    /// Extended attributes, POSIX ACLs among them (`system.posix_acl_access`/`_default`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub xattrs: Vec<Xattr>,
+    /// A `file` entry that is a hard link to an earlier entry: that entry's path bytes. It
+    /// has no chunks of its own.
+    #[serde(default, skip_serializing_if = "Option::is_none", with = "opt_b64")]
+    pub hardlink: Option<Vec<u8>>,
+}
+
+/// One extended attribute.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Xattr {
+    pub name: String,
+    #[serde(with = "b64")]
+    pub value: Vec<u8>,
+}
+
+impl TreeEntry {
+    /// An entry of `kind` at `path` with everything else empty.
+    pub fn new(path: String, path_b64: Option<Vec<u8>>, kind: EntryType) -> TreeEntry {
+        TreeEntry {
+            path,
+            path_b64,
+            kind,
+            mode: 0,
+            uid: 0,
+            gid: 0,
+            mtime_ns: 0,
+            size: 0,
+            inode: 0,
+            ctime_ns: 0,
+            target: None,
+            chunks: Vec::new(),
+            rdev: 0,
+            user: None,
+            group: None,
+            xattrs: Vec::new(),
+            hardlink: None,
+        }
+    }
 }
 
 mod opt_b64 {
@@ -1277,12 +1336,14 @@ mod tests {
                           chunks in proptest::collection::vec(arb_id32(), 0..4),
                           mtime in any::<i64>(), mode in any::<u32>()) {
             let mut entries: Vec<TreeEntry> = paths.into_iter().map(|p| TreeEntry {
-                path: p, path_b64: None, kind: EntryType::File, mode, uid: 1, gid: 2,
-                mtime_ns: mtime as i128 * 7, size: 3, inode: 4, ctime_ns: -5,
-                target: None, chunks: chunks.clone() }).collect();
-            entries.push(TreeEntry { path: String::new(), path_b64: Some(raw.clone()),
-                kind: EntryType::Symlink, mode, uid: 0, gid: 0, mtime_ns: 0, size: 0, inode: 0,
-                ctime_ns: 0, target: Some(raw), chunks: vec![] });
+                mode, uid: 1, gid: 2, mtime_ns: mtime as i128 * 7, size: 3, inode: 4,
+                ctime_ns: -5, chunks: chunks.clone(), user: Some("alice".into()),
+                xattrs: vec![Xattr { name: "user.k".into(), value: raw.clone() }],
+                ..TreeEntry::new(p, None, EntryType::File) }).collect();
+            entries.push(TreeEntry { mode, target: Some(raw.clone()), hardlink: Some(raw.clone()),
+                ..TreeEntry::new(String::new(), Some(raw.clone()), EntryType::Symlink) });
+            entries.push(TreeEntry { rdev: 0x0103, group: Some("disk".into()),
+                ..TreeEntry::new("dev/null".into(), None, EntryType::Chardev) });
             prop_assert_eq!(decode_tree(&encode_tree(&entries)).unwrap(), entries);
         }
 

@@ -268,6 +268,57 @@ impl DirHandle {
         Ok(())
     }
 
+    /// Creates a FIFO or a device node (`kind`: Fifo, CharacterDevice, BlockDevice).
+    pub fn mknod(
+        &self,
+        name: impl AsRef<OsStr>,
+        kind: FileType,
+        mode: u32,
+        rdev: u64,
+    ) -> io::Result<()> {
+        check_name(name.as_ref())?;
+        rfs::mknodat(
+            &self.fd,
+            name.as_ref(),
+            kind,
+            Mode::from_raw_mode(mode),
+            rdev,
+        )?;
+        Ok(())
+    }
+
+    /// Makes `to` (in this directory) a hard link of `from` in `src`, never following a
+    /// symlink.
+    pub fn link_from(
+        &self,
+        src: &DirHandle,
+        from: impl AsRef<OsStr>,
+        to: impl AsRef<OsStr>,
+    ) -> io::Result<()> {
+        check_name(from.as_ref())?;
+        check_name(to.as_ref())?;
+        rfs::linkat(
+            &src.fd,
+            from.as_ref(),
+            &self.fd,
+            to.as_ref(),
+            AtFlags::empty(),
+        )?;
+        Ok(())
+    }
+
+    /// Sets the mode of an entry that is not a symlink (FIFOs, device nodes).
+    pub fn chmod_at(&self, name: impl AsRef<OsStr>, mode: u32) -> io::Result<()> {
+        check_name(name.as_ref())?;
+        rfs::chmodat(
+            &self.fd,
+            name.as_ref(),
+            Mode::from_raw_mode(mode),
+            AtFlags::empty(),
+        )?;
+        Ok(())
+    }
+
     /// fchmod/fchown/futimens on the directory itself.
     pub fn fd(&self) -> impl AsFd + '_ {
         &self.fd
@@ -328,6 +379,64 @@ pub fn euid_egid() -> (u32, u32) {
 /// True if this process runs as root (effective uid 0).
 pub fn is_root() -> bool {
     rustix::process::geteuid().is_root()
+}
+
+/// Extended attributes read from one entry: those kept (name, value), and names that are not
+/// UTF-8 (reported, not kept).
+pub type Xattrs = (Vec<(String, Vec<u8>)>, Vec<Vec<u8>>);
+
+/// Whether arca keeps an extended attribute of this name: `user.*`, `security.*`,
+/// `trusted.*` and the POSIX ACLs (`system.posix_acl_access`, `system.posix_acl_default`).
+pub fn xattr_kept(name: &[u8]) -> bool {
+    name.starts_with(b"user.")
+        || name.starts_with(b"security.")
+        || name.starts_with(b"trusted.")
+        || name == b"system.posix_acl_access"
+        || name == b"system.posix_acl_default"
+}
+
+/// The extended attributes of `path` (a symlink itself, not what it points to) that arca
+/// keeps, sorted by name. Names that are not UTF-8 are returned in `odd`.
+pub fn read_xattrs(path: &Path) -> io::Result<Xattrs> {
+    let mut out = Vec::new();
+    let mut odd = Vec::new();
+    let n = match rfs::llistxattr_query(path) {
+        Ok(n) => n,
+        Err(e) if e == rustix::io::Errno::NOTSUP || e == rustix::io::Errno::NOSYS => {
+            return Ok((out, odd))
+        }
+        Err(e) => return Err(e.into()),
+    };
+    if n == 0 {
+        return Ok((out, odd));
+    }
+    let mut names = vec![0u8; n.min(1 << 20)];
+    let got = rfs::llistxattr(path, &mut names[..])?;
+    for name in names[..got].split(|b| *b == 0).filter(|n| !n.is_empty()) {
+        if !xattr_kept(name) {
+            continue;
+        }
+        let size = match rfs::lgetxattr_query(path, name) {
+            Ok(s) => s,
+            Err(e) if e == rustix::io::Errno::NODATA => continue,
+            Err(e) => return Err(e.into()),
+        };
+        let mut v = vec![0u8; size.min(1 << 20)];
+        let len = rfs::lgetxattr(path, name, &mut v[..])?;
+        v.truncate(len);
+        match std::str::from_utf8(name) {
+            Ok(s) => out.push((s.to_string(), v)),
+            Err(_) => odd.push(name.to_vec()),
+        }
+    }
+    out.sort();
+    Ok((out, odd))
+}
+
+/// Sets an extended attribute on an open file or directory.
+pub fn set_xattr(fd: impl AsFd, name: &str, value: &[u8]) -> io::Result<()> {
+    rfs::fsetxattr(fd, name, value, rfs::XattrFlags::empty())?;
+    Ok(())
 }
 
 #[cfg(test)]
