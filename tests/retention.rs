@@ -570,3 +570,74 @@ fn streams_are_their_own_series() {
     .ok();
     assert_eq!(fs::read(t3.join("db.sql")).unwrap(), d3);
 }
+
+#[test]
+fn points_of_a_retired_key_generation_keep_serving_kept_points_after_forget_and_prune() {
+    // A passphrase job: one backup, a password rotation (generation 2), an incremental that
+    // shares most chunks with the first point; then the first point is forgotten and pruned.
+    let env = Env::new();
+    let src = env.path("src");
+    write(&src.join("big"), &rnd(800_000, 700, false));
+    write(&src.join("small"), &rnd(10_000, 701, false));
+    env.passphrase_job("g", &src, "old passphrase");
+    let first = env.run(&["--json", "backup", "g"]).ok().json()["point_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    env.run_env(
+        &["password", "rotate", "g"],
+        &[("ARCA_NEW_PASSPHRASE", "new passphrase")],
+    )
+    .ok();
+    write(&src.join("small"), &rnd(10_000, 702, false));
+    let b = env.run(&["--json", "backup", "g"]).ok().json();
+    assert_eq!(b["full"], false);
+    let f = env
+        .run(&[
+            "--json",
+            "forget",
+            "g",
+            "--keep-last",
+            "1",
+            "--prune",
+            "--max-unused",
+            "0",
+        ])
+        .ok()
+        .json();
+    assert_eq!(ids(f["removed"].as_array().unwrap()), [first.as_str()]);
+    // The first point's record stays (forgotten): its generation-1 data key opens the chunks
+    // of `big`, which the kept point uses.
+    assert!(env
+        .path("repo")
+        .join(format!("points/{first}.json"))
+        .exists());
+    let c = env
+        .run(&["--json", "check", "g", "--read-data"])
+        .ok()
+        .json();
+    assert_eq!(c["unused_bytes"], 0, "{c}");
+    let t = env.path("t");
+    env.run(&["-q", "restore", "g", "--target", t.to_str().unwrap()])
+        .ok();
+    assert_eq!(manifest(&t), manifest(&src));
+    // Only the new passphrase is needed, also after a reinstall (no catalog).
+    let fresh = env.path("fresh-catalog.db");
+    let t2 = env.path("t2");
+    env.run_env(
+        &[
+            "-q",
+            "--catalog",
+            fresh.to_str().unwrap(),
+            "restore",
+            "g",
+            "--repo",
+            env.path("repo").to_str().unwrap(),
+            "--target",
+            t2.to_str().unwrap(),
+        ],
+        &[("ARCA_PASSPHRASE", "new passphrase")],
+    )
+    .ok();
+    assert_eq!(manifest(&t2), manifest(&src));
+}
