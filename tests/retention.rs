@@ -641,3 +641,67 @@ fn points_of_a_retired_key_generation_keep_serving_kept_points_after_forget_and_
     .ok();
     assert_eq!(manifest(&t2), manifest(&src));
 }
+
+#[test]
+fn prune_of_a_whole_repository_covers_every_job() {
+    let j = Job::new();
+    write(&j.src.join("a"), &rnd(300_000, 800, false));
+    j.backup();
+    write(&j.src.join("a"), &rnd(300_000, 801, false));
+    j.backup();
+    // A second job in the same repository, with a killed backup.
+    let src2 = j.env.path("src2");
+    write(&src2.join("x"), &rnd(200_000, 802, false));
+    let key2 = j.env.key_job("other", &src2, &j.repo);
+    let key2 = key2.to_str().unwrap();
+    j.env.run(&["--key-file", key2, "backup", "other"]).ok();
+    write(&src2.join("y"), &rnd(2_000_000, 803, false));
+    let r = j
+        .env
+        .cmd(&["--key-file", key2, "-q", "backup", "other"])
+        .env("ARCA_FAULT_AFTER_WRITES", "1")
+        .env("ARCA_FAULT_SIGNAL", "KILL")
+        .output()
+        .unwrap();
+    assert_eq!(r.status.signal(), Some(9));
+    j.arca(&["forget", "j", "--keep-last", "1"]).ok();
+    let dry = j
+        .arca(&[
+            "--json",
+            "prune",
+            "--repo",
+            j.repo.to_str().unwrap(),
+            "--dry-run",
+        ])
+        .ok()
+        .json();
+    assert_eq!(dry["stats"]["leftover_packs"], 1, "{dry}");
+    assert_eq!(dry["stats"]["forgotten_points_removed"], 1, "{dry}");
+    let before = pack_bytes(&j.repo);
+    let p = j
+        .arca(&["--json", "prune", "--repo", j.repo.to_str().unwrap()])
+        .ok()
+        .json();
+    assert_eq!(
+        before - pack_bytes(&j.repo),
+        p["stats"]["reclaimed_bytes"].as_u64().unwrap()
+    );
+    assert_eq!(
+        p["stats"]["reclaimed_bytes"], dry["stats"]["reclaimed_bytes"],
+        "the dry run estimated something else"
+    );
+    j.check_clean();
+    let c = j
+        .env
+        .run(&[
+            "--key-file",
+            key2,
+            "--json",
+            "check",
+            "other",
+            "--read-data",
+        ])
+        .ok()
+        .json();
+    assert_eq!(c["unreferenced_packs"], 0);
+}

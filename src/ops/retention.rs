@@ -486,9 +486,22 @@ async fn prune_locked(
 ) -> Result<PruneReport> {
     let repo = &handles[0].repo;
     let mut ocs: Vec<(OpenChain, Vec<PointRecord>)> = Vec::new();
+    let mut problems = Vec::new();
     for h in handles {
         for c in chains_with_records(cat, h)? {
-            let (oc, _) = open_chain(s, cat, h, &c, None, false).await?;
+            let oc = match open_chain(s, cat, h, &c, None, false).await {
+                Ok((oc, _)) => oc,
+                // Repository-wide, a job whose keys are not at hand is left alone (its
+                // points' packs are not leftovers); for one named job it is an error.
+                Err(e) if handles.len() > 1 => {
+                    problems.push(format!(
+                        "job '{}': its keys did not resolve ({e}); nothing of it is pruned",
+                        h.job.name
+                    ));
+                    continue;
+                }
+                Err(e) => return Err(e),
+            };
             let recs = chain_points(repo, &h.job.job_id, &c)?;
             ocs.push((oc, recs));
         }
@@ -504,7 +517,7 @@ async fn prune_locked(
         })
         .collect();
     let plan = prune::plan(repo, &inputs, limits)?;
-    let problems = plan.problems.clone();
+    problems.extend(plan.problems.iter().cloned());
     let stats = if dry_run {
         plan.estimate()
     } else {
