@@ -935,6 +935,8 @@ fn a_tree_length_of_u64_max_under_a_valid_key_is_an_error_not_a_panic() {
             errors: vec![],
             skipped: vec![],
             root: None,
+            users: Default::default(),
+            groups: Default::default(),
         };
         assert!(read_tree(&mut reader, &body).is_err());
     }

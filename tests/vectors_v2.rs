@@ -229,6 +229,8 @@ fn compute() -> Value {
         errors: vec![],
         skipped: vec![],
         root: None,
+        users: Default::default(),
+        groups: Default::default(),
     };
     let body_json = serde_json::to_vec(&body).unwrap();
     let body_key = data_key.derive(context::POINT_BODY);

@@ -543,8 +543,14 @@ pub async fn ls(ctx: &Ctx, a: LsArgs) -> Result<i32> {
                 .target
                 .as_ref()
                 .map(|t| String::from_utf8_lossy(t).into_owned()),
-            user: e.user.clone().unwrap_or_else(|| e.uid.to_string()),
-            group: e.group.clone().unwrap_or_else(|| e.gid.to_string()),
+            user: op
+                .body
+                .user(e.uid)
+                .map_or_else(|| e.uid.to_string(), str::to_string),
+            group: op
+                .body
+                .group(e.gid)
+                .map_or_else(|| e.gid.to_string(), str::to_string),
             hardlink: e
                 .hardlink
                 .as_ref()

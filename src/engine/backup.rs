@@ -259,7 +259,6 @@ const TORN_RETRIES: u32 = 2;
 struct Walker<'a, 'b> {
     chunker: Chunker<'a>,
     filter: super::filter::Compiled,
-    names: super::owners::Names,
     /// (device, inode) of files with more than one link → the path first recorded.
     links: HashMap<(u64, u64), Vec<u8>>,
     skipped: Vec<SourceError>,
@@ -283,11 +282,16 @@ impl Walker<'_, '_> {
         });
     }
 
-    /// Owner names and extended attributes (ACLs among them) of an entry.
-    fn describe(&mut self, abs: &Path, e: &mut TreeEntry) {
-        e.user = self.names.user(e.uid);
-        e.group = self.names.group(e.gid);
-        match crate::repo::fsx::read_xattrs(abs) {
+    /// Owner names and extended attributes (ACLs among them) of an entry, read from `file`
+    /// when it is open (no second path lookup), else from its path.
+    fn describe(&mut self, abs: &Path, e: &mut TreeEntry, file: Option<&fs::File>) {
+        use crate::repo::fsx::{read_xattrs, XattrSource};
+        use std::os::fd::AsFd;
+        let src = match file {
+            Some(f) => XattrSource::Fd(f.as_fd()),
+            None => XattrSource::Path(abs),
+        };
+        match read_xattrs(src) {
             Ok((kept, odd)) => {
                 e.xattrs = kept
                     .into_iter()
@@ -362,7 +366,7 @@ impl Walker<'_, '_> {
             }
             self.chunker.stats.dirs += 1;
             let mut e = entry_from_meta(rel, EntryType::Dir, &m);
-            self.describe(abs, &mut e);
+            self.describe(abs, &mut e, None);
             self.entries.push(e);
             match contents {
                 DirContents::All => self.walk_dir(abs, rel),
@@ -383,8 +387,6 @@ impl Walker<'_, '_> {
                 Ok(t) => {
                     let mut e = entry_from_meta(rel, EntryType::Symlink, &m);
                     e.target = Some(t.as_os_str().as_bytes().to_vec());
-                    e.user = self.names.user(e.uid);
-                    e.group = self.names.group(e.gid);
                     self.chunker.stats.symlinks += 1;
                     self.entries.push(e);
                 }
@@ -397,8 +399,6 @@ impl Walker<'_, '_> {
                     let mut e = entry_from_meta(rel, EntryType::File, &m);
                     e.hardlink = Some(first.clone());
                     e.size = m.len();
-                    e.user = self.names.user(e.uid);
-                    e.group = self.names.group(e.gid);
                     self.chunker.stats.files += 1;
                     self.entries.push(e);
                     return;
@@ -427,7 +427,7 @@ impl Walker<'_, '_> {
             };
             let mut e = entry_from_meta(rel, kind, &m);
             e.rdev = m.rdev();
-            self.describe(abs, &mut e);
+            self.describe(abs, &mut e, None);
             self.entries.push(e);
         }
     }
@@ -445,7 +445,9 @@ impl Walker<'_, '_> {
             if unchanged {
                 e.size = p.size;
                 e.chunks = p.chunks.clone();
-                self.describe(abs, &mut e);
+                // Setting an attribute changes ctime: an unchanged ctime means the recorded
+                // attributes still hold (no syscalls needed).
+                e.xattrs = p.xattrs.clone();
                 self.chunker.stats.files += 1;
                 self.chunker.stats.files_unchanged += 1;
                 self.chunker.stats.bytes_total += e.size;
@@ -491,7 +493,7 @@ impl Walker<'_, '_> {
                         meta = after;
                     }
                     let mut e = entry_from_meta(rel, EntryType::File, &meta);
-                    self.describe(abs, &mut e);
+                    self.describe(abs, &mut e, Some(&f));
                     self.chunker.status.add(1, 0);
                     e.size = n;
                     e.chunks = ids;
@@ -687,7 +689,6 @@ pub fn run(
     let mut w = Walker {
         chunker,
         filter: opts.filter.clone(),
-        names: super::owners::Names::load(),
         links: HashMap::new(),
         skipped: Vec::new(),
         parent,
@@ -705,7 +706,7 @@ pub fn run(
             if m.is_dir() {
                 // The root's own metadata is kept in the body.
                 let mut r = entry_from_meta(b"", EntryType::Dir, &m);
-                w.describe(root, &mut r);
+                w.describe(root, &mut r, None);
                 root_entry = Some(r);
                 w.walk_dir(root, b"");
             } else {
@@ -750,6 +751,26 @@ pub fn run(
         }
     }
 
+    // Owner and group names, once per id.
+    let (mut users, mut groups) = (
+        std::collections::BTreeMap::new(),
+        std::collections::BTreeMap::new(),
+    );
+    if !w.entries.is_empty() {
+        let names = super::owners::Names::load();
+        for e in w.entries.iter().chain(root_entry.iter()) {
+            if let std::collections::btree_map::Entry::Vacant(v) = users.entry(e.uid) {
+                if let Some(n) = names.user(e.uid) {
+                    v.insert(n);
+                }
+            }
+            if let std::collections::btree_map::Entry::Vacant(v) = groups.entry(e.gid) {
+                if let Some(n) = names.group(e.gid) {
+                    v.insert(n);
+                }
+            }
+        }
+    }
     // The file index goes through the same pipeline.
     let tree_bytes = encode_tree(&w.entries);
     let mut tree_ids = Vec::new();
@@ -813,6 +834,8 @@ pub fn run(
         errors,
         skipped,
         root: root_entry,
+        users,
+        groups,
     };
     let body_sealer = Sealer::new(&sealers.keys.body);
     let sealed_body = body_sealer.seal(

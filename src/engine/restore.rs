@@ -50,11 +50,17 @@ pub struct RestoreStats {
 
 /// The owner to give an entry: its recorded names mapped to this machine's ids when they
 /// exist here, else the recorded ids.
-fn owner_of(names: &super::owners::Names, e: &TreeEntry) -> (u32, u32) {
+fn owner_of(names: &Owners<'_>, e: &TreeEntry) -> (u32, u32) {
     (
-        names.uid(e.user.as_deref(), e.uid),
-        names.gid(e.group.as_deref(), e.gid),
+        names.local.uid(names.body.user(e.uid), e.uid),
+        names.local.gid(names.body.group(e.gid), e.gid),
     )
+}
+
+/// The names the point recorded, and this machine's.
+struct Owners<'a> {
+    body: &'a PointBody,
+    local: super::owners::Names,
 }
 
 /// Sets an entry's extended attributes on its open handle. `user.*` and the POSIX ACLs are
@@ -316,7 +322,10 @@ pub fn run(
     let root = DirHandle::open_root(&opts.target)
         .map_err(|e| Error::io(format!("open {}", opts.target.display()), e))?;
     let chown = fsx::is_root();
-    let names = super::owners::Names::load();
+    let names = Owners {
+        body: &point.body,
+        local: super::owners::Names::load(),
+    };
     let notes: Mutex<Vec<SourceError>> = Mutex::new(Vec::new());
     let mut stats = RestoreStats::default();
 
@@ -627,7 +636,7 @@ pub fn run(
 struct Meta<'a> {
     chown: bool,
     owner: (u32, u32),
-    names: &'a super::owners::Names,
+    names: &'a Owners<'a>,
     notes: &'a Mutex<Vec<SourceError>>,
 }
 
@@ -663,19 +672,24 @@ fn write_file(
         .map_err(|err| Error::io(format!("create {}", dest.display()), err))?;
     let res = (|| -> Result<u64> {
         let mut n = 0u64;
+        // Where the last byte written ends (holes after it need the length set).
+        let mut end = 0u64;
         for id in &e.chunks {
             if let Some(signal) = crate::signals::requested() {
                 return Err(interrupted(signal, Path::new("the target")));
             }
             let data = reader.read(id)?;
-            write_sparse(&f, &data, n)
-                .map_err(|err| Error::io(format!("write {}", dest.display()), err))?;
+            end = write_sparse(&f, &data, n)
+                .map_err(|err| Error::io(format!("write {}", dest.display()), err))?
+                .unwrap_or(end);
             n += data.len() as u64;
             progress.inc(data.len() as u64);
         }
         // Trailing holes: the length comes from the size, not from a write.
-        f.set_len(n)
-            .map_err(|err| Error::io(format!("write {}", dest.display()), err))?;
+        if end < n {
+            f.set_len(n)
+                .map_err(|err| Error::io(format!("write {}", dest.display()), err))?;
+        }
         if n != e.size {
             return Err(Error::integrity(
                 format!("file {}", e.display_path()),
@@ -704,10 +718,11 @@ fn write_file(
 
 /// Holes are not written: blocks of zeros (4 KiB, aligned in the file) are skipped, so a
 /// sparse file comes back sparse (GNU tar's `--sparse` detection, on restore).
-fn write_sparse(f: &std::fs::File, data: &[u8], at: u64) -> std::io::Result<()> {
+fn write_sparse(f: &std::fs::File, data: &[u8], at: u64) -> std::io::Result<Option<u64>> {
     use std::os::unix::fs::FileExt;
     const BLOCK: u64 = 4096;
     let mut i = 0usize;
+    let mut written_end = None;
     while i < data.len() {
         let pos = at + i as u64;
         let end = (((pos / BLOCK) + 1) * BLOCK - at).min(data.len() as u64) as usize;
@@ -724,12 +739,13 @@ fn write_sparse(f: &std::fs::File, data: &[u8], at: u64) -> std::io::Result<()> 
                 j = e;
             }
             f.write_all_at(&data[i..j], pos)?;
+            written_end = Some(at + j as u64);
             i = j;
         } else {
             i = end;
         }
     }
-    Ok(())
+    Ok(written_end)
 }
 
 #[cfg(test)]

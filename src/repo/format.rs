@@ -1,5 +1,6 @@
 //! Format objects: each one's serializer and parser side by side. docs/FORMAT.md is the spec.
 
+use std::collections::BTreeMap;
 use std::fmt;
 
 use serde::{Deserialize, Serialize};
@@ -987,6 +988,22 @@ pub struct PointBody {
     /// The source root's own metadata (mode, owner, times, xattrs), for a tree point.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub root: Option<TreeEntry>,
+    /// Names of the owners and groups the file index uses (by id), where the backing-up
+    /// machine knew them.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub users: BTreeMap<u32, String>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub groups: BTreeMap<u32, String>,
+}
+
+impl PointBody {
+    /// The recorded name of a uid / gid.
+    pub fn user(&self, uid: u32) -> Option<&str> {
+        self.users.get(&uid).map(String::as_str)
+    }
+    pub fn group(&self, gid: u32) -> Option<&str> {
+        self.groups.get(&gid).map(String::as_str)
+    }
 }
 
 #[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq)]
@@ -1029,11 +1046,6 @@ pub struct TreeEntry {
     /// Device number of a `chardev`/`blockdev` entry.
     #[serde(default, skip_serializing_if = "is_zero")]
     pub rdev: u64,
-    /// Owner and group names (when the backing-up machine knew them).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub user: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub group: Option<String>,
     /// Extended attributes, POSIX ACLs among them (`system.posix_acl_access`/`_default`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub xattrs: Vec<Xattr>,
@@ -1068,8 +1080,6 @@ impl TreeEntry {
             target: None,
             chunks: Vec::new(),
             rdev: 0,
-            user: None,
-            group: None,
             xattrs: Vec::new(),
             hardlink: None,
         }
@@ -1337,12 +1347,12 @@ mod tests {
                           mtime in any::<i64>(), mode in any::<u32>()) {
             let mut entries: Vec<TreeEntry> = paths.into_iter().map(|p| TreeEntry {
                 mode, uid: 1, gid: 2, mtime_ns: mtime as i128 * 7, size: 3, inode: 4,
-                ctime_ns: -5, chunks: chunks.clone(), user: Some("alice".into()),
+                ctime_ns: -5, chunks: chunks.clone(),
                 xattrs: vec![Xattr { name: "user.k".into(), value: raw.clone() }],
                 ..TreeEntry::new(p, None, EntryType::File) }).collect();
             entries.push(TreeEntry { mode, target: Some(raw.clone()), hardlink: Some(raw.clone()),
                 ..TreeEntry::new(String::new(), Some(raw.clone()), EntryType::Symlink) });
-            entries.push(TreeEntry { rdev: 0x0103, group: Some("disk".into()),
+            entries.push(TreeEntry { rdev: 0x0103,
                 ..TreeEntry::new("dev/null".into(), None, EntryType::Chardev) });
             prop_assert_eq!(decode_tree(&encode_tree(&entries)).unwrap(), entries);
         }

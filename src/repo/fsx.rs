@@ -395,12 +395,47 @@ pub fn xattr_kept(name: &[u8]) -> bool {
         || name == b"system.posix_acl_default"
 }
 
-/// The extended attributes of `path` (a symlink itself, not what it points to) that arca
-/// keeps, sorted by name. Names that are not UTF-8 are returned in `odd`.
-pub fn read_xattrs(path: &Path) -> io::Result<Xattrs> {
+/// Where extended attributes are read from: a path (a symlink itself, never followed) or an
+/// open file.
+#[derive(Clone, Copy)]
+pub enum XattrSource<'a> {
+    Path(&'a Path),
+    Fd(std::os::fd::BorrowedFd<'a>),
+}
+
+impl XattrSource<'_> {
+    fn list_len(self) -> rustix::io::Result<usize> {
+        match self {
+            XattrSource::Path(p) => rfs::llistxattr_query(p),
+            XattrSource::Fd(f) => rfs::flistxattr_query(f),
+        }
+    }
+    fn list(self, buf: &mut [u8]) -> rustix::io::Result<usize> {
+        match self {
+            XattrSource::Path(p) => rfs::llistxattr(p, buf),
+            XattrSource::Fd(f) => rfs::flistxattr(f, buf),
+        }
+    }
+    fn value_len(self, name: &[u8]) -> rustix::io::Result<usize> {
+        match self {
+            XattrSource::Path(p) => rfs::lgetxattr_query(p, name),
+            XattrSource::Fd(f) => rfs::fgetxattr_query(f, name),
+        }
+    }
+    fn value(self, name: &[u8], buf: &mut [u8]) -> rustix::io::Result<usize> {
+        match self {
+            XattrSource::Path(p) => rfs::lgetxattr(p, name, buf),
+            XattrSource::Fd(f) => rfs::fgetxattr(f, name, buf),
+        }
+    }
+}
+
+/// The extended attributes arca keeps, sorted by name. Names that are not UTF-8 are
+/// returned apart (reported, not kept).
+pub fn read_xattrs(src: XattrSource<'_>) -> io::Result<Xattrs> {
     let mut out = Vec::new();
     let mut odd = Vec::new();
-    let n = match rfs::llistxattr_query(path) {
+    let n = match src.list_len() {
         Ok(n) => n,
         Err(e) if e == rustix::io::Errno::NOTSUP || e == rustix::io::Errno::NOSYS => {
             return Ok((out, odd))
@@ -411,18 +446,18 @@ pub fn read_xattrs(path: &Path) -> io::Result<Xattrs> {
         return Ok((out, odd));
     }
     let mut names = vec![0u8; n.min(1 << 20)];
-    let got = rfs::llistxattr(path, &mut names[..])?;
+    let got = src.list(&mut names[..])?;
     for name in names[..got].split(|b| *b == 0).filter(|n| !n.is_empty()) {
         if !xattr_kept(name) {
             continue;
         }
-        let size = match rfs::lgetxattr_query(path, name) {
+        let size = match src.value_len(name) {
             Ok(s) => s,
             Err(e) if e == rustix::io::Errno::NODATA => continue,
             Err(e) => return Err(e.into()),
         };
         let mut v = vec![0u8; size.min(1 << 20)];
-        let len = rfs::lgetxattr(path, name, &mut v[..])?;
+        let len = src.value(name, &mut v[..])?;
         v.truncate(len);
         match std::str::from_utf8(name) {
             Ok(s) => out.push((s.to_string(), v)),
