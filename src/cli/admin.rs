@@ -375,7 +375,7 @@ pub async fn quickstart(ctx: &Ctx, a: QuickstartArgs) -> Result<i32> {
             name: a.job.clone(),
             stdin: false,
             stdin_name: None,
-            compression: 3,
+            compression: super::backup::DEFAULT_COMPRESSION,
             filters: Default::default(),
         },
     )
