@@ -1248,7 +1248,16 @@ pub fn encode_payload(data: &[u8], level: i32) -> Vec<u8> {
 
 /// [`encode_payload`] with a reusable compression context.
 pub fn encode_payload_with(z: &mut zstd::bulk::Compressor<'_>, data: &[u8]) -> Vec<u8> {
-    if data.len() >= 64 {
+    // A large chunk whose middle does not compress (media, archives, encrypted data) is
+    // stored raw without compressing all of it: one 8 KiB probe instead of a full pass.
+    const PROBE: usize = 8 * 1024;
+    let incompressible = data.len() >= 16 * PROBE && {
+        let mid = data.len() / 2;
+        z.compress(&data[mid..mid + PROBE])
+            .map(|c| c.len() + PROBE / 32 >= PROBE)
+            .unwrap_or(false)
+    };
+    if data.len() >= 64 && !incompressible {
         if let Ok(c) = z.compress(data) {
             if c.len() + data.len() / 32 < data.len() {
                 let mut out = Vec::with_capacity(c.len() + 1);
@@ -1309,6 +1318,23 @@ mod tests {
     }
     fn arb_id16() -> impl Strategy<Value = Id16> {
         any::<[u8; 16]>().prop_map(Id16)
+    }
+
+    #[test]
+    fn incompressible_chunks_are_stored_raw_after_a_probe() {
+        let mut random = vec![0u8; 256 * 1024];
+        blake3::Hasher::new()
+            .update(b"seed")
+            .finalize_xof()
+            .fill(&mut random);
+        let text = b"INSERT INTO t VALUES (1, 'arca');\n".repeat(8000);
+        let p = encode_payload(&random, 1);
+        assert_eq!(p[0], PAYLOAD_RAW);
+        assert_eq!(decode_payload(&p, random.len()).unwrap(), random);
+        let p = encode_payload(&text, 1);
+        assert_eq!(p[0], PAYLOAD_ZSTD);
+        assert!(p.len() < text.len() / 10);
+        assert_eq!(decode_payload(&p, text.len()).unwrap(), text);
     }
 
     proptest! {
