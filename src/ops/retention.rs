@@ -383,8 +383,7 @@ pub async fn forget(s: &Session, name: &str, req: ForgetRequest) -> Result<Forge
         remove.push(p);
     }
     if req.dry_run {
-        if let Some(limits) = req.prune {
-            let _ = limits;
+        if req.prune.is_some() {
             report.prune = Some(PruneReport {
                 dry_run: true,
                 stats: None,
