@@ -110,6 +110,46 @@ fn unchanged_tree_adds_under_one_percent_and_is_not_reread() {
     assert_eq!(third["files_unchanged"], 400);
 }
 
+/// The parent's file index is read along with the walk, in walk order: names whose bytewise
+/// order differs from it (`a-b` sorts before `a/x` bytewise, after it in a walk), names that
+/// are not UTF-8, and an index long enough to span many chunks must all still be found.
+#[test]
+fn unchanged_files_are_found_in_walk_order_across_many_index_chunks() {
+    use std::os::unix::ffi::OsStrExt;
+    let env = Env::new();
+    let src = env.path("src");
+    let names = ["a", "a-b", "a.c", "a0", "A", "a b", "ab"];
+    let mut files = 0;
+    for top in names {
+        for sub in names {
+            for i in 0..60 {
+                write(&src.join(top).join(sub).join(format!("f{i}")), b"x");
+                files += 1;
+            }
+        }
+        write(&src.join(format!("{top}-file")), b"y");
+        files += 1;
+    }
+    let odd = std::ffi::OsStr::from_bytes(b"caf\xe9");
+    write(&src.join("a").join(odd), b"z");
+    write(&src.join(odd).join("inner"), b"w");
+    files += 2;
+    env.passphrase_job("j", &src, PASS);
+    let first = env.run(&["--json", "backup", "j"]).ok().json();
+    assert_eq!(first["files"], files);
+    let second = env.run(&["--json", "backup", "j"]).ok().json();
+    assert_eq!(second["files_unchanged"], files, "{second}");
+    assert_eq!(second["read_bytes"], 0);
+    assert_eq!(
+        second["new_bytes"], 0,
+        "the file index is the same chunks again"
+    );
+    write(&src.join("a-b/a/f7"), b"changed");
+    let third = env.run(&["--json", "backup", "j"]).ok().json();
+    assert_eq!(third["files_unchanged"], files - 1);
+    assert_eq!(third["read_bytes"], 7);
+}
+
 #[test]
 fn stdin_backup_roundtrip() {
     let env = Env::new();

@@ -855,9 +855,8 @@ async fn chunk_lengths(repo: &Path, pass: &str) -> Vec<u32> {
     let pts = r.list_points(&job.job_id).unwrap();
     let idx = arca::engine::ChainIndex::load(&r, &oc, &pts).unwrap();
     let mut locs: Vec<_> = idx
-        .map
-        .values()
-        .map(|l| (l.pack, l.offset, l.raw_len))
+        .iter()
+        .map(|(_, l)| (l.pack, l.offset, l.raw_len))
         .collect();
     locs.sort();
     locs.into_iter()
@@ -918,11 +917,7 @@ fn a_tree_length_of_u64_max_under_a_valid_key_is_an_error_not_a_panic() {
     let repo = arca::repo::Repository::init(&d.path().join("r"), false).unwrap();
     let chain_key = SecretKey::random();
     let idk = ChunkIdKey::from_chain_key(&chain_key);
-    let idx = ChainIndex {
-        map: Default::default(),
-        packs: vec![],
-        points: vec![],
-    };
+    let idx = ChainIndex::empty();
     let mut reader = ChunkReader::new(&repo, &idx, &idk);
     for tree_bytes in [u64::MAX, 1 << 36] {
         let body = PointBody {

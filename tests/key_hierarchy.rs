@@ -96,7 +96,7 @@ async fn data_keys_single_use_and_nonces_unique() {
         .collect();
     let mut nonces: HashMap<u32, HashSet<[u8; 12]>> = HashMap::new();
     let mut files = HashMap::new();
-    for (id, loc) in &idx.map {
+    for (id, loc) in idx.iter() {
         let nonce = by_point[&loc.point].nonce(&id.0);
         assert!(
             nonces.entry(loc.point).or_default().insert(nonce),
@@ -114,7 +114,7 @@ async fn data_keys_single_use_and_nonces_unique() {
     }
     assert_eq!(
         nonces.values().map(|s| s.len()).sum::<usize>(),
-        idx.map.len()
+        idx.len()
     );
     assert!(nonces.len() >= 6, "every point wrote new chunks");
 }
@@ -132,7 +132,7 @@ async fn chunk_ids_are_keyed_per_chain() {
         .with_gear(oc.gear.clone());
     let first = cdc.split(&src)[0];
     let keyed = arca::repo::format::Id32(oc.idk.id(first));
-    assert!(idx.map.contains_key(&keyed));
+    assert!(idx.contains(&keyed));
     let plain = arca::repo::format::Id32(*blake3::hash(first).as_bytes());
-    assert!(!idx.map.contains_key(&plain));
+    assert!(!idx.contains(&plain));
 }

@@ -16,7 +16,7 @@ use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use aes_gcm::aead::rand_core::RngCore;
-use aes_gcm::aead::{Aead, KeyInit, OsRng, Payload};
+use aes_gcm::aead::{Aead, AeadInPlace, KeyInit, OsRng, Payload};
 use aes_gcm::{Aes256Gcm, Nonce};
 use secrecy::{ExposeSecret, SecretBox};
 use zeroize::Zeroize;
@@ -522,6 +522,24 @@ impl Sealer {
     pub fn sealed_count(&self) -> u64 {
         self.counter.load(Ordering::Relaxed)
     }
+
+    /// [`Sealer::seal`] without a second buffer: `buf` is `NONCE_LEN` bytes of room followed
+    /// by the plaintext, and becomes `nonce || ciphertext || tag` (for large objects such as
+    /// the index of a point with millions of chunks).
+    pub fn seal_in_place(&self, aad: &[u8], mut buf: Vec<u8>) -> Vec<u8> {
+        assert!(buf.len() >= NONCE_LEN, "no room for the nonce");
+        let n = self.counter.fetch_add(1, Ordering::Relaxed);
+        assert!(n < u64::MAX, "nonce counter exhausted");
+        let mut nonce = [0u8; NONCE_LEN];
+        nonce[4..].copy_from_slice(&n.to_be_bytes());
+        let tag = self
+            .cipher
+            .encrypt_in_place_detached(Nonce::from_slice(&nonce), aad, &mut buf[NONCE_LEN..])
+            .expect("AES-GCM encryption cannot fail for inputs below 64 GiB");
+        buf[..NONCE_LEN].copy_from_slice(&nonce);
+        buf.extend_from_slice(&tag);
+        buf
+    }
 }
 
 fn seal_raw(cipher: &Aes256Gcm, nonce: [u8; NONCE_LEN], aad: &[u8], pt: &[u8]) -> Vec<u8> {
@@ -611,6 +629,34 @@ impl Opener {
     }
 }
 
+/// [`open`] without a second buffer: decrypts `sealed` where it lies and returns it as the
+/// plaintext (for large objects).
+pub fn open_in_place(
+    key: &SecretKey,
+    aad: &[u8],
+    mut sealed: Vec<u8>,
+) -> Result<Vec<u8>, CryptoError> {
+    if sealed.len() < SEAL_OVERHEAD {
+        return Err(CryptoError::Malformed(
+            "sealed object shorter than nonce and tag",
+        ));
+    }
+    let tag_at = sealed.len() - TAG_LEN;
+    let (head, tag) = sealed.split_at_mut(tag_at);
+    let (nonce, ct) = head.split_at_mut(NONCE_LEN);
+    key.cipher()
+        .decrypt_in_place_detached(
+            Nonce::from_slice(nonce),
+            aad,
+            ct,
+            aes_gcm::Tag::from_slice(tag),
+        )
+        .map_err(|_| CryptoError::Tampered)?;
+    sealed.truncate(tag_at);
+    sealed.drain(..NONCE_LEN);
+    Ok(sealed)
+}
+
 /// One-shot [`Opener::open`].
 pub fn open(key: &SecretKey, aad: &[u8], sealed: &[u8]) -> Result<Vec<u8>, CryptoError> {
     Opener::new(key).open(aad, sealed)
@@ -678,6 +724,23 @@ impl Default for ContentHasher {
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    #[test]
+    fn in_place_seal_and_open_match_the_copying_ones() {
+        let key = SecretKey::random();
+        let pt: Vec<u8> = (0..10_000u32).map(|i| (i * 7) as u8).collect();
+        let copied = Sealer::new(&key).seal(b"aad", &pt);
+        let mut buf = vec![0u8; NONCE_LEN];
+        buf.extend_from_slice(&pt);
+        let in_place = Sealer::new(&key).seal_in_place(b"aad", buf);
+        assert_eq!(copied, in_place);
+        assert_eq!(open_in_place(&key, b"aad", in_place.clone()).unwrap(), pt);
+        assert!(open_in_place(&key, b"other", in_place.clone()).is_err());
+        let mut bad = in_place;
+        bad[NONCE_LEN + 5] ^= 1;
+        assert!(open_in_place(&key, b"aad", bad).is_err());
+        assert!(open_in_place(&key, b"aad", vec![0; SEAL_OVERHEAD - 1]).is_err());
+    }
 
     #[test]
     fn wrap_roundtrip_and_wrong_key() {

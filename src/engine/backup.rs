@@ -140,8 +140,129 @@ struct SealedChunk {
 }
 
 struct WriterResult {
-    entries: Vec<IndexEntry>,
+    /// The point's index plaintext as it is built: room for the nonce, the record count,
+    /// then one record per chunk written (80 bytes each, no other list of them is kept).
+    index: Vec<u8>,
     bytes_stored: u64,
+}
+
+/// The chunks the chain holds already, and those this run has sent to be stored.
+struct Known<'a> {
+    index: &'a ChainIndex,
+    fresh: HashSet<Id32>,
+}
+
+impl Known<'_> {
+    fn contains(&self, id: &Id32) -> bool {
+        self.fresh.contains(id) || self.index.contains(id)
+    }
+
+    /// True the first time `id` is seen (its chunk must be stored).
+    fn insert(&mut self, id: Id32) -> bool {
+        !self.index.contains(&id) && self.fresh.insert(id)
+    }
+}
+
+/// The parent point's file index, read along with the walk: both are in the same order
+/// (depth first, names sorted bytewise), so one pass over it finds each file's earlier
+/// entry and memory does not grow with the number of files.
+struct ParentCursor<'a> {
+    stream: Option<TreeStream<'a>>,
+    next: Option<TreeEntry>,
+    error: Option<Error>,
+}
+
+/// The order of the walk: path components compared one by one (so `a/x` comes before
+/// `a-b`, as `a`'s contents are walked right after `a`).
+fn walk_order(a: &[u8], b: &[u8]) -> std::cmp::Ordering {
+    a.split(|c| *c == b'/').cmp(b.split(|c| *c == b'/'))
+}
+
+impl ParentCursor<'_> {
+    /// The parent's entry of `rel`; `rel` must come after every path asked before.
+    fn find(&mut self, rel: &[u8]) -> Option<TreeEntry> {
+        loop {
+            if self.next.is_none() {
+                match self.stream.as_mut()?.next() {
+                    Some(Ok(e)) => self.next = Some(e),
+                    Some(Err(e)) => {
+                        self.error = Some(e);
+                        self.stream = None;
+                        return None;
+                    }
+                    None => {
+                        self.stream = None;
+                        return None;
+                    }
+                }
+            }
+            let p = self.next.as_ref().expect("just read");
+            match walk_order(&p.path_bytes(), rel) {
+                std::cmp::Ordering::Less => self.next = None,
+                std::cmp::Ordering::Equal => return self.next.take(),
+                std::cmp::Ordering::Greater => return None,
+            }
+        }
+    }
+}
+
+/// The file index being written: entries are encoded as they come and cut into chunks
+/// (content-defined, as if the whole index were split at once) that join the data pipeline.
+struct TreeOut {
+    cdc: CdcParams,
+    pending: Vec<u8>,
+    ids: Vec<Id32>,
+    bytes: u64,
+    entries: u64,
+    uids: std::collections::BTreeSet<u32>,
+    gids: std::collections::BTreeSet<u32>,
+}
+
+impl TreeOut {
+    /// False if the pipeline has stopped.
+    fn push(&mut self, e: &TreeEntry, c: &mut Chunker<'_>) -> bool {
+        self.uids.insert(e.uid);
+        self.gids.insert(e.gid);
+        let before = self.pending.len();
+        serde_json::to_writer(&mut self.pending, e).expect("tree entry serializes");
+        self.pending.push(b'\n');
+        self.bytes += (self.pending.len() - before) as u64;
+        self.entries += 1;
+        if self.pending.len() >= 4 * TREE_CHUNK_MAX as usize {
+            return self.cut(c, false);
+        }
+        true
+    }
+
+    /// Sends the chunks no later entry can change (all that is left, when `last`).
+    fn cut(&mut self, c: &mut Chunker<'_>, last: bool) -> bool {
+        let ids = &mut self.ids;
+        cut_ready(&self.cdc, &mut self.pending, last, |chunk| {
+            Chunker::put(c.idk, &mut c.known, &c.tx, &mut c.stats, chunk, ids)
+        })
+    }
+}
+
+/// Hands `emit` the chunks of `pending` that later bytes cannot change (those that start at
+/// least a maximum chunk size before its end; all of them when `last`) and removes them.
+/// Cut this way as bytes arrive, a stream gets the chunks it would get split at once.
+/// Returns false as soon as `emit` does.
+fn cut_ready(
+    cdc: &CdcParams,
+    pending: &mut Vec<u8>,
+    last: bool,
+    mut emit: impl FnMut(&[u8]) -> bool,
+) -> bool {
+    let max = cdc.max_size();
+    let mut at = 0;
+    let mut alive = true;
+    while alive && at < pending.len() && (last || pending.len() - at >= max) {
+        let n = cdc.cut(&pending[at..]);
+        alive = emit(&pending[at..at + n]);
+        at += n;
+    }
+    pending.drain(..at);
+    alive
 }
 
 /// Sink for chunks: dedups, and hands new ones to the workers.
@@ -149,7 +270,7 @@ struct Chunker<'a> {
     idk: &'a ChunkIdKey,
     cdc: CdcParams,
     buf: Vec<u8>,
-    known: HashSet<Id32>,
+    known: Known<'a>,
     tx: Sender<Work>,
     stats: PointStats,
     progress: &'a ProgressBar,
@@ -160,7 +281,7 @@ impl Chunker<'_> {
     /// Returns false if the pipeline has stopped (the writer failed).
     fn put(
         idk: &ChunkIdKey,
-        known: &mut HashSet<Id32>,
+        known: &mut Known<'_>,
         tx: &Sender<Work>,
         stats: &mut PointStats,
         data: &[u8],
@@ -262,8 +383,8 @@ struct Walker<'a, 'b> {
     /// (device, inode) of files with more than one link → the path first recorded.
     links: HashMap<(u64, u64), Vec<u8>>,
     skipped: Vec<SourceError>,
-    parent: HashMap<Vec<u8>, TreeEntry>,
-    entries: Vec<TreeEntry>,
+    parent: ParentCursor<'a>,
+    tree: TreeOut,
     errors: Vec<SourceError>,
     /// The pipeline failed (the writer stopped): nothing more can be stored.
     stopped: bool,
@@ -273,6 +394,13 @@ struct Walker<'a, 'b> {
 }
 
 impl Walker<'_, '_> {
+    /// Records an entry in the file index.
+    fn push(&mut self, e: TreeEntry) {
+        if !self.tree.push(&e, &mut self.chunker) {
+            self.stopped = true;
+        }
+    }
+
     fn error(&mut self, path: &Path, e: impl std::fmt::Display) {
         // Listed once, in the command's summary (and in the point).
         tracing::debug!("cannot read {}: {e}", path.display());
@@ -367,7 +495,7 @@ impl Walker<'_, '_> {
             self.chunker.stats.dirs += 1;
             let mut e = entry_from_meta(rel, EntryType::Dir, &m);
             self.describe(abs, &mut e, None);
-            self.entries.push(e);
+            self.push(e);
             match contents {
                 DirContents::All => self.walk_dir(abs, rel),
                 DirContents::TagOnly => {
@@ -388,7 +516,7 @@ impl Walker<'_, '_> {
                     let mut e = entry_from_meta(rel, EntryType::Symlink, &m);
                     e.target = Some(t.as_os_str().as_bytes().to_vec());
                     self.chunker.stats.symlinks += 1;
-                    self.entries.push(e);
+                    self.push(e);
                 }
                 Err(e) => self.error(abs, e),
             }
@@ -400,7 +528,7 @@ impl Walker<'_, '_> {
                     e.hardlink = Some(first.clone());
                     e.size = m.len();
                     self.chunker.stats.files += 1;
-                    self.entries.push(e);
+                    self.push(e);
                     return;
                 }
                 self.links.insert((m.dev(), m.ino()), rel.to_vec());
@@ -428,13 +556,13 @@ impl Walker<'_, '_> {
             let mut e = entry_from_meta(rel, kind, &m);
             e.rdev = m.rdev();
             self.describe(abs, &mut e, None);
-            self.entries.push(e);
+            self.push(e);
         }
     }
 
     fn file(&mut self, abs: &Path, rel: &[u8], m: &fs::Metadata) {
         let mut e = entry_from_meta(rel, EntryType::File, m);
-        if let Some(p) = self.parent.get(rel) {
+        if let Some(p) = self.parent.find(rel) {
             let unchanged = p.kind == EntryType::File
                 && p.hardlink.is_none()
                 && p.size == m.size()
@@ -444,16 +572,16 @@ impl Walker<'_, '_> {
                 && p.chunks.iter().all(|c| self.chunker.known.contains(c));
             if unchanged {
                 e.size = p.size;
-                e.chunks = p.chunks.clone();
+                e.chunks = p.chunks;
                 // Setting an attribute changes ctime: an unchanged ctime means the recorded
                 // attributes still hold (no syscalls needed).
-                e.xattrs = p.xattrs.clone();
+                e.xattrs = p.xattrs;
                 self.chunker.stats.files += 1;
                 self.chunker.stats.files_unchanged += 1;
                 self.chunker.stats.bytes_total += e.size;
                 self.chunker.progress.inc(e.size);
                 self.chunker.status.add(1, e.size);
-                self.entries.push(e);
+                self.push(e);
                 return;
             }
         }
@@ -499,7 +627,7 @@ impl Walker<'_, '_> {
                     e.chunks = ids;
                     self.chunker.stats.files += 1;
                     self.chunker.stats.bytes_total += n;
-                    self.entries.push(e);
+                    self.push(e);
                     return;
                 }
                 Err(err) if err == "pipeline stopped" => self.stopped = true,
@@ -554,7 +682,7 @@ fn run_writer(
         .name("arca-pack-writer".into())
         .spawn(move || {
             let mut res = WriterResult {
-                entries: Vec::new(),
+                index: vec![0; crate::crypto::NONCE_LEN + 4],
                 bytes_stored: 0,
             };
             let mut pack = PackBuilder::new(&place.point_id, PACK_TARGET + CHUNK_MAX as usize, 2);
@@ -563,13 +691,18 @@ fn run_writer(
                 repo.0.write_pack(&fin.id, &fin.bytes)?;
                 crate::fault::wrote("backup: pack written");
                 res.bytes_stored += fin.bytes.len() as u64;
-                res.entries.extend(fin.entries.iter().map(|e| IndexEntry {
-                    chunk_id: e.chunk_id,
-                    pack_id: fin.id,
-                    offset: e.offset,
-                    length: e.length,
-                    raw_len: e.raw_len,
-                }));
+                for e in &fin.entries {
+                    push_index_record(
+                        &mut res.index,
+                        &IndexEntry {
+                            chunk_id: e.chunk_id,
+                            pack_id: fin.id,
+                            offset: e.offset,
+                            length: e.length,
+                            raw_len: e.raw_len,
+                        },
+                    );
+                }
                 Ok(())
             };
             for c in rx {
@@ -637,16 +770,18 @@ pub fn run(
         .rev()
         .find(|p| !p.is_forgotten() && p.source_kind.as_deref().is_none_or(|k| k == "tree"))
         .cloned();
-    let mut parent = HashMap::new();
-    if let (Some(p), Source::Tree(_)) = (&parent_rec, &opts.source) {
-        let (_, body) = open_point(oc, p)?;
-        let mut reader = ChunkReader::new(&repo, &index, &oc.idk);
-        for e in read_tree(&mut reader, &body)? {
-            parent.insert(e.path_bytes(), e);
-        }
-    }
-    let known: HashSet<Id32> = index.map.keys().copied().collect();
-    let had_chunks = !known.is_empty();
+    let parent_body = match (&parent_rec, &opts.source) {
+        (Some(p), Source::Tree(_)) => Some(open_point(oc, p)?.1),
+        _ => None,
+    };
+    let parent = ParentCursor {
+        stream: parent_body
+            .as_ref()
+            .map(|b| TreeStream::new(ChunkReader::new(&repo, &index, &oc.idk), b)),
+        next: None,
+        error: None,
+    };
+    let had_chunks = !index.is_empty();
 
     let place = PointPlace {
         repo_id: repo.id(),
@@ -680,7 +815,10 @@ pub fn run(
         idk: &oc.idk,
         cdc: CdcParams::new(CHUNK_MIN, CHUNK_AVG, CHUNK_MAX).with_gear(oc.gear.clone()),
         buf: Vec::new(),
-        known,
+        known: Known {
+            index: &index,
+            fresh: HashSet::new(),
+        },
         tx: work_tx,
         stats: PointStats::default(),
         progress: &opts.progress,
@@ -692,7 +830,16 @@ pub fn run(
         links: HashMap::new(),
         skipped: Vec::new(),
         parent,
-        entries: Vec::new(),
+        tree: TreeOut {
+            cdc: CdcParams::new(TREE_CHUNK_MIN, TREE_CHUNK_AVG, TREE_CHUNK_MAX)
+                .with_gear(oc.gear.clone()),
+            pending: Vec::new(),
+            ids: Vec::new(),
+            bytes: 0,
+            entries: 0,
+            uids: Default::default(),
+            gids: Default::default(),
+        },
         errors: Vec::new(),
         stopped: false,
         interrupted: false,
@@ -737,7 +884,7 @@ pub fn run(
                 e.chunks = ids;
                 w.chunker.stats.files += 1;
                 w.chunker.stats.bytes_total += n;
-                w.entries.push(e);
+                w.push(e);
             }
             Err(err) if err == "pipeline stopped" => w.stopped = true,
             Err(err) if err == INTERRUPTED => w.interrupted = true,
@@ -751,44 +898,35 @@ pub fn run(
         }
     }
 
+    // The rest of the file index goes through the same pipeline.
+    if !w.stopped && !w.tree.cut(&mut w.chunker, true) {
+        w.stopped = true;
+    }
+    if let Some(e) = w.parent.error.take() {
+        return Err(e);
+    }
     // Owner and group names, once per id.
     let (mut users, mut groups) = (
         std::collections::BTreeMap::new(),
         std::collections::BTreeMap::new(),
     );
-    if !w.entries.is_empty() {
+    if w.tree.entries > 0 {
         let names = super::owners::Names::load();
-        for e in w.entries.iter().chain(root_entry.iter()) {
-            if let std::collections::btree_map::Entry::Vacant(v) = users.entry(e.uid) {
-                if let Some(n) = names.user(e.uid) {
-                    v.insert(n);
-                }
-            }
-            if let std::collections::btree_map::Entry::Vacant(v) = groups.entry(e.gid) {
-                if let Some(n) = names.group(e.gid) {
-                    v.insert(n);
-                }
+        let root_ids = root_entry.iter().map(|r| (r.uid, r.gid));
+        for uid in w
+            .tree
+            .uids
+            .iter()
+            .copied()
+            .chain(root_ids.clone().map(|x| x.0))
+        {
+            if let Some(n) = names.user(uid) {
+                users.insert(uid, n);
             }
         }
-    }
-    // The file index goes through the same pipeline.
-    let tree_bytes = encode_tree(&w.entries);
-    let mut tree_ids = Vec::new();
-    if !w.stopped {
-        let c = &mut w.chunker;
-        for data in CdcParams::new(TREE_CHUNK_MIN, TREE_CHUNK_AVG, TREE_CHUNK_MAX)
-            .with_gear(oc.gear.clone())
-            .split(&tree_bytes)
-        {
-            if !Chunker::put(
-                c.idk,
-                &mut c.known,
-                &c.tx,
-                &mut c.stats,
-                data,
-                &mut tree_ids,
-            ) {
-                break;
+        for gid in w.tree.gids.iter().copied().chain(root_ids.map(|x| x.1)) {
+            if let Some(n) = names.group(gid) {
+                groups.insert(gid, n);
             }
         }
     }
@@ -804,10 +942,21 @@ pub fn run(
         chunker,
         errors,
         skipped,
+        tree,
+        parent,
         ..
     } = w;
-    let Chunker { tx, mut stats, .. } = chunker;
+    drop(parent);
+    let Chunker {
+        tx,
+        mut stats,
+        known,
+        ..
+    } = chunker;
     drop(tx);
+    // What only the walk needed goes before the index is sealed (millions of chunks).
+    drop(known);
+    drop(index);
     for h in handles {
         h.join()
             .map_err(|_| Error::Other("a backup worker panicked".into()))?;
@@ -819,18 +968,20 @@ pub fn run(
 
     // Index, then the point file: the rename of the point file commits the backup.
     let index_sealer = Sealer::new(&sealers.keys.index);
+    let mut index_pt = written.index;
+    finish_index(&mut index_pt, crate::crypto::NONCE_LEN);
     repo.write_index(
         &place.point_id,
         2,
-        &index_sealer.seal(&place.index_aad(), &encode_index(&written.entries)),
+        &index_sealer.seal_in_place(&place.index_aad(), index_pt),
     )?;
     let body = PointBody {
         kind: kind.into(),
         source: source_desc,
         hostname: hostname(),
         stats,
-        tree: tree_ids,
-        tree_bytes: tree_bytes.len() as u64,
+        tree: tree.ids,
+        tree_bytes: tree.bytes,
         errors,
         skipped,
         root: root_entry,
@@ -884,4 +1035,51 @@ pub fn hostname() -> String {
         .or_else(|_| fs::read_to_string("/etc/hostname"))
         .map(|s| s.trim().to_string())
         .unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn walk_order_is_depth_first_with_sorted_names() {
+        let mut paths: Vec<&[u8]> = vec![
+            b"a-b", b"a/x/y", b"a", b"a/x", b"a.c/z", b"b", b"a/x-", b"a/w", b"",
+        ];
+        paths.sort_by(|x, y| walk_order(x, y));
+        let want: Vec<&[u8]> = vec![
+            b"", b"a", b"a/w", b"a/x", b"a/x/y", b"a/x-", b"a-b", b"a.c/z", b"b",
+        ];
+        assert_eq!(paths, want);
+    }
+
+    #[test]
+    fn the_file_index_cut_as_it_is_written_equals_the_whole_split_at_once() {
+        let cdc = CdcParams::new(TREE_CHUNK_MIN, TREE_CHUNK_AVG, TREE_CHUNK_MAX);
+        let mut whole = Vec::new();
+        let mut pending = Vec::new();
+        let mut streamed: Vec<Vec<u8>> = Vec::new();
+        let mut cut = |pending: &mut Vec<u8>, last: bool| {
+            assert!(cut_ready(&cdc, pending, last, |c| {
+                streamed.push(c.to_vec());
+                true
+            }));
+        };
+        let mut x = 1u64;
+        for i in 0..60_000u32 {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            let line = format!("{{\"path\":\"d{}/f{i}\",\"n\":{x}}}\n", x % 97);
+            whole.extend_from_slice(line.as_bytes());
+            pending.extend_from_slice(line.as_bytes());
+            if pending.len() >= 4 * TREE_CHUNK_MAX as usize {
+                cut(&mut pending, false);
+            }
+        }
+        cut(&mut pending, true);
+        let at_once: Vec<Vec<u8>> = cdc.split(&whole).into_iter().map(|c| c.to_vec()).collect();
+        assert!(at_once.len() > 10);
+        assert_eq!(streamed, at_once);
+    }
 }

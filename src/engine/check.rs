@@ -96,7 +96,7 @@ pub fn check_chain(
         };
         for e in &tree {
             for c in &e.chunks {
-                if referenced.insert(*c) && !idx.map.contains_key(c) {
+                if referenced.insert(*c) && !idx.contains(c) {
                     report.problem(
                         format!("chunk {c}"),
                         format!(
@@ -111,7 +111,7 @@ pub fn check_chain(
     }
     report.chunks_referenced += referenced.len() as u64;
     let mut sizes: BTreeMap<u32, u64> = BTreeMap::new();
-    for loc in idx.map.values() {
+    for (_, loc) in idx.iter() {
         let end = sizes.entry(loc.pack).or_default();
         *end = (*end).max(loc.offset + loc.length as u64);
     }
@@ -138,7 +138,7 @@ fn read_packs(
 ) {
     // chunk entries by pack
     let mut by_pack: BTreeMap<u32, Vec<(Id32, Loc)>> = BTreeMap::new();
-    for (id, loc) in &idx.map {
+    for (id, loc) in idx.iter() {
         by_pack.entry(loc.pack).or_default().push((*id, *loc));
     }
     for (pack_no, chunks) in by_pack {

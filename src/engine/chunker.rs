@@ -83,6 +83,11 @@ impl CdcParams {
     }
 
     /// All chunks of an in-memory buffer.
+    /// The largest chunk these parameters cut.
+    pub fn max_size(&self) -> usize {
+        self.max
+    }
+
     pub fn split<'a>(&self, mut data: &'a [u8]) -> Vec<&'a [u8]> {
         let mut out = Vec::new();
         while !data.is_empty() {

@@ -305,14 +305,83 @@ pub struct Loc {
 }
 
 /// The chunk index of a chain: every chunk of every (complete) recovery point in it.
+///
+/// Compact for chains of millions of chunks: one sorted array of fixed-size entries (56
+/// bytes a chunk) and a table of where each two-byte id prefix starts, instead of a hash map
+/// of owned keys (about 120 bytes a chunk at its load factor).
 pub struct ChainIndex {
-    pub map: HashMap<Id32, Loc>,
+    /// Sorted by chunk id, one entry per id: the earliest point's.
+    entries: Vec<(Id32, Loc)>,
+    /// `starts[p]..starts[p + 1]`: the entries whose id begins with the two bytes `p`.
+    starts: Vec<u32>,
     pub packs: Vec<Id32>,
     /// Per point: its place and an opener for its chunks and pack headers.
     pub points: Vec<(PointPlace, ChunkOpener, Opener)>,
 }
 
+fn prefix(id: &Id32) -> usize {
+    u16::from_be_bytes([id.0[0], id.0[1]]) as usize
+}
+
 impl ChainIndex {
+    /// An index of no chunks.
+    pub fn empty() -> ChainIndex {
+        ChainIndex {
+            entries: Vec::new(),
+            starts: vec![0; (1 << 16) + 1],
+            packs: Vec::new(),
+            points: Vec::new(),
+        }
+    }
+
+    pub fn get(&self, id: &Id32) -> Option<&Loc> {
+        let p = prefix(id);
+        let (a, b) = (self.starts[p] as usize, self.starts[p + 1] as usize);
+        let slice = &self.entries[a..b];
+        slice
+            .binary_search_by(|(k, _)| k.0.cmp(&id.0))
+            .ok()
+            .map(|i| &slice[i].1)
+    }
+
+    pub fn contains(&self, id: &Id32) -> bool {
+        self.get(id).is_some()
+    }
+
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    /// Every chunk and where it is, by id.
+    pub fn iter(&self) -> impl Iterator<Item = (&Id32, &Loc)> {
+        self.entries.iter().map(|(k, v)| (k, v))
+    }
+
+    /// Sorts the entries, keeps the earliest point's entry of each id (its chunk was
+    /// written first) and builds the prefix table.
+    fn finish(&mut self) {
+        self.entries
+            .sort_unstable_by(|a, b| a.0 .0.cmp(&b.0 .0).then(a.1.point.cmp(&b.1.point)));
+        self.entries.dedup_by(|later, first| later.0 == first.0);
+        self.entries.shrink_to_fit();
+        let mut p = 0usize;
+        for (i, (id, _)) in self.entries.iter().enumerate() {
+            let q = prefix(id);
+            while p <= q {
+                self.starts[p] = i as u32;
+                p += 1;
+            }
+        }
+        while p <= 1 << 16 {
+            self.starts[p] = self.entries.len() as u32;
+            p += 1;
+        }
+    }
+
     /// Loads the index files of `points` (all of one chain). A point whose metadata or index
     /// does not authenticate is left out with a warning: damage stays with what needs it (a
     /// chunk only that point's index listed is then reported missing where it is used).
@@ -329,24 +398,21 @@ impl ChainIndex {
         points: &[PointRecord],
         damaged: &mut dyn FnMut(Error),
     ) -> Result<ChainIndex> {
-        let mut idx = ChainIndex {
-            map: HashMap::new(),
-            packs: Vec::new(),
-            points: Vec::new(),
-        };
+        let mut idx = ChainIndex::empty();
         let mut pack_no: HashMap<Id32, u32> = HashMap::new();
         for p in points.iter().filter(|p| p.chain_id == oc.chain.chain_id) {
-            let loaded = (|| -> Result<(PointKeys, Vec<IndexEntry>)> {
+            let loaded = (|| -> Result<(PointKeys, Vec<u8>)> {
                 let dk = oc.data_key(p)?;
                 let keys = PointKeys::new(&dk, p.place());
                 let sealed = repo.read_index(&p.point_id, p.data_format)?;
                 let obj = || format!("index of recovery point {}", p.point_id);
-                let pt = crypto::open(&keys.index, &p.place().index_aad(), &sealed)
+                // Opened where it lies: an index of millions of chunks is not copied.
+                let pt = crypto::open_in_place(&keys.index, &p.place().index_aad(), sealed)
                     .map_err(|e| Error::integrity(obj(), e))?;
-                let entries = decode_index(&pt).map_err(|e| Error::integrity(obj(), e))?;
-                Ok((keys, entries))
+                index_count(&pt).map_err(|e| Error::integrity(obj(), e))?;
+                Ok((keys, pt))
             })();
-            let (keys, entries) = match loaded {
+            let (keys, pt) = match loaded {
                 Ok(x) => x,
                 Err(e @ Error::Integrity { .. }) => {
                     damaged(e);
@@ -360,20 +426,27 @@ impl ChainIndex {
                 ChunkOpener::new(&keys),
                 Opener::new(&keys.pack_headers),
             ));
-            for e in entries {
+            idx.entries
+                .reserve(index_count(&pt).expect("checked above"));
+            decode_index_with(&pt, |e| {
                 let pack = *pack_no.entry(e.pack_id).or_insert_with(|| {
                     idx.packs.push(e.pack_id);
                     (idx.packs.len() - 1) as u32
                 });
-                idx.map.entry(e.chunk_id).or_insert(Loc {
-                    pack,
-                    point: point_no,
-                    offset: e.offset,
-                    length: e.length,
-                    raw_len: e.raw_len,
-                });
-            }
+                idx.entries.push((
+                    e.chunk_id,
+                    Loc {
+                        pack,
+                        point: point_no,
+                        offset: e.offset,
+                        length: e.length,
+                        raw_len: e.raw_len,
+                    },
+                ));
+            })
+            .expect("checked above");
         }
+        idx.finish();
         Ok(idx)
     }
 }
@@ -402,8 +475,13 @@ impl<'a> ChunkReader<'a> {
         }
     }
 
+    /// A reader of the same chunks with its own open packs.
+    pub fn clone_reader(&self) -> ChunkReader<'a> {
+        ChunkReader::new(self.repo, self.idx, self.idk)
+    }
+
     pub fn read(&mut self, id: &Id32) -> Result<Vec<u8>> {
-        let loc = *self.idx.map.get(id).ok_or_else(|| {
+        let loc = *self.idx.get(id).ok_or_else(|| {
             Error::integrity(
                 format!("chunk {id}"),
                 "not in the index of its chain (missing data)",
@@ -440,24 +518,103 @@ impl<'a> ChunkReader<'a> {
 
 /// Reads a point's file index.
 pub fn read_tree(reader: &mut ChunkReader<'_>, body: &PointBody) -> Result<Vec<TreeEntry>> {
-    // `tree_bytes` comes from the repository: never allocate from it unchecked.
-    let mut bytes = Vec::with_capacity(body.tree_bytes.min(64 << 20) as usize);
-    for id in &body.tree {
-        bytes.extend_from_slice(&reader.read(id)?);
-        if bytes.len() as u64 > body.tree_bytes {
-            return Err(Error::integrity(
-                "file index",
-                "longer than its recorded length",
-            ));
+    TreeStream::new(reader.clone_reader(), body).collect()
+}
+
+/// A point's file index read entry by entry, a chunk at a time: memory stays bounded by a
+/// chunk and an entry whatever the number of files. The recorded length is checked as it
+/// goes (never more) and at the end (never less).
+pub struct TreeStream<'r> {
+    reader: ChunkReader<'r>,
+    ids: std::vec::IntoIter<Id32>,
+    expected: u64,
+    seen: u64,
+    buf: Vec<u8>,
+    pos: usize,
+    done: bool,
+}
+
+/// A file index entry longer than this is refused (no entry of arca's comes close).
+const TREE_LINE_MAX: usize = 64 << 20;
+
+impl<'r> TreeStream<'r> {
+    pub fn new(reader: ChunkReader<'r>, body: &PointBody) -> Self {
+        TreeStream {
+            reader,
+            ids: body.tree.clone().into_iter(),
+            expected: body.tree_bytes,
+            seen: 0,
+            buf: Vec::new(),
+            pos: 0,
+            done: false,
         }
     }
-    if bytes.len() as u64 != body.tree_bytes {
-        return Err(Error::integrity(
-            "file index",
-            "shorter than its recorded length",
-        ));
+
+    fn fail(&mut self, detail: impl std::fmt::Display) -> Option<Result<TreeEntry>> {
+        self.done = true;
+        Some(Err(Error::integrity("file index", detail)))
     }
-    decode_tree(&bytes).map_err(|e| Error::integrity("file index", e))
+
+    fn parse(line: &[u8]) -> Result<TreeEntry> {
+        serde_json::from_slice(line)
+            .map_err(|e| Error::integrity("file index", format!("file index entry: {e}")))
+    }
+}
+
+impl Iterator for TreeStream<'_> {
+    type Item = Result<TreeEntry>;
+
+    fn next(&mut self) -> Option<Result<TreeEntry>> {
+        loop {
+            if self.done {
+                return None;
+            }
+            let rest = &self.buf[self.pos..];
+            if let Some(nl) = rest.iter().position(|b| *b == b'\n') {
+                let at = self.pos;
+                self.pos += nl + 1;
+                if nl == 0 {
+                    continue;
+                }
+                let r = Self::parse(&self.buf[at..at + nl]);
+                if r.is_err() {
+                    self.done = true;
+                }
+                return Some(r);
+            }
+            if rest.len() > TREE_LINE_MAX {
+                return self.fail("an entry longer than 64 MiB");
+            }
+            match self.ids.next() {
+                Some(id) => {
+                    let data = match self.reader.read(&id) {
+                        Ok(d) => d,
+                        Err(e) => {
+                            self.done = true;
+                            return Some(Err(e));
+                        }
+                    };
+                    self.seen += data.len() as u64;
+                    if self.seen > self.expected {
+                        return self.fail("longer than its recorded length");
+                    }
+                    self.buf.drain(..self.pos);
+                    self.pos = 0;
+                    self.buf.extend_from_slice(&data);
+                }
+                None => {
+                    self.done = true;
+                    if self.seen != self.expected {
+                        return self.fail("shorter than its recorded length");
+                    }
+                    if rest.is_empty() {
+                        return None;
+                    }
+                    return Some(Self::parse(&self.buf[self.pos..]));
+                }
+            }
+        }
+    }
 }
 
 /// Changes public fields of a point (e.g. its salt record) and renews its MAC. Nothing is
@@ -504,10 +661,12 @@ impl OpenPoint {
     }
 
     pub fn tree(&self, repo: &Repository, oc: &OpenChain) -> Result<Vec<TreeEntry>> {
-        read_tree(
-            &mut ChunkReader::new(repo, &self.index, &oc.idk),
-            &self.body,
-        )
+        self.tree_stream(repo, oc).collect()
+    }
+
+    /// The point's file index, entry by entry.
+    pub fn tree_stream<'a>(&'a self, repo: &'a Repository, oc: &'a OpenChain) -> TreeStream<'a> {
+        TreeStream::new(ChunkReader::new(repo, &self.index, &oc.idk), &self.body)
     }
 }
 
@@ -527,5 +686,52 @@ impl PointSealers {
             chunks,
             pack_headers,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn loc(point: u32, offset: u64) -> Loc {
+        Loc {
+            pack: 0,
+            point,
+            offset,
+            length: 1,
+            raw_len: 1,
+        }
+    }
+
+    #[test]
+    fn chain_index_finds_every_id_and_no_other() {
+        let mut idx = ChainIndex::empty();
+        let mut ids: Vec<Id32> = (0..20_000u32)
+            .map(|i| Id32(*blake3::hash(&i.to_le_bytes()).as_bytes()))
+            .collect();
+        // The edges of the prefix table.
+        ids.push(Id32([0; 32]));
+        ids.push(Id32([0xff; 32]));
+        for (i, id) in ids.iter().enumerate() {
+            idx.entries.push((*id, loc(1, i as u64)));
+        }
+        // The same id in an earlier point: that entry wins; and in a later one: it loses.
+        idx.entries.push((ids[7], loc(0, 999_999)));
+        idx.entries.push((ids[8], loc(2, 888_888)));
+        idx.finish();
+        assert_eq!(idx.len(), ids.len());
+        for (i, id) in ids.iter().enumerate() {
+            let l = idx.get(id).unwrap_or_else(|| panic!("id {i} not found"));
+            let want = if i == 7 { 999_999 } else { i as u64 };
+            assert_eq!(l.offset, want, "id {i}");
+        }
+        for i in 20_000..30_000u32 {
+            let other = Id32(*blake3::hash(&i.to_le_bytes()).as_bytes());
+            assert!(!idx.contains(&other));
+        }
+        let mut near = ids[3];
+        near.0[31] ^= 1;
+        assert!(!idx.contains(&near));
+        assert!(ChainIndex::empty().get(&ids[0]).is_none());
     }
 }

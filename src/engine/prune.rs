@@ -214,7 +214,7 @@ pub fn plan(repo: &Repository, chains: &[ChainInput<'_>], limits: PruneLimits) -
             continue;
         }
         for c in &referenced {
-            if let Some(loc) = idx.map.get(c) {
+            if let Some(loc) = idx.get(c) {
                 used.insert((idx.packs[loc.pack as usize], loc.offset));
                 used_bytes_total += loc.length as u64;
             }

@@ -222,7 +222,7 @@ pub async fn stats(s: &Session, name: &str, repo: Option<&std::path::Path>) -> R
             for e in crate::engine::read_tree(&mut reader, &body)? {
                 for c in e.chunks {
                     if seen.insert(c) {
-                        if let Some(loc) = index.map.get(&c) {
+                        if let Some(loc) = index.get(&c) {
                             out.unique_bytes += loc.raw_len as u64;
                             out.stored_bytes += loc.length as u64;
                         }
@@ -231,7 +231,7 @@ pub async fn stats(s: &Session, name: &str, repo: Option<&std::path::Path>) -> R
             }
             for c in &body.tree {
                 if seen.insert(*c) {
-                    if let Some(loc) = index.map.get(c) {
+                    if let Some(loc) = index.get(c) {
                         out.unique_bytes += loc.raw_len as u64;
                         out.stored_bytes += loc.length as u64;
                     }

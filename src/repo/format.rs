@@ -1156,37 +1156,62 @@ pub fn encode_index(entries: &[IndexEntry]) -> Vec<u8> {
     let mut out = Vec::with_capacity(4 + entries.len() * INDEX_RECORD_LEN);
     out.extend_from_slice(&(entries.len() as u32).to_le_bytes());
     for e in entries {
-        out.extend_from_slice(&e.chunk_id.0);
-        out.extend_from_slice(&e.pack_id.0);
-        out.extend_from_slice(&e.offset.to_le_bytes());
-        out.extend_from_slice(&e.length.to_le_bytes());
-        out.extend_from_slice(&e.raw_len.to_le_bytes());
+        push_index_record(&mut out, e);
     }
     out
 }
 
 pub fn decode_index(b: &[u8]) -> Result<Vec<IndexEntry>, ParseError> {
+    let mut out = Vec::with_capacity(index_count(b)?);
+    decode_index_with(b, |e| out.push(e))?;
+    Ok(out)
+}
+
+/// The record count of an index plaintext, once its length is checked against it.
+pub fn index_count(b: &[u8]) -> Result<usize, ParseError> {
     if b.len() < 4 {
         return perr("index too short");
     }
     let n = u32::from_le_bytes(b[..4].try_into().unwrap()) as usize;
-    let body = &b[4..];
-    if body.len()
+    if b.len() - 4
         != n.checked_mul(INDEX_RECORD_LEN)
             .ok_or(ParseError("index count".into()))?
     {
         return perr("index length does not match its count");
     }
-    Ok(body
-        .chunks_exact(INDEX_RECORD_LEN)
-        .map(|r| IndexEntry {
+    Ok(n)
+}
+
+/// Hands each record of an index plaintext to `f`, without building a list of them.
+pub fn decode_index_with(b: &[u8], mut f: impl FnMut(IndexEntry)) -> Result<(), ParseError> {
+    index_count(b)?;
+    for r in b[4..].chunks_exact(INDEX_RECORD_LEN) {
+        f(IndexEntry {
             chunk_id: Id32(r[0..32].try_into().unwrap()),
             pack_id: Id32(r[32..64].try_into().unwrap()),
             offset: u64::from_le_bytes(r[64..72].try_into().unwrap()),
             length: u32::from_le_bytes(r[72..76].try_into().unwrap()),
             raw_len: u32::from_le_bytes(r[76..80].try_into().unwrap()),
-        })
-        .collect())
+        });
+    }
+    Ok(())
+}
+
+/// Appends one index record to a plaintext being built (see [`encode_index`]); the count
+/// in front is set by [`finish_index`].
+pub fn push_index_record(out: &mut Vec<u8>, e: &IndexEntry) {
+    out.extend_from_slice(&e.chunk_id.0);
+    out.extend_from_slice(&e.pack_id.0);
+    out.extend_from_slice(&e.offset.to_le_bytes());
+    out.extend_from_slice(&e.length.to_le_bytes());
+    out.extend_from_slice(&e.raw_len.to_le_bytes());
+}
+
+/// Writes the record count of an index plaintext that starts at `out[at..]` with four
+/// bytes of room for it.
+pub fn finish_index(out: &mut [u8], at: usize) {
+    let n = (out.len() - at - 4) / INDEX_RECORD_LEN;
+    out[at..at + 4].copy_from_slice(&(n as u32).to_le_bytes());
 }
 
 pub const PACK_MAGIC: &[u8; 8] = b"ARCAPCK\x01";

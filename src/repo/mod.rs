@@ -447,6 +447,11 @@ impl Repository {
     /// Writes `path/name` atomically: a new file in `tmp/` (0600 or 0640, `O_EXCL`), fsync,
     /// rename into place, fsync of the directory.
     pub fn write_atomic(&self, path: &[&str], name: &str, data: &[u8]) -> Result<()> {
+        self.write_atomic_parts(path, name, &[data])
+    }
+
+    /// [`Repository::write_atomic`] of the concatenation of `parts` (no copy made).
+    pub fn write_atomic_parts(&self, path: &[&str], name: &str, parts: &[&[u8]]) -> Result<()> {
         let tmp_dir = self.sub(&["tmp"], true)?;
         let dest = self.sub(path, true)?;
         let tmp = format!("{}.tmp", Id16::random().hex());
@@ -458,7 +463,9 @@ impl Repository {
                     e,
                 )
             })?;
-            f.write_all(data)
+            parts
+                .iter()
+                .try_for_each(|p| f.write_all(p))
                 .and_then(|_| f.sync_all())
                 .map_err(|e| Error::io(format!("write {}", shown.display()), e))?;
             drop(f);
@@ -817,17 +824,14 @@ impl Repository {
         } else {
             INDEX_MAGIC
         };
-        let mut b = Vec::with_capacity(magic.len() + sealed.len());
-        b.extend_from_slice(magic);
-        b.extend_from_slice(sealed);
-        self.write_atomic(&["index"], &point_id.hex(), &b)
+        self.write_atomic_parts(&["index"], &point_id.hex(), &[magic, sealed])
     }
 
     /// The sealed part of an index file.
     pub fn read_index(&self, point_id: &Id16, data_format: u32) -> Result<Vec<u8>> {
         let what = format!("index of recovery point {point_id}");
         let d = self.sub(&["index"], false)?;
-        let b = d.read_bounded(point_id.hex(), limits::INDEX).map_err(|e| {
+        let mut b = d.read_bounded(point_id.hex(), limits::INDEX).map_err(|e| {
             if e.kind() == std::io::ErrorKind::NotFound {
                 Error::integrity(&what, "missing")
             } else if e.kind() == std::io::ErrorKind::InvalidData || fsx::is_symlink_refusal(&e) {
@@ -844,7 +848,8 @@ impl Repository {
         if !b.starts_with(magic) {
             return Err(Error::integrity(what, "bad magic or version"));
         }
-        Ok(b[magic.len()..].to_vec())
+        b.drain(..magic.len());
+        Ok(b)
     }
 
     // --- packs ---
