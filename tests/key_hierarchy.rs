@@ -112,10 +112,7 @@ async fn data_keys_single_use_and_nonces_unique() {
         let payload = opener.open(id, &place.chunk_aad(id), &sealed).unwrap();
         assert_eq!(sealed.len(), payload.len() + 16);
     }
-    assert_eq!(
-        nonces.values().map(|s| s.len()).sum::<usize>(),
-        idx.len()
-    );
+    assert_eq!(nonces.values().map(|s| s.len()).sum::<usize>(), idx.len());
     assert!(nonces.len() >= 6, "every point wrote new chunks");
 }
 

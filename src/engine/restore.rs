@@ -7,7 +7,7 @@
 
 use std::ffi::OsStr;
 use std::fs;
-use std::os::unix::ffi::OsStrExt;
+use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::os::unix::fs::DirBuilderExt;
 use std::path::{Component, Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -251,14 +251,23 @@ fn interrupted(signal: i32, target: &Path) -> Error {
     }
 }
 
-fn tmp_name() -> String {
+fn tmp_prefix() -> &'static str {
     static PREFIX: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    PREFIX.get_or_init(|| Id16::random().hex()[..16].to_string())
+}
+
+fn tmp_name() -> String {
     static N: AtomicUsize = AtomicUsize::new(0);
-    let p = PREFIX.get_or_init(|| Id16::random().hex()[..16].to_string());
     format!(
-        ".arca-restore-{p}-{}.tmp",
+        ".arca-restore-{}-{}.tmp",
+        tmp_prefix(),
         N.fetch_add(1, Ordering::Relaxed)
     )
+}
+
+/// The temporary name of the `seq`th regular file of a restore (derived, not stored).
+fn tmp_name_for(seq: u64) -> String {
+    format!(".arca-restore-{}-f{seq}.tmp", tmp_prefix())
 }
 
 /// The mode to apply: setuid/setgid only when running as root and the owner was set.
@@ -297,21 +306,38 @@ pub fn run(
     point: &OpenPoint,
     opts: &RestoreOptions,
 ) -> Result<RestoreStats> {
-    let tree = point.tree(repo, oc)?;
-    let selected: Vec<&TreeEntry> = tree
-        .iter()
-        .filter(|e| matches_include(&e.display_path(), &opts.include))
-        .collect();
-    if !opts.include.is_empty() && selected.is_empty() {
+    // The file index is read twice, entry by entry, so memory does not grow with the number
+    // of files. First pass: every path is validated before anything is written; directories,
+    // links and special files are kept (few); regular files are only counted.
+    let is_file = |e: &TreeEntry| e.kind == EntryType::File && e.hardlink.is_none();
+    let mut dirs_planned: Vec<(PathBuf, TreeEntry)> = Vec::new();
+    let mut others: Vec<(PathBuf, TreeEntry)> = Vec::new();
+    let mut link_targets: std::collections::HashSet<Vec<u8>> = Default::default();
+    let mut file_count = 0usize;
+    let mut selected = 0usize;
+    for e in point.tree_stream(repo, oc) {
+        let e = e?;
+        if !matches_include(&e.display_path(), &opts.include) {
+            continue;
+        }
+        selected += 1;
+        let rel = safe_rel_path(&e.path_bytes())?;
+        if is_file(&e) {
+            file_count += 1;
+        } else if e.kind == EntryType::Dir {
+            dirs_planned.push((rel, e));
+        } else {
+            if let Some(first) = &e.hardlink {
+                link_targets.insert(first.clone());
+            }
+            others.push((rel, e));
+        }
+    }
+    if !opts.include.is_empty() && selected == 0 {
         return Err(Error::NotFound(format!(
             "nothing in recovery point {} matches --include {:?}; `arca ls` shows its paths",
             point.record.point_id, opts.include
         )));
-    }
-    // Validate every path before writing anything.
-    let mut planned = Vec::with_capacity(selected.len());
-    for e in &selected {
-        planned.push((safe_rel_path(&e.path_bytes())?, *e));
     }
     check_target(opts)?;
     std::fs::DirBuilder::new()
@@ -330,73 +356,80 @@ pub fn run(
     let mut stats = RestoreStats::default();
 
     let dirs_cache = DirCache::new(&root, opts.overwrite);
-    for (rel, _) in planned.iter().filter(|(_, e)| e.kind == EntryType::Dir) {
+    for (rel, _) in &dirs_planned {
         dirs_cache.get(rel)?;
         stats.dirs += 1;
     }
 
-    let files: Vec<&(PathBuf, &TreeEntry)> = planned
-        .iter()
-        .filter(|(_, e)| e.kind == EntryType::File && e.hardlink.is_none())
-        .collect();
-    let next = AtomicUsize::new(0);
+    // Second pass: regular files go to the workers as they are read from the index.
     let first_err: Mutex<Option<Error>> = Mutex::new(None);
     let bytes = std::sync::atomic::AtomicU64::new(0);
     let files_done = AtomicUsize::new(0);
     let failed: Mutex<Vec<SourceError>> = Mutex::new(Vec::new());
-    // Files written under temporary names, renamed once all are written and durable.
-    let written: Mutex<Vec<(usize, String)>> = Mutex::new(Vec::with_capacity(files.len()));
+    // Files written under temporary names (by sequence number), renamed once all are
+    // written and durable; the path of each, as restored below the target.
+    let written: Mutex<Vec<(u64, Box<[u8]>)>> = Mutex::new(Vec::new());
+    let restored_targets: Mutex<std::collections::HashSet<Vec<u8>>> = Default::default();
     let owner = fsx::euid_egid();
+    let workers = opts.workers.max(1);
+    let set_err = |e: Error| {
+        first_err.lock().unwrap().get_or_insert(e);
+    };
     thread::scope(|s| {
-        for _ in 0..opts.workers.max(1) {
-            s.spawn(|| {
+        let (tx, rx) = crossbeam_channel::bounded::<(u64, PathBuf, TreeEntry)>(workers * 4);
+        for _ in 0..workers {
+            let rx = rx.clone();
+            let (first_err, set_err, written, failed) = (&first_err, &set_err, &written, &failed);
+            let (restored_targets, link_targets) = (&restored_targets, &link_targets);
+            let (bytes, files_done, notes, names, dirs_cache) =
+                (&bytes, &files_done, &notes, &names, &dirs_cache);
+            s.spawn(move || {
                 let mut reader = ChunkReader::new(repo, &point.index, &oc.idk);
                 let mut mine = Vec::new();
-                loop {
+                for (seq, rel, e) in rx {
                     if first_err.lock().unwrap().is_some() {
                         break;
                     }
                     if let Some(signal) = crate::signals::requested() {
-                        first_err
-                            .lock()
-                            .unwrap()
-                            .get_or_insert(interrupted(signal, &opts.target));
+                        set_err(interrupted(signal, &opts.target));
                         break;
                     }
-                    let i = next.fetch_add(1, Ordering::Relaxed);
-                    let Some((rel, e)) = files.get(i).map(|x| (&x.0, x.1)) else {
-                        break;
-                    };
-                    let res = (|| -> Result<(u64, String)> {
+                    let res = (|| -> Result<u64> {
                         let parent = dirs_cache.get(rel.parent().unwrap_or(Path::new("")))?;
                         let name = rel.file_name().expect("a normal last component");
                         write_file(
                             &mut reader,
                             &parent,
                             name,
-                            e,
+                            &tmp_name_for(seq),
+                            &e,
                             Meta {
                                 chown,
                                 owner,
-                                names: &names,
-                                notes: &notes,
+                                names,
+                                notes,
                             },
                             opts.overwrite,
                             &opts.progress,
                         )
                     })();
                     match res {
-                        Ok((n, tmp)) => {
+                        Ok(n) => {
                             bytes.fetch_add(n, Ordering::Relaxed);
                             let done = files_done.fetch_add(1, Ordering::Relaxed) + 1;
                             if !opts.progress.is_hidden() {
                                 opts.progress.set_message(format!(
-                                    "{done}/{} files {}",
-                                    files.len(),
+                                    "{done}/{file_count} files {}",
                                     e.display_path()
                                 ));
                             }
-                            mine.push((i, tmp));
+                            if !link_targets.is_empty() {
+                                let p = e.path_bytes();
+                                if link_targets.contains(&p) {
+                                    restored_targets.lock().unwrap().insert(p);
+                                }
+                            }
+                            mine.push((seq, rel.into_os_string().into_vec().into_boxed_slice()));
                         }
                         Err(Error::Integrity { object, detail }) if opts.partial => {
                             // Its temporary file is gone; the others go on.
@@ -416,7 +449,7 @@ pub fn run(
                                 }
                                 other => other,
                             };
-                            first_err.lock().unwrap().get_or_insert(err);
+                            set_err(err);
                             break;
                         }
                     }
@@ -424,28 +457,46 @@ pub fn run(
                 written.lock().unwrap().extend(mine);
             });
         }
+        drop(rx);
+        let mut seq = 0u64;
+        for e in point.tree_stream(repo, oc) {
+            if first_err.lock().unwrap().is_some() {
+                break;
+            }
+            let e = match e {
+                Ok(e) => e,
+                Err(err) => {
+                    set_err(err);
+                    break;
+                }
+            };
+            if !is_file(&e) || !matches_include(&e.display_path(), &opts.include) {
+                continue;
+            }
+            let rel = match safe_rel_path(&e.path_bytes()) {
+                Ok(r) => r,
+                Err(err) => {
+                    set_err(err);
+                    break;
+                }
+            };
+            if tx.send((seq, rel, e)).is_err() {
+                break; // every worker stopped (an error is recorded)
+            }
+            seq += 1;
+        }
     });
     let mut written = written.into_inner().unwrap();
-    written.sort_unstable();
-    let for_each_parent =
-        |f: &mut dyn FnMut(&DirHandle, &OsStr, &str) -> Result<()>| -> Result<()> {
-            for (i, tmp) in &written {
-                let rel = &files[*i].0;
-                let parent = dirs_cache.get(rel.parent().unwrap_or(Path::new("")))?;
-                f(
-                    &parent,
-                    rel.file_name().expect("a normal last component"),
-                    tmp,
-                )?;
-            }
-            Ok(())
-        };
+    written.sort_unstable_by_key(|w| w.0);
+    let rel_of = |w: &(u64, Box<[u8]>)| PathBuf::from(OsStr::from_bytes(&w.1));
     if let Some(e) = first_err.into_inner().unwrap() {
         // Nothing was renamed yet: remove what was written; existing files are untouched.
-        let _ = for_each_parent(&mut |parent, _, tmp| {
-            let _ = parent.unlink(tmp);
-            Ok(())
-        });
+        for w in &written {
+            let rel = rel_of(w);
+            if let Ok(parent) = dirs_cache.get(rel.parent().unwrap_or(Path::new(""))) {
+                let _ = parent.unlink(tmp_name_for(w.0));
+            }
+        }
         return Err(e);
     }
     // One flush makes every written file durable before any rename (instead of an fsync
@@ -456,28 +507,29 @@ pub fn run(
         written.len()
     ));
     fsx::syncfs(root.fd()).map_err(|e| Error::io(format!("sync {}", opts.target.display()), e))?;
-    let workers = opts.workers.max(1);
     let per = written.len().div_ceil(workers).max(1);
     let rename_err: Mutex<Option<Error>> = Mutex::new(None);
     thread::scope(|s| {
         for part in written.chunks(per) {
-            let (files, cache, rename_err) = (&files, &dirs_cache, &rename_err);
+            let (cache, rename_err, rel_of) = (&dirs_cache, &rename_err, &rel_of);
             s.spawn(move || {
-                for (i, tmp) in part {
-                    let rel = &files[*i].0;
+                for w in part {
+                    let rel = rel_of(w);
                     let r = cache
                         .get(rel.parent().unwrap_or(Path::new("")))
                         .and_then(|parent| {
                             let name = rel.file_name().expect("a normal last component");
-                            parent.rename_to(tmp, &parent, name).map_err(|err| {
-                                Error::io(
-                                    format!(
-                                        "rename into place {}",
-                                        parent.path().join(name).display()
-                                    ),
-                                    err,
-                                )
-                            })
+                            parent
+                                .rename_to(tmp_name_for(w.0), &parent, name)
+                                .map_err(|err| {
+                                    Error::io(
+                                        format!(
+                                            "rename into place {}",
+                                            parent.path().join(name).display()
+                                        ),
+                                        err,
+                                    )
+                                })
                         });
                     if let Err(e) = r {
                         rename_err.lock().unwrap().get_or_insert(e);
@@ -494,6 +546,8 @@ pub fn run(
     stats.failed.sort_by(|a, b| a.path.cmp(&b.path));
     stats.files = written.len() as u64;
     stats.total_bytes = bytes.into_inner();
+    drop(written);
+    let planned = others;
 
     for (rel, e) in planned.iter().filter(|(_, e)| e.kind == EntryType::Symlink) {
         let parent = dirs_cache.get(rel.parent().unwrap_or(Path::new("")))?;
@@ -520,10 +574,7 @@ pub fn run(
     }
 
     // Hard links, to the files restored above (by their paths in the point).
-    let restored: std::collections::HashSet<Vec<u8>> = written
-        .iter()
-        .map(|(i, _)| files[*i].1.path_bytes())
-        .collect();
+    let restored = restored_targets.into_inner().unwrap();
     for (rel, e) in planned.iter().filter(|(_, e)| e.hardlink.is_some()) {
         let first = e.hardlink.as_deref().unwrap_or_default();
         let first_rel = match safe_rel_path(first) {
@@ -604,10 +655,7 @@ pub fn run(
     }
 
     // Directory metadata last, deepest first, so writing children does not change it.
-    let mut dirs: Vec<&(PathBuf, &TreeEntry)> = planned
-        .iter()
-        .filter(|(_, e)| e.kind == EntryType::Dir)
-        .collect();
+    let mut dirs: Vec<&(PathBuf, TreeEntry)> = dirs_planned.iter().collect();
     dirs.sort_by_key(|(rel, _)| std::cmp::Reverse(rel.components().count()));
     let set_dir = |d: &DirHandle, e: &TreeEntry, shown: &dyn Fn() -> String| -> Result<()> {
         let owner_set = chown && {
@@ -650,11 +698,12 @@ fn write_file(
     reader: &mut ChunkReader<'_>,
     parent: &DirHandle,
     name: &OsStr,
+    tmp: &str,
     e: &TreeEntry,
     meta: Meta<'_>,
     overwrite: bool,
     progress: &ProgressBar,
-) -> Result<(u64, String)> {
+) -> Result<u64> {
     let Meta {
         chown,
         owner,
@@ -666,9 +715,8 @@ fn write_file(
         check_dest(parent, name, overwrite)?;
     }
     let dest = parent.path().join(name);
-    let tmp = tmp_name();
     let f = parent
-        .create_excl(&tmp, 0o600)
+        .create_excl(tmp, 0o600)
         .map_err(|err| Error::io(format!("create {}", dest.display()), err))?;
     let res = (|| -> Result<u64> {
         let mut n = 0u64;
@@ -708,9 +756,9 @@ fn write_file(
     })();
     drop(f);
     match res {
-        Ok(n) => Ok((n, tmp)),
+        Ok(n) => Ok(n),
         Err(err) => {
-            let _ = parent.unlink(&tmp);
+            let _ = parent.unlink(tmp);
             Err(err)
         }
     }
