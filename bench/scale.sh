@@ -5,6 +5,7 @@
 #
 #   bench/scale.sh                  # N in 50000 500000 2000000
 #   bench/scale.sh 50000 200000     # other sizes
+#   STREAM_GIB=20 bench/scale.sh    # then a 20 GiB generated stream (bench/stream.sh)
 #
 # The trees are generated (say how: 1,000 files per directory, each file 100 to 4,195 bytes
 # of seeded pseudo-random text, so about 2 KiB on average: 2M files are ~4.3 GB) under
@@ -57,3 +58,6 @@ for n in "${SIZES[@]}"; do
   printf '%s\t%s\t%s\t%s\t%s\t%.2f\t%s\t%s\n' "$n" "$fs" "$fr" "$is" "$ir" "$(echo "$is / $fs" | bc -l)" "$rs" "$rr"
   rm -rf "$DATA/out"
 done
+if [ -n "${STREAM_GIB:-}" ]; then
+  bash bench/stream.sh "$STREAM_GIB"
+fi

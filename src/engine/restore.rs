@@ -251,6 +251,10 @@ fn interrupted(signal: i32, target: &Path) -> Error {
     }
 }
 
+/// At most this many files, or this many bytes, go to a restore worker at once.
+const RESTORE_BATCH_FILES: usize = 64;
+const RESTORE_BATCH_BYTES: u64 = 8 << 20;
+
 fn tmp_prefix() -> &'static str {
     static PREFIX: std::sync::OnceLock<String> = std::sync::OnceLock::new();
     PREFIX.get_or_init(|| Id16::random().hex()[..16].to_string())
@@ -376,7 +380,8 @@ pub fn run(
         first_err.lock().unwrap().get_or_insert(e);
     };
     thread::scope(|s| {
-        let (tx, rx) = crossbeam_channel::bounded::<(u64, PathBuf, TreeEntry)>(workers * 4);
+        // Files go in batches (a channel operation per file costs more than a small file).
+        let (tx, rx) = crossbeam_channel::bounded::<Vec<(u64, PathBuf, TreeEntry)>>(workers * 2);
         for _ in 0..workers {
             let rx = rx.clone();
             let (first_err, set_err, written, failed) = (&first_err, &set_err, &written, &failed);
@@ -386,7 +391,7 @@ pub fn run(
             s.spawn(move || {
                 let mut reader = ChunkReader::new(repo, &point.index, &oc.idk);
                 let mut mine = Vec::new();
-                for (seq, rel, e) in rx {
+                for (seq, rel, e) in rx.iter().flatten() {
                     if first_err.lock().unwrap().is_some() {
                         break;
                     }
@@ -459,6 +464,8 @@ pub fn run(
         }
         drop(rx);
         let mut seq = 0u64;
+        let mut batch = Vec::new();
+        let mut batch_bytes = 0u64;
         for e in point.tree_stream(repo, oc) {
             if first_err.lock().unwrap().is_some() {
                 break;
@@ -480,10 +487,18 @@ pub fn run(
                     break;
                 }
             };
-            if tx.send((seq, rel, e)).is_err() {
-                break; // every worker stopped (an error is recorded)
-            }
+            batch_bytes += e.size;
+            batch.push((seq, rel, e));
             seq += 1;
+            if batch.len() >= RESTORE_BATCH_FILES || batch_bytes >= RESTORE_BATCH_BYTES {
+                batch_bytes = 0;
+                if tx.send(std::mem::take(&mut batch)).is_err() {
+                    break; // every worker stopped (an error is recorded)
+                }
+            }
+        }
+        if !batch.is_empty() {
+            let _ = tx.send(batch);
         }
     });
     let mut written = written.into_inner().unwrap();
