@@ -288,36 +288,46 @@ fn flipped_byte_in_pack_is_found_and_fails_restore_with_13() {
     let repo = env.passphrase_job("nightly", &src, PASS);
     env.run(&["backup", "nightly"]).ok();
     env.run(&["check", "nightly", "--read-data"]).ok();
-    // A byte inside one of a_big.bin's sealed chunks. Workers may seal chunks out of walk
-    // order and packs may share an mtime, so find the pack by trying: flip a byte past the
-    // small chunks, and keep the flip in the pack whose damage a_big.bin's restore reports.
+    // A byte inside one of a_big.bin's sealed chunks. Readers and workers may store chunks
+    // out of walk order and packs may share an mtime, so find the place by trying: flip a
+    // byte at a few places of each pack, and keep the flip whose damage a_big.bin's restore
+    // reports.
     let packs = packs(&repo);
     let probe = env.path("probe");
     let mut victim = None;
-    for p in &packs {
+    'search: for p in &packs {
         let mut b = fs::read(p).unwrap();
         if b.len() < 24 + 5001 {
             continue;
         }
-        b[24 + 5000] ^= 0x01;
-        fs::write(p, &b).unwrap();
-        let _ = fs::remove_dir_all(&probe);
-        let r = env.run(&[
-            "restore",
-            "nightly",
-            "--target",
-            probe.to_str().unwrap(),
-            "--include",
-            "a_big.bin",
-        ]);
-        if r.code == 13 {
-            victim = Some(p.clone());
-            break;
+        let body = b.len() - 24;
+        for at in [
+            24 + 5000,
+            24 + body / 2,
+            24 + body / 3,
+            24 + body * 2 / 3,
+            24 + body / 5,
+        ] {
+            b[at] ^= 0x01;
+            fs::write(p, &b).unwrap();
+            let _ = fs::remove_dir_all(&probe);
+            let r = env.run(&[
+                "restore",
+                "nightly",
+                "--target",
+                probe.to_str().unwrap(),
+                "--include",
+                "a_big.bin",
+            ]);
+            if r.code == 13 {
+                victim = Some(p.clone());
+                break 'search;
+            }
+            b[at] ^= 0x01;
+            fs::write(p, &b).unwrap();
         }
-        b[24 + 5000] ^= 0x01;
-        fs::write(p, &b).unwrap();
     }
-    let victim = victim.expect("no pack holds a_big.bin's chunks past offset 5024");
+    let victim = victim.expect("no probed byte of any pack is in a_big.bin's chunks");
     let victim = &victim;
     let name = victim.file_name().unwrap().to_str().unwrap().to_string();
 

@@ -16,7 +16,7 @@ use std::io::Read;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::thread;
 
 use crossbeam_channel::{bounded, Receiver, Sender};
@@ -238,7 +238,7 @@ impl TreeOut {
     fn cut(&mut self, c: &mut Chunker<'_>, last: bool) -> bool {
         let ids = &mut self.ids;
         cut_ready(&self.cdc, &mut self.pending, last, |chunk| {
-            Chunker::put(c.idk, &mut c.known, &c.tx, &mut c.stats, chunk, ids)
+            Chunker::put(c.idk, c.known, &c.tx, &mut c.stats, chunk, ids)
         })
     }
 }
@@ -270,7 +270,7 @@ struct Chunker<'a> {
     idk: &'a ChunkIdKey,
     cdc: CdcParams,
     buf: Vec<u8>,
-    known: Known<'a>,
+    known: &'a Mutex<Known<'a>>,
     tx: Sender<Work>,
     stats: PointStats,
     progress: &'a ProgressBar,
@@ -281,7 +281,7 @@ impl Chunker<'_> {
     /// Returns false if the pipeline has stopped (the writer failed).
     fn put(
         idk: &ChunkIdKey,
-        known: &mut Known<'_>,
+        known: &Mutex<Known<'_>>,
         tx: &Sender<Work>,
         stats: &mut PointStats,
         data: &[u8],
@@ -289,7 +289,8 @@ impl Chunker<'_> {
     ) -> bool {
         let id = Id32(idk.id(data));
         out.push(id);
-        if known.insert(id) {
+        let new = known.lock().expect("known chunks").insert(id);
+        if new {
             stats.chunks_new += 1;
             stats.bytes_new += data.len() as u64;
             return tx
@@ -377,6 +378,174 @@ fn stamp(m: &fs::Metadata) -> (u64, i128, i128) {
 /// read and reported.
 const TORN_RETRIES: u32 = 2;
 
+/// A file the walker hands to a reader thread.
+struct FileJob {
+    seq: u64,
+    abs: PathBuf,
+    rel: Vec<u8>,
+    meta: fs::Metadata,
+}
+
+/// What a reader made of a file: its entry (none if it could not be read), and what to
+/// report about it.
+struct FileDone {
+    seq: u64,
+    entry: Option<TreeEntry>,
+    errors: Vec<SourceError>,
+    skipped: Vec<SourceError>,
+    stop: Option<Stop>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Stop {
+    /// The pipeline failed (the writer stopped): nothing more can be stored.
+    Pipeline,
+    /// A signal asked to stop.
+    Interrupted,
+}
+
+/// Files being read at once, at most (their entries wait in walk order).
+const FILES_IN_FLIGHT: usize = 32;
+
+/// An entry of the file index waiting for its turn: ready, or a file still being read.
+enum Slot {
+    Ready(Box<TreeEntry>),
+    Reading(u64),
+}
+
+fn source_error(path: &Path, e: impl std::fmt::Display) -> SourceError {
+    SourceError {
+        path: path.display().to_string(),
+        error: e.to_string(),
+    }
+}
+
+/// Owner names and extended attributes (ACLs among them) of an entry, read from `file` when
+/// it is open (no second path lookup), else from its path.
+fn describe_into(
+    abs: &Path,
+    e: &mut TreeEntry,
+    file: Option<&fs::File>,
+    errors: &mut Vec<SourceError>,
+    skipped: &mut Vec<SourceError>,
+) {
+    use crate::repo::fsx::{read_xattrs, XattrSource};
+    use std::os::fd::AsFd;
+    let src = match file {
+        Some(f) => XattrSource::Fd(f.as_fd()),
+        None => XattrSource::Path(abs),
+    };
+    match read_xattrs(src) {
+        Ok((kept, odd)) => {
+            e.xattrs = kept
+                .into_iter()
+                .map(|(name, value)| Xattr { name, value })
+                .collect();
+            for n in odd {
+                skipped.push(source_error(
+                    abs,
+                    format!(
+                        "extended attribute {:?} (its name is not UTF-8) not kept",
+                        String::from_utf8_lossy(&n)
+                    ),
+                ));
+            }
+        }
+        Err(err) => errors.push(source_error(
+            abs,
+            format!("read extended attributes: {err}"),
+        )),
+    }
+}
+
+/// Reads, chunks and hashes one file (on a reader thread). A file that changes while it is
+/// read (size, mtime or ctime differ before and after) is read again; if it keeps changing
+/// it is stored as read and reported.
+fn read_file(ch: &mut Chunker<'_>, job: FileJob) -> FileDone {
+    let FileJob {
+        seq,
+        abs,
+        rel,
+        meta: m,
+    } = job;
+    let mut done = FileDone {
+        seq,
+        entry: None,
+        errors: Vec::new(),
+        skipped: Vec::new(),
+        stop: None,
+    };
+    if let Ok(mut c) = ch.status.current.lock() {
+        c.clear();
+        c.push_str(&String::from_utf8_lossy(&rel));
+    }
+    let mut before = stamp(&m);
+    let mut meta = m;
+    for attempt in 0..=TORN_RETRIES {
+        let f = match fs::File::open(&abs) {
+            Ok(f) => f,
+            Err(err) => {
+                done.errors.push(source_error(&abs, err));
+                return done;
+            }
+        };
+        match ch.stream(&f) {
+            Ok((ids, n)) => {
+                let after = match f.metadata() {
+                    Ok(a) => a,
+                    Err(err) => {
+                        done.errors.push(source_error(&abs, err));
+                        return done;
+                    }
+                };
+                if stamp(&after) != before || n != after.len() {
+                    if attempt < TORN_RETRIES {
+                        before = stamp(&after);
+                        meta = after;
+                        continue;
+                    }
+                    done.errors.push(source_error(
+                        &abs,
+                        format!(
+                            "changed while it was read ({} tries): stored as last read, it may be \
+                             inconsistent",
+                            TORN_RETRIES + 1
+                        ),
+                    ));
+                    meta = after;
+                }
+                let mut e = entry_from_meta(&rel, EntryType::File, &meta);
+                describe_into(&abs, &mut e, Some(&f), &mut done.errors, &mut done.skipped);
+                ch.status.add(1, 0);
+                e.size = n;
+                e.chunks = ids;
+                ch.stats.files += 1;
+                ch.stats.bytes_total += n;
+                done.entry = Some(e);
+                return done;
+            }
+            Err(err) if err == "pipeline stopped" => done.stop = Some(Stop::Pipeline),
+            Err(err) if err == INTERRUPTED => done.stop = Some(Stop::Interrupted),
+            Err(err) => done.errors.push(source_error(&abs, err)),
+        }
+        return done;
+    }
+    done
+}
+
+fn add_stats(a: &mut PointStats, b: &PointStats) {
+    a.files += b.files;
+    a.dirs += b.dirs;
+    a.symlinks += b.symlinks;
+    a.bytes_total += b.bytes_total;
+    a.bytes_read += b.bytes_read;
+    a.chunks_new += b.chunks_new;
+    a.bytes_new += b.bytes_new;
+    a.bytes_stored += b.bytes_stored;
+    a.files_unchanged += b.files_unchanged;
+    a.excluded += b.excluded;
+}
+
 struct Walker<'a, 'b> {
     chunker: Chunker<'a>,
     filter: super::filter::Compiled,
@@ -385,6 +554,14 @@ struct Walker<'a, 'b> {
     skipped: Vec<SourceError>,
     parent: ParentCursor<'a>,
     tree: TreeOut,
+    /// Files go to the reader threads here (none: read on this thread).
+    jobs: Option<Sender<FileJob>>,
+    done: Receiver<FileDone>,
+    /// Entries in walk order, some waiting for their file to be read.
+    order: std::collections::VecDeque<Slot>,
+    arrived: HashMap<u64, FileDone>,
+    next_seq: u64,
+    in_flight: usize,
     errors: Vec<SourceError>,
     /// The pipeline failed (the writer stopped): nothing more can be stored.
     stopped: bool,
@@ -394,11 +571,104 @@ struct Walker<'a, 'b> {
 }
 
 impl Walker<'_, '_> {
-    /// Records an entry in the file index.
+    /// Records an entry in the file index, after the files before it in walk order.
     fn push(&mut self, e: TreeEntry) {
+        if self.order.is_empty() {
+            self.emit(e);
+        } else {
+            self.order.push_back(Slot::Ready(Box::new(e)));
+        }
+    }
+
+    fn emit(&mut self, e: TreeEntry) {
+        // After a stop, later entries are left out: a checkpoint holds whole files, each
+        // one walked before the stop.
+        if self.stopped || self.interrupted {
+            return;
+        }
         if !self.tree.push(&e, &mut self.chunker) {
             self.stopped = true;
         }
+    }
+
+    /// Hands a file to the readers (or reads it here when there are none).
+    fn dispatch(&mut self, job: FileJob) {
+        let Some(jobs) = &self.jobs else {
+            let d = read_file(&mut self.chunker, job);
+            return self.settle(d);
+        };
+        let seq = job.seq;
+        if jobs.send(job).is_err() {
+            self.stopped = true;
+            return;
+        }
+        self.order.push_back(Slot::Reading(seq));
+        self.in_flight += 1;
+        while self.in_flight >= FILES_IN_FLIGHT {
+            self.wait_one();
+        }
+    }
+
+    fn wait_one(&mut self) {
+        match self.done.recv() {
+            Ok(d) => {
+                self.in_flight -= 1;
+                self.arrived.insert(d.seq, d);
+                self.flush();
+            }
+            Err(_) => {
+                // Every reader is gone (they stop only when told, or on a panic).
+                self.in_flight = 0;
+                self.stopped = true;
+            }
+        }
+    }
+
+    /// Emits the entries at the front of the walk order that are ready.
+    fn flush(&mut self) {
+        while let Some(front) = self.order.front() {
+            match front {
+                Slot::Ready(_) => {
+                    let Some(Slot::Ready(e)) = self.order.pop_front() else {
+                        unreachable!()
+                    };
+                    self.emit(*e);
+                }
+                Slot::Reading(seq) => {
+                    let Some(d) = self.arrived.remove(seq) else {
+                        return;
+                    };
+                    self.order.pop_front();
+                    self.settle(d);
+                }
+            }
+        }
+    }
+
+    fn settle(&mut self, d: FileDone) {
+        if self.stopped || self.interrupted {
+            return;
+        }
+        self.errors.extend(d.errors);
+        self.skipped.extend(d.skipped);
+        match d.stop {
+            Some(Stop::Pipeline) => self.stopped = true,
+            Some(Stop::Interrupted) => self.interrupted = true,
+            None => {
+                if let Some(e) = d.entry {
+                    self.emit(e);
+                }
+            }
+        }
+    }
+
+    /// Waits for every file handed out and records the rest of the entries.
+    fn finish_files(&mut self) {
+        while self.in_flight > 0 {
+            self.wait_one();
+        }
+        self.flush();
+        self.jobs = None;
     }
 
     fn error(&mut self, path: &Path, e: impl std::fmt::Display) {
@@ -410,33 +680,8 @@ impl Walker<'_, '_> {
         });
     }
 
-    /// Owner names and extended attributes (ACLs among them) of an entry, read from `file`
-    /// when it is open (no second path lookup), else from its path.
     fn describe(&mut self, abs: &Path, e: &mut TreeEntry, file: Option<&fs::File>) {
-        use crate::repo::fsx::{read_xattrs, XattrSource};
-        use std::os::fd::AsFd;
-        let src = match file {
-            Some(f) => XattrSource::Fd(f.as_fd()),
-            None => XattrSource::Path(abs),
-        };
-        match read_xattrs(src) {
-            Ok((kept, odd)) => {
-                e.xattrs = kept
-                    .into_iter()
-                    .map(|(name, value)| Xattr { name, value })
-                    .collect();
-                for n in odd {
-                    self.skip(
-                        abs,
-                        format!(
-                            "extended attribute {:?} (its name is not UTF-8) not kept",
-                            String::from_utf8_lossy(&n)
-                        ),
-                    );
-                }
-            }
-            Err(err) => self.error(abs, format!("read extended attributes: {err}")),
-        }
+        describe_into(abs, e, file, &mut self.errors, &mut self.skipped);
     }
 
     fn skip(&mut self, path: &Path, why: impl Into<String>) {
@@ -569,7 +814,10 @@ impl Walker<'_, '_> {
                 && p.mtime_ns == e.mtime_ns
                 && p.ctime_ns == e.ctime_ns
                 && p.inode == e.inode
-                && p.chunks.iter().all(|c| self.chunker.known.contains(c));
+                && {
+                    let known = self.chunker.known.lock().expect("known chunks");
+                    p.chunks.iter().all(|c| known.contains(c))
+                };
             if unchanged {
                 e.size = p.size;
                 e.chunks = p.chunks;
@@ -585,57 +833,14 @@ impl Walker<'_, '_> {
                 return;
             }
         }
-        if let Ok(mut c) = self.chunker.status.current.lock() {
-            c.clear();
-            c.push_str(&String::from_utf8_lossy(rel));
-        }
-        // A file that changes while it is read (size, mtime or ctime differ before and
-        // after) is read again; if it keeps changing it is stored as read and reported.
-        let mut before = stamp(m);
-        let mut meta = m.clone();
-        for attempt in 0..=TORN_RETRIES {
-            let f = match fs::File::open(abs) {
-                Ok(f) => f,
-                Err(err) => return self.error(abs, err),
-            };
-            match self.chunker.stream(&f) {
-                Ok((ids, n)) => {
-                    let after = match f.metadata() {
-                        Ok(a) => a,
-                        Err(err) => return self.error(abs, err),
-                    };
-                    if stamp(&after) != before || n != after.len() {
-                        if attempt < TORN_RETRIES {
-                            before = stamp(&after);
-                            meta = after;
-                            continue;
-                        }
-                        self.error(
-                            abs,
-                            format!(
-                                "changed while it was read ({} tries): stored as last read, it may be \
-                                 inconsistent",
-                                TORN_RETRIES + 1
-                            ),
-                        );
-                        meta = after;
-                    }
-                    let mut e = entry_from_meta(rel, EntryType::File, &meta);
-                    self.describe(abs, &mut e, Some(&f));
-                    self.chunker.status.add(1, 0);
-                    e.size = n;
-                    e.chunks = ids;
-                    self.chunker.stats.files += 1;
-                    self.chunker.stats.bytes_total += n;
-                    self.push(e);
-                    return;
-                }
-                Err(err) if err == "pipeline stopped" => self.stopped = true,
-                Err(err) if err == INTERRUPTED => self.interrupted = true,
-                Err(err) => self.error(abs, err),
-            }
-            return;
-        }
+        let seq = self.next_seq;
+        self.next_seq += 1;
+        self.dispatch(FileJob {
+            seq,
+            abs: abs.to_path_buf(),
+            rel: rel.to_vec(),
+            meta: m.clone(),
+        });
     }
 }
 
@@ -811,222 +1016,273 @@ pub fn run(
         place,
     );
 
-    let chunker = Chunker {
-        idk: &oc.idk,
-        cdc: CdcParams::new(CHUNK_MIN, CHUNK_AVG, CHUNK_MAX).with_gear(oc.gear.clone()),
-        buf: Vec::new(),
-        known: Known {
-            index: &index,
-            fresh: HashSet::new(),
-        },
-        tx: work_tx,
-        stats: PointStats::default(),
-        progress: &opts.progress,
-        status: &opts.status,
-    };
-    let mut w = Walker {
-        chunker,
-        filter: opts.filter.clone(),
-        links: HashMap::new(),
-        skipped: Vec::new(),
-        parent,
-        tree: TreeOut {
-            cdc: CdcParams::new(TREE_CHUNK_MIN, TREE_CHUNK_AVG, TREE_CHUNK_MAX)
-                .with_gear(oc.gear.clone()),
-            pending: Vec::new(),
-            ids: Vec::new(),
-            bytes: 0,
-            entries: 0,
-            uids: Default::default(),
-            gids: Default::default(),
-        },
-        errors: Vec::new(),
-        stopped: false,
-        interrupted: false,
-        _p: std::marker::PhantomData,
-    };
-    let mut root_entry = None;
-    let (kind, source_desc) = match opts.source {
-        Source::Tree(ref root) => {
-            let m = fs::symlink_metadata(root)
-                .map_err(|e| Error::io(format!("read backup source {}", root.display()), e))?;
-            if m.is_dir() {
-                // The root's own metadata is kept in the body.
-                let mut r = entry_from_meta(b"", EntryType::Dir, &m);
-                w.describe(root, &mut r, None);
-                root_entry = Some(r);
-                w.walk_dir(root, b"");
-            } else {
-                let name = root
-                    .file_name()
-                    .map(|n| n.as_bytes().to_vec())
-                    .unwrap_or_else(|| b"file".to_vec());
-                w.visit(root, &name);
-            }
-            ("tree", root.display().to_string())
-        }
-        Source::Stdin {
-            ref name,
-            reader: _,
-        } => ("stdin", format!("stdin as {name}")),
-    };
-    if let Source::Stdin { name, reader } = opts.source {
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap_or_default();
-        let (path, path_b64) = path_fields(name.as_bytes());
-        let mut e = TreeEntry::new(path, path_b64, EntryType::File);
-        e.mode = 0o600;
-        e.mtime_ns = now.as_nanos() as i128;
-        match w.chunker.stream(reader) {
-            Ok((ids, n)) => {
-                e.size = n;
-                e.chunks = ids;
-                w.chunker.stats.files += 1;
-                w.chunker.stats.bytes_total += n;
-                w.push(e);
-            }
-            Err(err) if err == "pipeline stopped" => w.stopped = true,
-            Err(err) if err == INTERRUPTED => w.interrupted = true,
-            Err(err) => {
-                // A broken input stream must not become a silently truncated recovery point.
-                drop(w);
-                return Err(Error::Other(format!(
-                    "reading standard input failed: {err}; no recovery point was written"
-                )));
-            }
-        }
-    }
-
-    // The rest of the file index goes through the same pipeline.
-    if !w.stopped && !w.tree.cut(&mut w.chunker, true) {
-        w.stopped = true;
-    }
-    if let Some(e) = w.parent.error.take() {
-        return Err(e);
-    }
-    // Owner and group names, once per id.
-    let (mut users, mut groups) = (
-        std::collections::BTreeMap::new(),
-        std::collections::BTreeMap::new(),
-    );
-    if w.tree.entries > 0 {
-        let names = super::owners::Names::load();
-        let root_ids = root_entry.iter().map(|r| (r.uid, r.gid));
-        for uid in w
-            .tree
-            .uids
-            .iter()
-            .copied()
-            .chain(root_ids.clone().map(|x| x.0))
-        {
-            if let Some(n) = names.user(uid) {
-                users.insert(uid, n);
-            }
-        }
-        for gid in w.tree.gids.iter().copied().chain(root_ids.map(|x| x.1)) {
-            if let Some(n) = names.group(gid) {
-                groups.insert(gid, n);
-            }
-        }
-    }
-    let interrupted = w
-        .interrupted
-        .then(|| crate::signals::requested().unwrap_or(2));
-    let kind = if interrupted.is_some() {
-        CHECKPOINT
+    let known = Mutex::new(Known {
+        index: &index,
+        fresh: HashSet::new(),
+    });
+    let cdc = CdcParams::new(CHUNK_MIN, CHUNK_AVG, CHUNK_MAX).with_gear(oc.gear.clone());
+    // Reader threads (one per core) read, chunk and hash files while this thread walks, so
+    // that no single core does all of that.
+    let readers = if matches!(opts.source, Source::Tree(_)) {
+        workers
     } else {
-        kind
+        0
     };
-    let Walker {
-        chunker,
-        errors,
-        skipped,
-        tree,
-        parent,
-        ..
-    } = w;
-    drop(parent);
-    let Chunker {
-        tx,
-        mut stats,
-        known,
-        ..
-    } = chunker;
-    drop(tx);
-    // What only the walk needed goes before the index is sealed (millions of chunks).
-    drop(known);
-    drop(index);
-    for h in handles {
-        h.join()
-            .map_err(|_| Error::Other("a backup worker panicked".into()))?;
-    }
-    let written = writer
-        .join()
-        .map_err(|_| Error::Other("the pack writer panicked".into()))??;
-    stats.bytes_stored = written.bytes_stored;
+    let (job_tx, job_rx) = bounded::<FileJob>(FILES_IN_FLIGHT);
+    let (done_tx, done_rx) = bounded::<FileDone>(FILES_IN_FLIGHT);
+    thread::scope(|s| {
+        let reader_handles: Vec<_> = (0..readers)
+            .map(|i| {
+                let (job_rx, done_tx, tx) = (job_rx.clone(), done_tx.clone(), work_tx.clone());
+                let (known, cdc, idk) = (&known, cdc.clone(), &oc.idk);
+                let (progress, status) = (&opts.progress, &*opts.status);
+                thread::Builder::new()
+                    .name(format!("arca-read-{i}"))
+                    .spawn_scoped(s, move || {
+                        let mut ch = Chunker {
+                            idk,
+                            cdc,
+                            buf: Vec::new(),
+                            known,
+                            tx,
+                            stats: PointStats::default(),
+                            progress,
+                            status,
+                        };
+                        for job in job_rx {
+                            if done_tx.send(read_file(&mut ch, job)).is_err() {
+                                break;
+                            }
+                        }
+                        ch.stats
+                    })
+                    .expect("spawn reader")
+            })
+            .collect();
+        drop((job_rx, done_tx));
+        let chunker = Chunker {
+            idk: &oc.idk,
+            cdc: cdc.clone(),
+            buf: Vec::new(),
+            known: &known,
+            tx: work_tx,
+            stats: PointStats::default(),
+            progress: &opts.progress,
+            status: &opts.status,
+        };
+        let mut w = Walker {
+            chunker,
+            filter: opts.filter.clone(),
+            links: HashMap::new(),
+            skipped: Vec::new(),
+            parent,
+            tree: TreeOut {
+                cdc: CdcParams::new(TREE_CHUNK_MIN, TREE_CHUNK_AVG, TREE_CHUNK_MAX)
+                    .with_gear(oc.gear.clone()),
+                pending: Vec::new(),
+                ids: Vec::new(),
+                bytes: 0,
+                entries: 0,
+                uids: Default::default(),
+                gids: Default::default(),
+            },
+            jobs: (readers > 0).then_some(job_tx),
+            done: done_rx,
+            order: Default::default(),
+            arrived: HashMap::new(),
+            next_seq: 0,
+            in_flight: 0,
+            errors: Vec::new(),
+            stopped: false,
+            interrupted: false,
+            _p: std::marker::PhantomData,
+        };
+        let mut root_entry = None;
+        let (kind, source_desc) = match opts.source {
+            Source::Tree(ref root) => {
+                let m = fs::symlink_metadata(root)
+                    .map_err(|e| Error::io(format!("read backup source {}", root.display()), e))?;
+                if m.is_dir() {
+                    // The root's own metadata is kept in the body.
+                    let mut r = entry_from_meta(b"", EntryType::Dir, &m);
+                    w.describe(root, &mut r, None);
+                    root_entry = Some(r);
+                    w.walk_dir(root, b"");
+                } else {
+                    let name = root
+                        .file_name()
+                        .map(|n| n.as_bytes().to_vec())
+                        .unwrap_or_else(|| b"file".to_vec());
+                    w.visit(root, &name);
+                }
+                ("tree", root.display().to_string())
+            }
+            Source::Stdin {
+                ref name,
+                reader: _,
+            } => ("stdin", format!("stdin as {name}")),
+        };
+        if let Source::Stdin { name, reader } = opts.source {
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap_or_default();
+            let (path, path_b64) = path_fields(name.as_bytes());
+            let mut e = TreeEntry::new(path, path_b64, EntryType::File);
+            e.mode = 0o600;
+            e.mtime_ns = now.as_nanos() as i128;
+            match w.chunker.stream(reader) {
+                Ok((ids, n)) => {
+                    e.size = n;
+                    e.chunks = ids;
+                    w.chunker.stats.files += 1;
+                    w.chunker.stats.bytes_total += n;
+                    w.push(e);
+                }
+                Err(err) if err == "pipeline stopped" => w.stopped = true,
+                Err(err) if err == INTERRUPTED => w.interrupted = true,
+                Err(err) => {
+                    // A broken input stream must not become a silently truncated recovery point.
+                    drop(w);
+                    return Err(Error::Other(format!(
+                        "reading standard input failed: {err}; no recovery point was written"
+                    )));
+                }
+            }
+        }
 
-    // Index, then the point file: the rename of the point file commits the backup.
-    let index_sealer = Sealer::new(&sealers.keys.index);
-    let mut index_pt = written.index;
-    finish_index(&mut index_pt, crate::crypto::NONCE_LEN);
-    repo.write_index(
-        &place.point_id,
-        2,
-        &index_sealer.seal_in_place(&place.index_aad(), index_pt),
-    )?;
-    let body = PointBody {
-        kind: kind.into(),
-        source: source_desc,
-        hostname: hostname(),
-        stats,
-        tree: tree.ids,
-        tree_bytes: tree.bytes,
-        errors,
-        skipped,
-        root: root_entry,
-        users,
-        groups,
-    };
-    let body_sealer = Sealer::new(&sealers.keys.body);
-    let sealed_body = body_sealer.seal(
-        &place.body_aad(),
-        &serde_json::to_vec(&body).expect("body serializes"),
-    );
-    let mut record = PointRecord {
-        kind: PointRecord::KIND.into(),
-        version: FORMAT_VERSION,
-        repo_id: place.repo_id,
-        job_id: place.job_id,
-        job: job.name.clone(),
-        chain_id: place.chain_id,
-        point_id: place.point_id,
-        time: now_rfc3339(),
-        parent: parent_rec.map(|p| p.point_id),
-        kdf: opts.kdf,
-        source_kind: Some(kind.to_string()),
-        data_format: 2,
-        generation: Some(oc.chain.current_generation()),
-        forgotten: None,
-        data_key: WrappedKeyJson {
-            nonce: Vec::new(),
-            commitment: Vec::new(),
-            ciphertext: Vec::new(),
-        },
-        body: sealed_body,
-        mac: None,
-    };
-    let wrapped = crypto::wrap_key(&oc.chain_key, &data_key, &record.data_key_place());
-    record.data_key = WrappedKeyJson::from(&wrapped);
-    // The point's public fields (time, parent, kind, salt record) are authenticated.
-    record.seal(&data_key);
-    repo.write_point(&record)?;
-    Ok(BackupOutcome {
-        record,
-        body,
-        full: !had_chunks,
-        chunks_sealed: sealers.chunks.sealed_count(),
-        interrupted,
+        w.finish_files();
+        // The rest of the file index goes through the same pipeline.
+        if !w.stopped && !w.tree.cut(&mut w.chunker, true) {
+            w.stopped = true;
+        }
+        if let Some(e) = w.parent.error.take() {
+            return Err(e);
+        }
+        // Owner and group names, once per id.
+        let (mut users, mut groups) = (
+            std::collections::BTreeMap::new(),
+            std::collections::BTreeMap::new(),
+        );
+        if w.tree.entries > 0 {
+            let names = super::owners::Names::load();
+            let root_ids = root_entry.iter().map(|r| (r.uid, r.gid));
+            for uid in w
+                .tree
+                .uids
+                .iter()
+                .copied()
+                .chain(root_ids.clone().map(|x| x.0))
+            {
+                if let Some(n) = names.user(uid) {
+                    users.insert(uid, n);
+                }
+            }
+            for gid in w.tree.gids.iter().copied().chain(root_ids.map(|x| x.1)) {
+                if let Some(n) = names.group(gid) {
+                    groups.insert(gid, n);
+                }
+            }
+        }
+        let interrupted = w
+            .interrupted
+            .then(|| crate::signals::requested().unwrap_or(2));
+        let kind = if interrupted.is_some() {
+            CHECKPOINT
+        } else {
+            kind
+        };
+        let Walker {
+            chunker,
+            errors,
+            skipped,
+            tree,
+            parent,
+            ..
+        } = w;
+        drop(parent);
+        let Chunker { tx, mut stats, .. } = chunker;
+        drop(tx);
+        for h in reader_handles {
+            let st = h
+                .join()
+                .map_err(|_| Error::Other("a backup reader panicked".into()))?;
+            add_stats(&mut stats, &st);
+        }
+        // What only the walk needed goes before the index is sealed (millions of chunks).
+        drop(std::mem::take(
+            &mut known.lock().expect("known chunks").fresh,
+        ));
+        for h in handles {
+            h.join()
+                .map_err(|_| Error::Other("a backup worker panicked".into()))?;
+        }
+        let written = writer
+            .join()
+            .map_err(|_| Error::Other("the pack writer panicked".into()))??;
+        stats.bytes_stored = written.bytes_stored;
+
+        // Index, then the point file: the rename of the point file commits the backup.
+        let index_sealer = Sealer::new(&sealers.keys.index);
+        let mut index_pt = written.index;
+        finish_index(&mut index_pt, crate::crypto::NONCE_LEN);
+        repo.write_index(
+            &place.point_id,
+            2,
+            &index_sealer.seal_in_place(&place.index_aad(), index_pt),
+        )?;
+        let body = PointBody {
+            kind: kind.into(),
+            source: source_desc,
+            hostname: hostname(),
+            stats,
+            tree: tree.ids,
+            tree_bytes: tree.bytes,
+            errors,
+            skipped,
+            root: root_entry,
+            users,
+            groups,
+        };
+        let body_sealer = Sealer::new(&sealers.keys.body);
+        let sealed_body = body_sealer.seal(
+            &place.body_aad(),
+            &serde_json::to_vec(&body).expect("body serializes"),
+        );
+        let mut record = PointRecord {
+            kind: PointRecord::KIND.into(),
+            version: FORMAT_VERSION,
+            repo_id: place.repo_id,
+            job_id: place.job_id,
+            job: job.name.clone(),
+            chain_id: place.chain_id,
+            point_id: place.point_id,
+            time: now_rfc3339(),
+            parent: parent_rec.map(|p| p.point_id),
+            kdf: opts.kdf,
+            source_kind: Some(kind.to_string()),
+            data_format: 2,
+            generation: Some(oc.chain.current_generation()),
+            forgotten: None,
+            data_key: WrappedKeyJson {
+                nonce: Vec::new(),
+                commitment: Vec::new(),
+                ciphertext: Vec::new(),
+            },
+            body: sealed_body,
+            mac: None,
+        };
+        let wrapped = crypto::wrap_key(&oc.chain_key, &data_key, &record.data_key_place());
+        record.data_key = WrappedKeyJson::from(&wrapped);
+        // The point's public fields (time, parent, kind, salt record) are authenticated.
+        record.seal(&data_key);
+        repo.write_point(&record)?;
+        Ok(BackupOutcome {
+            record,
+            body,
+            full: !had_chunks,
+            chunks_sealed: sealers.chunks.sealed_count(),
+            interrupted,
+        })
     })
 }
 
