@@ -60,5 +60,11 @@ if [ -n "${REAL:-}" ]; then
     mkdir -p "$DATA/real"
     cp -a "$REAL/." "$DATA/real/"
   fi
+  # gen_dataset.py's mutation (the incremental phase) adds media/photos/IMG_new_0001.jpg.
+  mkdir -p "$DATA/real/media/photos"
+  # run_peers.sh generates a data set unless its manifest names the size and seed asked
+  # for: this one says where the tree came from instead, with those values.
+  printf '{"size_mb": %s, "seed": %s, "real_tree": "%s"}\n' "${SIZE_MB:-1024}" "${SEED:-42}" \
+    "$REAL" >"$DATA/real.manifest.json"
   run_set "real ($REAL)" "$DATA/real"
 fi
