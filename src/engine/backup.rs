@@ -892,10 +892,13 @@ fn run_writer(
             };
             let mut pack = PackBuilder::new(&place.point_id, PACK_TARGET + CHUNK_MAX as usize, 2);
             let flush = |pack: PackBuilder, res: &mut WriterResult| -> Result<()> {
-                let fin = pack.finish(&header_sealer, &place);
-                repo.0.write_pack(&fin.id, &fin.bytes)?;
-                crate::fault::wrote("backup: pack written");
+                let mut fin = pack.finish(&header_sealer, &place);
                 res.bytes_stored += fin.bytes.len() as u64;
+                // S3 uploads it in the background (a bounded number at once); the writer
+                // waits for all of them before the index can name them.
+                repo.0
+                    .write_pack_owned(&fin.id, std::mem::take(&mut fin.bytes))?;
+                crate::fault::wrote("backup: pack written");
                 for e in &fin.entries {
                     push_index_record(
                         &mut res.index,
@@ -923,6 +926,7 @@ fn run_writer(
             if !pack.is_empty() {
                 flush(pack, &mut res)?;
             }
+            repo.0.flush()?;
             Ok(res)
         })
         .expect("spawn writer")

@@ -10,7 +10,6 @@ pub mod prune;
 pub mod restore;
 
 use std::collections::HashMap;
-use std::fs::File;
 use std::sync::Arc;
 
 use crate::crypto::{
@@ -458,7 +457,7 @@ pub struct ChunkReader<'a> {
     idx: &'a ChainIndex,
     idk: &'a ChunkIdKey,
     /// Recently used packs, most recent last (a few, so interleaved reads do not reopen).
-    open: Vec<(u32, File)>,
+    open: Vec<(u32, crate::repo::PackReader)>,
     zstd: zstd::bulk::Decompressor<'static>,
 }
 

@@ -207,6 +207,9 @@ pub struct RepoConfig {
     /// of 0600/0700.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub group_readable: bool,
+    /// S3 repositories: every object written is retained this long by S3 Object Lock.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub object_lock: Option<super::store::ObjectLock>,
 }
 
 impl RepoConfig {

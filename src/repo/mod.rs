@@ -19,15 +19,17 @@
 pub mod format;
 pub mod fsx;
 pub mod pack;
+pub mod store;
 
-use std::fs::File;
-use std::io::Write;
-use std::os::unix::fs::{DirBuilderExt, FileExt};
+use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use crate::error::{Error, Result};
 use format::*;
-use fsx::DirHandle;
+use store::local::LocalStore;
+use store::s3::S3Store;
+use store::{Location, LockGuard, LockScope, RangeReader, Store};
 
 /// Size limits for objects read from a repository (checked before anything is allocated).
 pub mod limits {
@@ -40,27 +42,17 @@ pub mod limits {
 }
 
 pub struct Repository {
+    /// Where the repository is, as the user named it (a directory or `s3://bucket/prefix`).
     root: PathBuf,
-    dir: DirHandle,
+    store: Arc<dyn Store>,
     pub config: RepoConfig,
-    /// Open handles of `packs/<hh>` directories (at most 256).
-    pack_dirs: std::sync::Mutex<std::collections::HashMap<String, std::sync::Arc<DirHandle>>>,
 }
 
-/// Holds an advisory lock (flock) of the repository until dropped, and the file saying who
-/// holds it (`locks/<host>.<pid>.<lock>.json`, removed on drop). The kernel releases a flock
-/// when its process dies, so a lock is never stale; a holder file left by a dead process is.
+/// Holds a lock of the repository or of one chain until dropped. Local repositories use an
+/// advisory lock (flock), released by the kernel when its process dies, and write who holds
+/// it beside it (`locks/<host>.<pid>.<lock>.json`); S3 repositories use lease objects.
 pub struct RepoLock {
-    _file: File,
-    holder: Option<(DirHandle, String)>,
-}
-
-impl Drop for RepoLock {
-    fn drop(&mut self) {
-        if let Some((d, name)) = &self.holder {
-            let _ = d.unlink(name);
-        }
-    }
+    _guard: Box<dyn LockGuard>,
 }
 
 /// Shared (backups of different jobs run together) or exclusive (prune, migration, job
@@ -93,29 +85,10 @@ impl std::fmt::Display for LockHolder {
     }
 }
 
-fn this_host() -> String {
+pub(crate) fn this_host() -> String {
     std::fs::read_to_string("/proc/sys/kernel/hostname")
         .map(|s| s.trim().to_string())
         .unwrap_or_default()
-}
-
-/// The `<lock>` part of a holder file's name.
-fn holder_lock_name(lock: &str) -> String {
-    match lock.strip_prefix("chain ") {
-        Some(id) => id.to_string(),
-        None => "repo".into(),
-    }
-}
-
-/// Whether a process of this host is alive (EPERM: alive, someone else's).
-fn pid_alive(pid: u32) -> bool {
-    let Some(p) = rustix::process::Pid::from_raw(pid as i32) else {
-        return false;
-    };
-    !matches!(
-        rustix::process::test_kill_process(p),
-        Err(rustix::io::Errno::SRCH)
-    )
 }
 
 /// An object the repository holds but that could not be read (damage stays local).
@@ -133,42 +106,129 @@ const SUBDIRS: [&str; 7] = [
     "jobs", "chains", "escrow", "points", "index", "packs", "tmp",
 ];
 
-fn is_hex(s: &str, n: usize) -> bool {
-    s.len() == n
-        && s.bytes()
-            .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase())
+/// Options of `arca init`.
+#[derive(Clone, Debug, Default)]
+pub struct InitOptions {
+    pub group_readable: bool,
+    /// S3 only: retain every object written this long (the bucket must have Object Lock).
+    pub object_lock: Option<store::ObjectLock>,
+}
+
+/// A pack opened for reading chunks out of it.
+pub struct PackReader {
+    r: Box<dyn RangeReader>,
+}
+
+/// The store of a location, and the same store as a local one when it is.
+type Opened = (Arc<dyn Store>, Option<Arc<LocalStore>>);
+
+fn open_store(dir: &Path) -> Result<Opened> {
+    match Location::parse(dir).map_err(|e| Error::Usage(e.to_string()))? {
+        Location::Local(p) => {
+            let s = Arc::new(LocalStore::open(&p).map_err(|e| {
+                if e.kind() == std::io::ErrorKind::NotFound {
+                    Error::NotFound(format!(
+                        "repository {} does not exist: is the backup disk mounted, or was the repository moved?",
+                        dir.display()
+                    ))
+                } else {
+                    Error::io(format!("open repository {}", dir.display()), e)
+                }
+            })?);
+            Ok((s.clone(), Some(s)))
+        }
+        Location::S3 { bucket, prefix } => {
+            let s = S3Store::open(&bucket, &prefix)
+                .map_err(|e| Error::io(format!("connect to {}", dir.display()), e))?;
+            Ok((Arc::new(s), None))
+        }
+    }
 }
 
 impl Repository {
     /// Creates a repository in `dir`, which must not exist or be empty.
     pub fn init(dir: &Path, group_readable: bool) -> Result<Repository> {
+        Self::init_with(
+            dir,
+            &InitOptions {
+                group_readable,
+                object_lock: None,
+            },
+        )
+    }
+
+    /// Creates a repository: a new or empty directory, or an empty S3 prefix.
+    pub fn init_with(dir: &Path, o: &InitOptions) -> Result<Repository> {
+        let group_readable = o.group_readable;
         let dmode = if group_readable { 0o750 } else { 0o700 };
-        match std::fs::read_dir(dir) {
-            Ok(mut it) => {
-                if it.next().is_some() {
+        let local = matches!(
+            Location::parse(dir).map_err(|e| Error::Usage(e.to_string()))?,
+            Location::Local(_)
+        );
+        if local {
+            if o.object_lock.is_some() {
+                return Err(Error::Usage(
+                    "--object-lock-days needs an S3 repository (s3://BUCKET/PREFIX) in a bucket with Object Lock".into(),
+                ));
+            }
+            match std::fs::read_dir(dir) {
+                Ok(mut it) => {
+                    if it.next().is_some() {
+                        return Err(Error::Usage(format!(
+                            "{} is not empty: a repository needs an empty or new directory",
+                            dir.display()
+                        )));
+                    }
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                    std::fs::DirBuilder::new()
+                        .recursive(true)
+                        .mode(dmode)
+                        .create(dir)
+                        .map_err(|e| Error::io(format!("create {}", dir.display()), e))?;
+                }
+                Err(e) => return Err(Error::io(format!("read {}", dir.display()), e)),
+            }
+        }
+        let (store, local) = open_store(dir)?;
+        if let Some(l) = &local {
+            l.set_group_readable(group_readable);
+            let handle = l.dir_handle();
+            fsx::fchmod(handle.fd(), dmode)
+                .map_err(|e| Error::io(format!("chmod {}", dir.display()), e))?;
+            for sub in SUBDIRS {
+                handle
+                    .create_dir(sub, dmode)
+                    .map_err(|e| Error::io(format!("create {}/{sub}", dir.display()), e))?;
+            }
+        } else {
+            let present = store
+                .list("")
+                .map_err(|e| Error::io(format!("list {}", dir.display()), e))?;
+            if !present.is_empty() {
+                return Err(Error::Usage(format!(
+                    "{} is not empty ({} objects): a repository needs an empty prefix",
+                    dir.display(),
+                    present.len()
+                )));
+            }
+            if let Some(l) = o.object_lock {
+                let on = store.object_lock_enabled().map_err(|e| {
+                    Error::io(
+                        format!("read the Object Lock configuration of {}", dir.display()),
+                        e,
+                    )
+                })?;
+                if !on {
                     return Err(Error::Usage(format!(
-                        "{} is not empty: a repository needs an empty or new directory",
+                        "the bucket of {} does not have Object Lock enabled; create it with Object Lock (it cannot be turned on for objects already written), or leave out --object-lock-days",
                         dir.display()
                     )));
                 }
+                store
+                    .set_object_lock(l)
+                    .map_err(|e| Error::io("object lock", e))?;
             }
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                std::fs::DirBuilder::new()
-                    .recursive(true)
-                    .mode(dmode)
-                    .create(dir)
-                    .map_err(|e| Error::io(format!("create {}", dir.display()), e))?;
-            }
-            Err(e) => return Err(Error::io(format!("read {}", dir.display()), e)),
-        }
-        let handle = DirHandle::open_root(dir)
-            .map_err(|e| Error::io(format!("open {}", dir.display()), e))?;
-        fsx::fchmod(handle.fd(), dmode)
-            .map_err(|e| Error::io(format!("chmod {}", dir.display()), e))?;
-        for sub in SUBDIRS {
-            handle
-                .create_dir(sub, dmode)
-                .map_err(|e| Error::io(format!("create {}/{sub}", dir.display()), e))?;
         }
         let config = RepoConfig {
             kind: RepoConfig::KIND.into(),
@@ -176,37 +236,44 @@ impl Repository {
             repo_id: Id16::random(),
             created: now_rfc3339(),
             group_readable,
+            object_lock: o.object_lock,
         };
         let repo = Repository {
             root: dir.to_path_buf(),
-            dir: handle,
+            store,
             config,
-            pack_dirs: Default::default(),
         };
         let mut b = serde_json::to_vec_pretty(&repo.config).expect("config serializes");
         b.push(b'\n');
-        repo.write_atomic(&[], "config", &b)?;
+        if local.is_some() {
+            repo.write_atomic(&[], "config", &b)?;
+        } else {
+            repo.store.put_new("config", &b).map_err(|e| {
+                if e.kind() == std::io::ErrorKind::AlreadyExists {
+                    Error::Usage(format!(
+                        "{} was initialized by someone else meanwhile",
+                        dir.display()
+                    ))
+                } else {
+                    Error::io(format!("write {}/config", dir.display()), e)
+                }
+            })?;
+        }
         Ok(repo)
     }
 
     pub fn open(dir: &Path) -> Result<Repository> {
-        let handle = match DirHandle::open_root(dir) {
-            Ok(h) => h,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                return Err(Error::NotFound(format!(
-                    "repository {} does not exist: is the backup disk mounted, or was the repository moved?",
-                    dir.display()
-                )))
-            }
-            Err(e) => return Err(Error::io(format!("open repository {}", dir.display()), e)),
-        };
-        let bytes = match handle.read_bounded("config", limits::CONFIG) {
+        let (store, local) = open_store(dir)?;
+        let bytes = match store.get("config", limits::CONFIG) {
             Ok(b) => b,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                 return Err(Error::NotFound(format!(
                     "{} is not an arca repository (no config file); check the path (is the backup disk mounted?)",
                     dir.display()
                 )))
+            }
+            Err(e) if local.is_none() && e.kind() != std::io::ErrorKind::InvalidData => {
+                return Err(Error::io(format!("read {}/config", dir.display()), e))
             }
             Err(e) => {
                 return Err(Error::integrity(
@@ -232,11 +299,21 @@ impl Repository {
                 config.version
             )));
         }
+        if let Some(l) = &local {
+            l.set_group_readable(config.group_readable);
+        }
+        if let Some(ol) = config.object_lock {
+            store.set_object_lock(ol).map_err(|e| {
+                Error::integrity(
+                    format!("repository config {}", p.display()),
+                    format!("it asks for Object Lock: {e}"),
+                )
+            })?;
+        }
         Ok(Repository {
             root: dir.to_path_buf(),
-            dir: handle,
+            store,
             config,
-            pack_dirs: Default::default(),
         })
     }
 
@@ -244,17 +321,18 @@ impl Repository {
     pub fn try_clone(&self) -> Result<Repository> {
         Ok(Repository {
             root: self.root.clone(),
-            dir: self
-                .dir
-                .try_clone()
-                .map_err(|e| Error::io(format!("open {}", self.root.display()), e))?,
+            store: self.store.clone(),
             config: self.config.clone(),
-            pack_dirs: Default::default(),
         })
     }
 
     pub fn root(&self) -> &Path {
         &self.root
+    }
+
+    /// The backend holding the objects.
+    pub fn store(&self) -> &dyn Store {
+        &*self.store
     }
 
     pub fn id(&self) -> Id16 {
@@ -266,48 +344,15 @@ impl Repository {
         self.config.version
     }
 
-    fn file_mode(&self) -> u32 {
-        if self.config.group_readable {
-            0o640
-        } else {
-            0o600
+    /// An error reading `key`: missing, not an object (integrity), or I/O.
+    fn read_err(&self, what: &str, key: &str, e: std::io::Error, missing: Error) -> Error {
+        match e.kind() {
+            std::io::ErrorKind::NotFound => missing,
+            std::io::ErrorKind::InvalidData | std::io::ErrorKind::InvalidInput => {
+                Error::integrity(format!("{what} ({})", self.root.join(key).display()), e)
+            }
+            _ => Error::io(format!("read {}", self.root.join(key).display()), e),
         }
-    }
-
-    fn dir_mode(&self) -> u32 {
-        if self.config.group_readable {
-            0o750
-        } else {
-            0o700
-        }
-    }
-
-    fn sub(&self, path: &[&str], create: bool) -> Result<DirHandle> {
-        let mut cur = self
-            .dir
-            .try_clone()
-            .map_err(|e| Error::io(format!("open {}", self.root.display()), e))?;
-        for (i, c) in path.iter().enumerate() {
-            let r = if create {
-                cur.create_dir(c, self.dir_mode())
-            } else {
-                cur.open_dir(c)
-            };
-            cur = r.map_err(|e| {
-                let p = self.root.join(path[..=i].join("/"));
-                if fsx::is_symlink_refusal(&e) {
-                    Error::integrity(
-                        format!("repository directory {}", p.display()),
-                        "it is a symlink or not a directory; arca never follows links inside a repository",
-                    )
-                } else if e.kind() == std::io::ErrorKind::NotFound {
-                    Error::NotFound(format!("{} is missing", p.display()))
-                } else {
-                    Error::io(format!("open {}", p.display()), e)
-                }
-            })?;
-        }
-        Ok(cur)
     }
 
     /// Takes the repository's exclusive lock (non-blocking). `lock` must be a regular file.
@@ -317,71 +362,44 @@ impl Repository {
 
     /// Takes the repository lock, shared or exclusive (non-blocking), and records the holder.
     pub fn try_lock(&self, kind: LockKind) -> Result<RepoLock> {
-        let f = self.lock_file(&self.dir, "lock")?;
-        self.take(f, kind, "repository", "repo")
+        self.take(LockScope::Repository, kind)
     }
 
-    /// Takes the exclusive lock of one chain (`locks/<chain_id>`): backups of the job and
-    /// changes of its keys exclude each other; other jobs are not held up.
+    /// Takes the exclusive lock of one chain: backups of the job and changes of its keys
+    /// exclude each other; other jobs are not held up.
     pub fn try_lock_chain(&self, chain: &Id16) -> Result<RepoLock> {
-        let d = self.sub(&["locks"], true)?;
-        let f = self.lock_file(&d, &chain.hex())?;
-        self.take(
-            f,
-            LockKind::Exclusive,
-            &format!("chain {chain}"),
-            &chain.hex(),
-        )
+        self.take(LockScope::Chain(*chain), LockKind::Exclusive)
     }
 
-    /// Who holds locks, from the holder files (unreadable ones are skipped).
+    /// Who holds locks (unreadable records are skipped).
     pub fn lock_holders(&self) -> Vec<LockHolder> {
-        let Ok(d) = self.sub(&["locks"], false) else {
-            return Vec::new();
-        };
-        let Ok(names) = d.list() else {
-            return Vec::new();
-        };
-        let me = std::process::id();
-        names
-            .into_iter()
-            .filter(|(n, ft)| {
-                n.to_string_lossy().ends_with(".json") && *ft == rustix::fs::FileType::RegularFile
-            })
-            .filter_map(|(n, _)| d.read_bounded(&n, 4096).ok())
-            .filter_map(|b| serde_json::from_slice::<LockHolder>(&b).ok())
-            .filter(|h| h.pid != me || h.host != this_host())
-            .collect()
+        self.store.lock_holders()
     }
 
-    /// Removes holder files this host's dead processes left; returns them.
+    /// Removes lock records of holders known to be gone (local: this host's dead
+    /// processes; S3: expired leases); returns them.
     pub fn sweep_stale_holders(&self) -> Vec<LockHolder> {
-        let Ok(d) = self.sub(&["locks"], false) else {
-            return Vec::new();
-        };
-        let host = this_host();
-        let mut gone = Vec::new();
-        for h in self.lock_holders() {
-            if h.host == host && !pid_alive(h.pid) {
-                let name = format!("{}.{}.{}.json", h.host, h.pid, holder_lock_name(&h.lock));
-                if d.unlink(&name).is_ok() {
-                    gone.push(h);
-                }
-            }
-        }
-        gone
+        self.store.sweep_stale()
     }
 
-    fn take(&self, f: File, kind: LockKind, what: &str, short: &str) -> Result<RepoLock> {
-        let r = match kind {
-            LockKind::Exclusive => f.try_lock(),
-            LockKind::Shared => f.try_lock_shared(),
+    fn take(&self, scope: LockScope, kind: LockKind) -> Result<RepoLock> {
+        let what = scope.describe();
+        let holder = LockHolder {
+            pid: std::process::id(),
+            host: this_host(),
+            command: std::env::args().collect::<Vec<_>>().join(" "),
+            since: now_rfc3339(),
+            lock: what.clone(),
+            kind: match kind {
+                LockKind::Shared => "shared".into(),
+                LockKind::Exclusive => "exclusive".into(),
+            },
         };
-        match r {
-            Ok(()) => {}
-            Err(std::fs::TryLockError::WouldBlock) => {
+        match self.store.lock(scope, kind, &holder) {
+            Ok(Some(g)) => Ok(RepoLock { _guard: g }),
+            Ok(None) => {
                 let holders = self.lock_holders();
-                return Err(Error::Locked {
+                Err(Error::Locked {
                     path: self.root.display().to_string(),
                     detail: if holders.is_empty() {
                         format!("the {what} is locked by another arca process")
@@ -395,91 +413,41 @@ impl Repository {
                                 .join("; ")
                         )
                     },
-                });
+                })
             }
-            Err(std::fs::TryLockError::Error(e)) => {
-                return Err(Error::io(
-                    format!("lock {}", self.root.join("lock").display()),
-                    e,
-                ))
-            }
+            Err(e) if e.kind() == std::io::ErrorKind::InvalidData => Err(Error::integrity(
+                format!("lock of the {what} in {}", self.root.display()),
+                e,
+            )),
+            Err(e) => Err(Error::io(
+                format!("lock the {what} in {}", self.root.display()),
+                e,
+            )),
         }
-        // Who holds it, for others' messages (best effort: a read-only repository still locks).
-        let holder = (|| -> Option<(DirHandle, String)> {
-            let d = self.sub(&["locks"], true).ok()?;
-            let h = LockHolder {
-                pid: std::process::id(),
-                host: this_host(),
-                command: std::env::args().collect::<Vec<_>>().join(" "),
-                since: now_rfc3339(),
-                lock: what.to_string(),
-                kind: match kind {
-                    LockKind::Shared => "shared".into(),
-                    LockKind::Exclusive => "exclusive".into(),
-                },
-            };
-            let name = format!("{}.{}.{short}.json", h.host, h.pid);
-            let _ = d.unlink(&name);
-            let mut w = d.create_excl(&name, self.file_mode()).ok()?;
-            use std::io::Write;
-            w.write_all(&serde_json::to_vec(&h).ok()?).ok()?;
-            Some((d, name))
-        })();
-        Ok(RepoLock { _file: f, holder })
     }
 
-    fn lock_file(&self, d: &DirHandle, name: &str) -> Result<File> {
-        let p = self.root.join(name);
-        d.open_rw(name, self.file_mode()).map_err(|e| {
-            if e.raw_os_error() == Some(rustix::io::Errno::LOOP.raw_os_error())
-                || e.kind() == std::io::ErrorKind::InvalidData
-            {
-                Error::integrity(
-                    format!("lock file {}", p.display()),
-                    "it is not a regular file (a symlink?); remove it",
-                )
-            } else {
-                Error::io(format!("open {}", p.display()), e)
-            }
-        })
-    }
-
-    /// Writes `path/name` atomically: a new file in `tmp/` (0600 or 0640, `O_EXCL`), fsync,
-    /// rename into place, fsync of the directory.
+    /// Writes `path/name` atomically (local: a new file in `tmp/`, fsync, rename into place,
+    /// fsync of the directory; S3: one PUT).
     pub fn write_atomic(&self, path: &[&str], name: &str, data: &[u8]) -> Result<()> {
         self.write_atomic_parts(path, name, &[data])
     }
 
-    /// [`Repository::write_atomic`] of the concatenation of `parts` (no copy made).
+    /// [`Repository::write_atomic`] of the concatenation of `parts`.
     pub fn write_atomic_parts(&self, path: &[&str], name: &str, parts: &[&[u8]]) -> Result<()> {
-        let tmp_dir = self.sub(&["tmp"], true)?;
-        let dest = self.sub(path, true)?;
-        let tmp = format!("{}.tmp", Id16::random().hex());
-        let shown = self.root.join(path.join("/")).join(name);
-        let res = (|| -> Result<()> {
-            let mut f = tmp_dir.create_excl(&tmp, self.file_mode()).map_err(|e| {
-                Error::io(
-                    format!("create a temporary file for {}", shown.display()),
-                    e,
-                )
-            })?;
-            parts
-                .iter()
-                .try_for_each(|p| f.write_all(p))
-                .and_then(|_| f.sync_all())
-                .map_err(|e| Error::io(format!("write {}", shown.display()), e))?;
-            drop(f);
-            tmp_dir
-                .rename_to(&tmp, &dest, name)
-                .map_err(|e| Error::io(format!("rename into place {}", shown.display()), e))?;
-            dest.fsync()
-                .map_err(|e| Error::io(format!("sync {}", dest.path().display()), e))?;
-            Ok(())
-        })();
-        if res.is_err() {
-            let _ = tmp_dir.unlink(&tmp);
-        }
-        res
+        let key = path
+            .iter()
+            .copied()
+            .chain(std::iter::once(name))
+            .collect::<Vec<_>>()
+            .join("/");
+        let shown = self.root.join(&key);
+        self.store.put(&key, parts).map_err(|e| {
+            if e.kind() == std::io::ErrorKind::InvalidData {
+                Error::integrity(format!("repository directory of {}", shown.display()), e)
+            } else {
+                Error::io(format!("write {}", shown.display()), e)
+            }
+        })
     }
 
     fn read_json<T: serde::de::DeserializeOwned>(
@@ -488,46 +456,47 @@ impl Repository {
         name: &str,
         what: &str,
     ) -> Result<T> {
-        let p = self.root.join(sub).join(name);
-        let d = self.sub(&[sub], false)?;
-        let b = match d.read_bounded(name, limits::RECORD) {
-            Ok(b) => b,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                return Err(Error::NotFound(format!(
-                    "{what} not found in repository ({})",
-                    p.display()
-                )))
-            }
-            Err(e)
-                if e.kind() == std::io::ErrorKind::InvalidData || fsx::is_symlink_refusal(&e) =>
-            {
-                return Err(Error::integrity(format!("{what} ({})", p.display()), e))
-            }
-            Err(e) => return Err(Error::io(format!("read {}", p.display()), e)),
-        };
+        let key = format!("{sub}/{name}");
+        let p = self.root.join(&key);
+        let b = self.store.get(&key, limits::RECORD).map_err(|e| {
+            let missing =
+                Error::NotFound(format!("{what} not found in repository ({})", p.display()));
+            self.read_err(what, &key, e, missing)
+        })?;
         serde_json::from_slice(&b)
             .map_err(|e| Error::integrity(format!("{what} ({})", p.display()), e))
     }
 
     /// Stems of the entries of `sub` named `<stem><suffix>`, sorted; other names are ignored.
     fn list_dir_ids(&self, sub: &str, suffix: &str) -> Result<Vec<String>> {
-        let d = match self.sub(&[sub], false) {
-            Ok(d) => d,
-            Err(Error::NotFound(_)) => return Ok(Vec::new()),
-            Err(e) => return Err(e),
-        };
-        let mut out = Vec::new();
-        for (name, _) in d
-            .list()
-            .map_err(|e| Error::io(format!("list {}", d.path().display()), e))?
-        {
-            let name = name.to_string_lossy().into_owned();
-            if let Some(stem) = name.strip_suffix(suffix) {
-                out.push(stem.to_string());
-            }
-        }
+        let mut out: Vec<String> = self
+            .list(sub)?
+            .into_iter()
+            .filter_map(|name| name.strip_suffix(suffix).map(str::to_string))
+            .collect();
         out.sort();
         Ok(out)
+    }
+
+    /// Names of the objects directly in `sub` (deeper ones are ignored).
+    fn list(&self, sub: &str) -> Result<Vec<String>> {
+        let objs = self.store.list(sub).map_err(|e| {
+            if e.kind() == std::io::ErrorKind::InvalidData {
+                Error::integrity(
+                    format!("repository directory {}", self.root.join(sub).display()),
+                    e,
+                )
+            } else {
+                Error::io(format!("list {}", self.root.join(sub).display()), e)
+            }
+        })?;
+        Ok(objs
+            .into_iter()
+            .filter_map(|o| {
+                let rest = o.key.strip_prefix(sub)?.strip_prefix('/')?;
+                (!rest.contains('/')).then(|| rest.to_string())
+            })
+            .collect())
     }
 
     /// Checks `type`, `version` and the repository of a record: a record older than the
@@ -740,17 +709,13 @@ impl Repository {
     /// Deletes the escrow records of a job's password: those of one salt (one version of
     /// the password), or all of them.
     pub fn delete_escrow(&self, job_id: &Id16, password: &str, salt: Option<&[u8]>) -> Result<()> {
-        let d = self.sub(&["escrow"], true)?;
         for (name, e) in self.scan_escrow(Some(job_id))? {
             if e.kdf.password != password || salt.is_some_and(|s| s != e.kdf.salt.as_slice()) {
                 continue;
             }
-            match d.unlink(&name) {
-                Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
-                    return Err(Error::io(format!("remove escrow/{name}"), e))
-                }
-                _ => {}
-            }
+            self.store
+                .delete(&format!("escrow/{name}"))
+                .map_err(|e| Error::io(format!("remove escrow/{name}"), e))?;
         }
         Ok(())
     }
@@ -811,8 +776,8 @@ impl Repository {
     }
 
     pub fn delete_point_file(&self, id: &Id16) -> Result<()> {
-        let d = self.sub(&["points"], false)?;
-        d.unlink(format!("{id}.json"))
+        self.store
+            .delete(&format!("points/{id}.json"))
             .map_err(|e| Error::io(format!("remove points/{id}.json"), e))
     }
 
@@ -830,15 +795,10 @@ impl Repository {
     /// The sealed part of an index file.
     pub fn read_index(&self, point_id: &Id16, data_format: u32) -> Result<Vec<u8>> {
         let what = format!("index of recovery point {point_id}");
-        let d = self.sub(&["index"], false)?;
-        let mut b = d.read_bounded(point_id.hex(), limits::INDEX).map_err(|e| {
-            if e.kind() == std::io::ErrorKind::NotFound {
-                Error::integrity(&what, "missing")
-            } else if e.kind() == std::io::ErrorKind::InvalidData || fsx::is_symlink_refusal(&e) {
-                Error::integrity(&what, e)
-            } else {
-                Error::io(format!("read index/{point_id}"), e)
-            }
+        let key = format!("index/{}", point_id.hex());
+        let mut b = self.store.get(&key, limits::INDEX).map_err(|e| {
+            let missing = Error::integrity(&what, "missing");
+            self.read_err(&what, &key, e, missing)
         })?;
         let magic = if data_format >= 2 {
             INDEX_MAGIC2
@@ -868,85 +828,94 @@ impl Repository {
         self.write_atomic(&["packs", &h[..2]], &h, data)
     }
 
+    /// Starts writing a pack; nothing may refer to it before [`Repository::flush`].
+    pub fn write_pack_owned(&self, id: &Id32, data: Vec<u8>) -> Result<()> {
+        let key = Self::pack_rel(id);
+        self.store
+            .put_background(key, data)
+            .map_err(|e| Error::io(format!("write pack {id} to {}", self.root.display()), e))
+    }
+
+    /// Waits until every pack started with [`Repository::write_pack_owned`] is written.
+    pub fn flush(&self) -> Result<()> {
+        self.store
+            .flush()
+            .map_err(|e| Error::io(format!("write packs to {}", self.root.display()), e))
+    }
+
     fn pack_err(&self, id: &Id32, e: std::io::Error) -> Error {
-        if e.kind() == std::io::ErrorKind::NotFound {
-            Error::integrity(
-                format!("pack {id}"),
-                format!("missing ({})", self.pack_path(id).display()),
-            )
-        } else if e.kind() == std::io::ErrorKind::InvalidData || fsx::is_symlink_refusal(&e) {
-            Error::integrity(format!("pack {id}"), e)
-        } else {
-            Error::io(format!("read {}", self.pack_path(id).display()), e)
+        let key = Self::pack_rel(id);
+        let missing = Error::integrity(
+            format!("pack {id}"),
+            format!("missing ({})", self.pack_path(id).display()),
+        );
+        match e.kind() {
+            std::io::ErrorKind::InvalidData | std::io::ErrorKind::InvalidInput => {
+                Error::integrity(format!("pack {id}"), e)
+            }
+            _ => self.read_err("pack", &key, e, missing),
         }
     }
 
     pub fn read_pack(&self, id: &Id32) -> Result<Vec<u8>> {
-        let h = id.hex();
-        let d = self.sub(&["packs", &h[..2]], false).map_err(|e| match e {
-            Error::NotFound(_) => Error::integrity(format!("pack {id}"), "missing"),
-            e => e,
-        })?;
-        d.read_bounded(&h, limits::PACK)
+        self.store
+            .get(&Self::pack_rel(id), limits::PACK)
             .map_err(|e| self.pack_err(id, e))
     }
 
-    pub fn open_pack(&self, id: &Id32) -> Result<File> {
-        let h = id.hex();
-        let d = {
-            let mut m = self.pack_dirs.lock().expect("not poisoned");
-            match m.get(&h[..2]) {
-                Some(d) => d.clone(),
-                None => {
-                    let d = self.sub(&["packs", &h[..2]], false).map_err(|e| match e {
-                        Error::NotFound(_) => Error::integrity(format!("pack {id}"), "missing"),
-                        e => e,
-                    })?;
-                    let d = std::sync::Arc::new(d);
-                    m.insert(h[..2].to_string(), d.clone());
-                    d
-                }
-            }
-        };
-        d.open_read(&h).map_err(|e| self.pack_err(id, e))
+    pub fn open_pack(&self, id: &Id32) -> Result<PackReader> {
+        let r = self
+            .store
+            .reader(&Self::pack_rel(id))
+            .map_err(|e| self.pack_err(id, e))?;
+        Ok(PackReader { r })
     }
 
-    /// Size of a pack file, if it exists (never through a symlink).
+    /// Size of a pack, if it exists (never through a symlink).
     pub fn pack_len(&self, id: &Id32) -> Option<u64> {
-        self.open_pack(id).ok()?.metadata().ok().map(|m| m.len())
+        self.store.size(&Self::pack_rel(id)).ok().flatten()
     }
 
-    pub fn read_pack_range(f: &mut File, id: &Id32, offset: u64, len: u32) -> Result<Vec<u8>> {
+    pub fn read_pack_range(
+        f: &mut PackReader,
+        id: &Id32,
+        offset: u64,
+        len: u32,
+    ) -> Result<Vec<u8>> {
         if len > limits::SEALED_CHUNK {
             return Err(Error::integrity(
                 format!("pack {id}"),
                 "a chunk length beyond the format's limit",
             ));
         }
-        let mut buf = vec![0u8; len as usize];
-        f.read_exact_at(&mut buf, offset)
+        f.r.read_at(offset, u64::from(len))
             .map_err(|e| match e.kind() {
                 std::io::ErrorKind::UnexpectedEof => Error::integrity(
                     format!("pack {id}"),
                     "truncated: a chunk lies beyond its end",
                 ),
+                std::io::ErrorKind::NotFound => Error::integrity(format!("pack {id}"), "missing"),
                 _ => Error::io(format!("read pack {id}"), e),
-            })?;
-        Ok(buf)
+            })
     }
 
     /// The unauthenticated owner of a pack: the point id in its first 24 bytes and its
     /// layout version, with the pack's size. `None` when it is not a pack.
     pub fn pack_owner(&self, id: &Id32) -> Result<Option<(Id16, u32, u64)>> {
-        let f = self.open_pack(id)?;
-        let len = f
-            .metadata()
-            .map_err(|e| Error::io(format!("stat pack {id}"), e))?
-            .len();
-        let mut head = [0u8; PACK_PREFIX_LEN];
-        if len < PACK_PREFIX_LEN as u64 + 4 || f.read_exact_at(&mut head, 0).is_err() {
+        let Some(len) = self
+            .store
+            .size(&Self::pack_rel(id))
+            .map_err(|e| self.pack_err(id, e))?
+        else {
+            return Err(self.pack_err(id, std::io::ErrorKind::NotFound.into()));
+        };
+        if len < PACK_PREFIX_LEN as u64 + 4 {
             return Ok(None);
         }
+        let mut f = self.open_pack(id)?;
+        let Ok(head) = f.r.read_at(0, PACK_PREFIX_LEN as u64) else {
+            return Ok(None);
+        };
         let fmt = if head[..8] == *PACK_MAGIC2 {
             2
         } else if head[..8] == *PACK_MAGIC {
@@ -960,32 +929,17 @@ impl Repository {
 
     /// Removes a pack (never through a symlink). A pack already gone is not an error.
     pub fn delete_pack(&self, id: &Id32) -> Result<()> {
-        let h = id.hex();
-        let d = match self.sub(&["packs", &h[..2]], false) {
-            Ok(d) => d,
-            Err(Error::NotFound(_)) => return Ok(()),
-            Err(e) => return Err(e),
-        };
-        self.pack_dirs.lock().expect("not poisoned").remove(&h[..2]);
-        match d.unlink(&h) {
-            Ok(()) => Ok(()),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-            Err(e) => Err(Error::io(format!("remove pack {h}"), e)),
-        }
+        self.store
+            .delete(&Self::pack_rel(id))
+            .map_err(|e| Error::io(format!("remove pack {id}"), e))
     }
 
     /// Ids of the index files present (names of another form are ignored).
     pub fn list_index_ids(&self) -> Result<Vec<Id16>> {
-        let d = match self.sub(&["index"], false) {
-            Ok(d) => d,
-            Err(Error::NotFound(_)) => return Ok(Vec::new()),
-            Err(e) => return Err(e),
-        };
-        let mut out: Vec<Id16> = d
-            .list()
-            .map_err(|e| Error::io("list index", e))?
-            .into_iter()
-            .filter_map(|(n, _)| Id16::parse(&n.to_string_lossy()).ok())
+        let mut out: Vec<Id16> = self
+            .list("index")?
+            .iter()
+            .filter_map(|n| Id16::parse(n).ok())
             .collect();
         out.sort();
         Ok(out)
@@ -993,65 +947,44 @@ impl Repository {
 
     /// Removes an index file. One already gone is not an error.
     pub fn delete_index(&self, id: &Id16) -> Result<()> {
-        let d = self.sub(&["index"], false)?;
-        match d.unlink(id.hex()) {
-            Ok(()) => Ok(()),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-            Err(e) => Err(Error::io(format!("remove index/{id}"), e)),
-        }
+        self.store
+            .delete(&format!("index/{}", id.hex()))
+            .map_err(|e| Error::io(format!("remove index/{id}"), e))
     }
 
-    /// All pack ids present on disk.
+    /// All pack ids present.
     pub fn list_packs(&self) -> Result<Vec<Id32>> {
-        let d = self.sub(&["packs"], false)?;
-        let mut out = Vec::new();
-        for (sub, _) in d.list().map_err(|e| Error::io("list packs", e))? {
-            let sub = sub.to_string_lossy().into_owned();
-            if !is_hex(&sub, 2) {
-                continue;
-            }
-            let Ok(sd) = d.open_dir(&sub) else { continue };
-            for (e, _) in sd.list().map_err(|e| Error::io("list packs", e))? {
-                if let Ok(id) = Id32::parse(&e.to_string_lossy()) {
-                    out.push(id);
+        let objs = self
+            .store
+            .list("packs")
+            .map_err(|e| Error::io("list packs", e))?;
+        let mut out: Vec<Id32> = objs
+            .iter()
+            .filter_map(|o| {
+                let mut it = o.key.split('/').skip(1);
+                let (sub, name) = (it.next()?, it.next()?);
+                if it.next().is_some() || !store::is_hex(sub, 2) {
+                    return None;
                 }
-            }
-        }
+                Id32::parse(name).ok()
+            })
+            .collect();
         out.sort();
         Ok(out)
     }
 
-    /// Removes leftovers of interrupted writes: only names arca itself makes in `tmp/`
-    /// (`<32 hex>.tmp`), never through a symlink. A symlinked `tmp/` is refused.
-    /// Removes leftovers of interrupted writes in `tmp/` that are older than `min_age` (other
-    /// writers may be running: their files are younger).
+    /// Removes leftovers of interrupted writes older than `min_age` (other writers may be
+    /// running: their leftovers are younger). Local: only names arca itself makes in `tmp/`
+    /// (`<32 hex>.tmp`), never through a symlink (a symlinked `tmp/` is refused); S3:
+    /// multipart uploads never completed.
     pub fn clean_tmp(&self, min_age: std::time::Duration) -> Result<()> {
-        let d = self.sub(&["tmp"], true)?;
-        let now = std::time::SystemTime::now();
-        for (name, ft) in d.list().map_err(|e| Error::io("list tmp", e))? {
-            let n = name.to_string_lossy();
-            let ours = n.strip_suffix(".tmp").is_some_and(|s| is_hex(s, 32));
-            if !ours || ft != rustix::fs::FileType::RegularFile {
-                continue;
+        self.store.clean_tmp(min_age).map_err(|e| {
+            if e.kind() == std::io::ErrorKind::InvalidData {
+                Error::integrity(format!("{}/tmp", self.root.display()), e)
+            } else {
+                Error::io(format!("clean {}/tmp", self.root.display()), e)
             }
-            let old_enough = min_age.is_zero()
-                || rustix::fs::statat(
-                    d.fd(),
-                    name.as_os_str(),
-                    rustix::fs::AtFlags::SYMLINK_NOFOLLOW,
-                )
-                .ok()
-                .and_then(|st| {
-                    let m = std::time::UNIX_EPOCH
-                        + std::time::Duration::from_secs(st.st_mtime.max(0) as u64);
-                    now.duration_since(m).ok()
-                })
-                .is_some_and(|age| age >= min_age);
-            if old_enough {
-                let _ = d.unlink(&name);
-            }
-        }
-        Ok(())
+        })
     }
 }
 
