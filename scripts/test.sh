@@ -3,7 +3,8 @@
 #   ./scripts/test.sh
 # Needs: the Rust toolchain (cargo). Everything else is installed here: Debian packages with
 # apt-get when missing, Python packages into venvs under target/. It starts a real
-# KMS-compatible server (moto) on a free loopback port for the KMS tests and stops it at the end.
+# KMS- and S3-compatible server (moto: KMS, and S3 with versioning and Object Lock) on a free
+# loopback port for the KMS and S3 tests, and a KMIP server (PyKMIP); stops them at the end.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
@@ -48,6 +49,8 @@ for _ in $(seq 1 100); do
 done
 curl -fsS "http://127.0.0.1:$MOTO_PORT/moto-api/" >/dev/null || { cat target/moto.log; echo "moto_server did not start"; exit 1; }
 export ARCA_TEST_KMS_ENDPOINT="http://127.0.0.1:$MOTO_PORT"
+# The same server answers S3 (buckets are made per test).
+export ARCA_TEST_S3_ENDPOINT="http://127.0.0.1:$MOTO_PORT"
 
 # PyKMIP: a real KMIP server with mutual TLS, in its own venv; certificates made here.
 KMIP_VENV=$ROOT/target/venv-kmip

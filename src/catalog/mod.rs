@@ -320,7 +320,11 @@ impl Catalog {
     // --- repositories ---
 
     pub fn add_repository(&self, repo_id: &Id16, path: &Path) -> Result<()> {
-        let abs = std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf());
+        // A directory is kept absolute; an s3:// location as given.
+        let abs = match crate::repo::store::Location::parse(path) {
+            Ok(crate::repo::store::Location::S3 { .. }) => path.to_path_buf(),
+            _ => std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf()),
+        };
         self.conn
             .execute(
                 "INSERT INTO repositories (repo_id, path, added) VALUES (?1, ?2, ?3)

@@ -156,8 +156,8 @@ pub struct QuickstartArgs {
     pub job: String,
 }
 
-pub fn init(ctx: &Ctx, dir: &Path, group_readable: bool) -> Result<i32> {
-    let repo = Repository::init(dir, group_readable)?;
+pub fn init(ctx: &Ctx, dir: &Path, o: &crate::repo::InitOptions) -> Result<i32> {
+    let repo = Repository::init_with(dir, o)?;
     let cat = ctx.catalog()?;
     cat.add_repository(&repo.id(), repo.root())?;
     cat.set_repo_format_version(&repo.id(), repo.version())?;

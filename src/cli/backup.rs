@@ -125,6 +125,9 @@ struct Summary<'a> {
     seconds: f64,
     /// KMS requests this run made (retries included).
     kms_requests: u64,
+    /// S3 requests this run made (S3 repositories only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    s3_requests: Option<crate::repo::store::StoreStats>,
     errors: &'a [SourceError],
     /// Entries deliberately not backed up (sockets, ...), with the reason.
     skipped: &'a [SourceError],
@@ -187,6 +190,7 @@ pub async fn run(ctx: &Ctx, a: BackupArgs) -> Result<i32> {
                 chunks_new: s.chunks_new,
                 seconds: secs,
                 kms_requests: crate::keys::aws_kms::process_requests(),
+                s3_requests: crate::repo::store::s3::requests_made(),
                 errors: &out.body.errors,
                 skipped: &out.body.skipped,
             })

@@ -148,6 +148,34 @@ pub struct Cli {
     /// How long to wait for a lock another arca process holds (e.g. 30s, 10m) [default: 10m].
     #[arg(long, global = true, help_heading = "Global options", value_name = "DURATION", env = "ARCA_LOCK_WAIT", value_parser = humantime::parse_duration)]
     pub lock_wait: Option<std::time::Duration>,
+    /// The endpoint of an S3-compatible store for s3:// repositories (MinIO, Ceph RGW, Wasabi...).
+    /// Else AWS_ENDPOINT_URL_S3; AWS S3 when neither is set.
+    #[arg(
+        long,
+        global = true,
+        help_heading = "S3 repositories",
+        value_name = "URL",
+        env = "ARCA_S3_ENDPOINT"
+    )]
+    pub s3_endpoint: Option<String>,
+    /// Path-style S3 addressing (http://host/bucket/key) [default: on with an endpoint, else off].
+    #[arg(
+        long,
+        global = true,
+        help_heading = "S3 repositories",
+        value_name = "BOOL",
+        env = "ARCA_S3_PATH_STYLE"
+    )]
+    pub s3_path_style: Option<bool>,
+    /// The bucket's region [default: the AWS chain (AWS_REGION, profile), else us-east-1].
+    #[arg(
+        long,
+        global = true,
+        help_heading = "S3 repositories",
+        value_name = "REGION",
+        env = "ARCA_S3_REGION"
+    )]
+    pub s3_region: Option<String>,
     /// Run Argon2 parameters above arca's cap (4x the defaults) when a repository asks for them.
     #[arg(long, global = true, help_heading = "Global options")]
     pub allow_expensive_kdf: bool,
@@ -159,11 +187,20 @@ pub struct Cli {
 pub enum Command {
     /// Create a repository in an empty or new directory.
     Init {
-        /// The directory for the new repository (created if missing; must be empty).
+        /// The new repository: a directory (created if missing; must be empty) or
+        /// s3://BUCKET/PREFIX (the prefix must hold nothing).
         dir: PathBuf,
         /// New files 0640 and directories 0750 (a repository shared with a group), instead of 0600/0700.
         #[arg(long)]
         group_readable: bool,
+        /// S3 Object Lock: every object a backup writes is retained this many days (the bucket
+        /// must have Object Lock enabled; `forget` extends the retention of what it keeps).
+        #[arg(long, value_name = "DAYS", value_parser = clap::value_parser!(u32).range(1..=36500))]
+        object_lock_days: Option<u32>,
+        /// governance (users with s3:BypassGovernanceRetention may shorten it) or compliance
+        /// (nobody can, not even the account root) [default: governance].
+        #[arg(long, value_name = "MODE", requires = "object_lock_days")]
+        object_lock_mode: Option<crate::repo::store::LockMode>,
     },
     /// Upgrade a repository written by arca 0.1 (format 1) to format 2 in place: metadata is
     /// authenticated and re-bound; no data is re-encrypted or rewritten. Needs every chain's keys.
@@ -314,9 +351,17 @@ pub async fn run(cli: Cli) -> Result<i32> {
     creds.allow_expensive_kdf = cli.allow_expensive_kdf;
     creds.password_command = cli.password_command.clone();
     creds.key_command = cli.key_command.clone();
+    let catalog_path = cli.catalog.clone().unwrap_or_else(Catalog::default_path);
+    crate::repo::store::s3::configure(crate::repo::store::s3::S3Settings {
+        endpoint: cli.s3_endpoint.clone(),
+        path_style: cli.s3_path_style,
+        region: cli.s3_region.clone(),
+        cache_dir: catalog_path.parent().map(|d| d.join("cache")),
+        ..Default::default()
+    });
     let ctx = Ctx {
         session: Session {
-            catalog_path: cli.catalog.clone().unwrap_or_else(Catalog::default_path),
+            catalog_path,
             quiet: cli.quiet,
             creds,
             lock_wait: cli.lock_wait.unwrap_or(std::time::Duration::from_secs(600)),
@@ -327,7 +372,19 @@ pub async fn run(cli: Cli) -> Result<i32> {
         Command::Init {
             dir,
             group_readable,
-        } => admin::init(&ctx, &dir, group_readable),
+            object_lock_days,
+            object_lock_mode,
+        } => admin::init(
+            &ctx,
+            &dir,
+            &crate::repo::InitOptions {
+                group_readable,
+                object_lock: object_lock_days.map(|days| crate::repo::store::ObjectLock {
+                    days,
+                    mode: object_lock_mode.unwrap_or(crate::repo::store::LockMode::Governance),
+                }),
+            },
+        ),
         Command::Migrate { repo } => admin::migrate(&ctx, &repo).await,
         Command::Job(c) => job::run(&ctx, c).await,
         Command::Backup(a) => backup::run(&ctx, a).await,

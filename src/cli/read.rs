@@ -627,6 +627,8 @@ pub async fn restore(ctx: &Ctx, a: RestoreArgs) -> Result<i32> {
             tier: &'a str,
             target: String,
             kms_requests: u64,
+            #[serde(skip_serializing_if = "Option::is_none")]
+            s3_requests: Option<crate::repo::store::StoreStats>,
             #[serde(flatten)]
             stats: &'a restore::RestoreStats,
         }
@@ -635,6 +637,7 @@ pub async fn restore(ctx: &Ctx, a: RestoreArgs) -> Result<i32> {
             tier,
             target: a.target.display().to_string(),
             kms_requests: crate::keys::aws_kms::process_requests(),
+            s3_requests: crate::repo::store::s3::requests_made(),
             stats: &stats,
         });
     } else {

@@ -459,6 +459,8 @@ pub struct ChunkReader<'a> {
     /// Recently used packs, most recent last (a few, so interleaved reads do not reopen).
     open: Vec<(u32, crate::repo::PackReader)>,
     zstd: zstd::bulk::Decompressor<'static>,
+    /// Reads file-index chunks: a remote store may keep them in its local cache.
+    metadata: bool,
 }
 
 const OPEN_PACKS: usize = 8;
@@ -471,6 +473,7 @@ impl<'a> ChunkReader<'a> {
             idk,
             open: Vec::with_capacity(OPEN_PACKS),
             zstd: zstd::bulk::Decompressor::new().expect("zstd decompression context"),
+            metadata: false,
         }
     }
 
@@ -496,7 +499,12 @@ impl<'a> ChunkReader<'a> {
                 if self.open.len() == OPEN_PACKS {
                     self.open.remove(0);
                 }
-                self.open.push((loc.pack, self.repo.open_pack(&pack_id)?));
+                let r = if self.metadata {
+                    self.repo.open_pack_metadata(&pack_id)?
+                } else {
+                    self.repo.open_pack(&pack_id)?
+                };
+                self.open.push((loc.pack, r));
             }
         }
         let f = &mut self.open.last_mut().expect("just pushed").1;
@@ -537,7 +545,8 @@ pub struct TreeStream<'r> {
 const TREE_LINE_MAX: usize = 64 << 20;
 
 impl<'r> TreeStream<'r> {
-    pub fn new(reader: ChunkReader<'r>, body: &PointBody) -> Self {
+    pub fn new(mut reader: ChunkReader<'r>, body: &PointBody) -> Self {
+        reader.metadata = true;
         TreeStream {
             reader,
             ids: body.tree.clone().into_iter(),

@@ -77,7 +77,12 @@ pub fn wait_for<T>(
                     ));
                     said = true;
                 }
-                std::thread::sleep(Duration::from_millis(100));
+                // Each try of a lock on S3 costs requests: poll it less often.
+                std::thread::sleep(if repo.store().local_root().is_some() {
+                    Duration::from_millis(100)
+                } else {
+                    Duration::from_secs(1)
+                });
             }
             other => return other,
         }

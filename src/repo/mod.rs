@@ -871,6 +871,15 @@ impl Repository {
         Ok(PackReader { r })
     }
 
+    /// A pack opened to read file-index chunks out of it (a remote store caches them).
+    pub fn open_pack_metadata(&self, id: &Id32) -> Result<PackReader> {
+        let r = self
+            .store
+            .reader_cached(&Self::pack_rel(id))
+            .map_err(|e| self.pack_err(id, e))?;
+        Ok(PackReader { r })
+    }
+
     /// Size of a pack, if it exists (never through a symlink).
     pub fn pack_len(&self, id: &Id32) -> Option<u64> {
         self.store.size(&Self::pack_rel(id)).ok().flatten()

@@ -94,6 +94,18 @@ impl Env {
             Ok(e) => c.env("AWS_ENDPOINT_URL", e),
             Err(_) => c.env_remove("AWS_ENDPOINT_URL"),
         };
+        match std::env::var("ARCA_TEST_S3_ENDPOINT") {
+            Ok(e) => c.env("AWS_ENDPOINT_URL_S3", e),
+            Err(_) => c.env_remove("AWS_ENDPOINT_URL_S3"),
+        };
+        for k in [
+            "ARCA_S3_ENDPOINT",
+            "ARCA_S3_PATH_STYLE",
+            "ARCA_S3_REGION",
+            "ARCA_S3_CACHE",
+        ] {
+            c.env_remove(k);
+        }
         for (k, v) in self.extra_env.lock().unwrap().iter() {
             c.env(k, v);
         }
@@ -500,4 +512,95 @@ pub fn manifest(root: &Path) -> BTreeMap<String, String> {
     let mut out = BTreeMap::new();
     walk(root, root, &mut out);
     out
+}
+
+/// The loopback S3 server (moto, with versioning and Object Lock) that ./scripts/test.sh
+/// starts. An S3 test without it fails: it must never pass by skipping.
+pub fn s3_endpoint() -> String {
+    std::env::var("ARCA_TEST_S3_ENDPOINT").unwrap_or_else(|_| {
+        panic!("ARCA_TEST_S3_ENDPOINT is not set: the S3 tests run against the moto server that ./scripts/test.sh starts; run the suite with ./scripts/test.sh")
+    })
+}
+
+/// An administrator's S3 client for the test server.
+pub fn s3_admin() -> aws_sdk_s3::Client {
+    let conf = aws_sdk_s3::Config::builder()
+        .behavior_version(aws_sdk_s3::config::BehaviorVersion::latest())
+        .region(aws_sdk_s3::config::Region::new("us-east-1"))
+        .endpoint_url(s3_endpoint())
+        .force_path_style(true)
+        .credentials_provider(aws_sdk_s3::config::Credentials::new(
+            "testing", "testing", None, None, "tests",
+        ))
+        .build();
+    aws_sdk_s3::Client::from_conf(conf)
+}
+
+/// Runs a future of the S3 admin client to completion.
+pub fn s3_block<F: std::future::Future>(f: F) -> F::Output {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+        .block_on(f)
+}
+
+/// A new, empty bucket (with Object Lock, and so versioning, when asked).
+pub fn s3_bucket(object_lock: bool) -> String {
+    let name = format!("arca-test-{}", &hex_id()[..16]);
+    let c = s3_admin();
+    s3_block(async {
+        c.create_bucket()
+            .bucket(&name)
+            .object_lock_enabled_for_bucket(object_lock)
+            .send()
+            .await
+            .unwrap()
+    });
+    name
+}
+
+fn hex_id() -> String {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static N: AtomicU64 = AtomicU64::new(0);
+    let n = N.fetch_add(1, Ordering::Relaxed);
+    let t = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos();
+    format!(
+        "{:016x}{:08x}{:08x}",
+        t as u64 ^ (t >> 64) as u64,
+        std::process::id(),
+        n
+    )
+}
+
+/// Keys of every object in a bucket (current versions).
+pub fn s3_keys(bucket: &str) -> Vec<String> {
+    let c = s3_admin();
+    s3_block(async {
+        let mut out = Vec::new();
+        let mut token = None;
+        loop {
+            let r = c
+                .list_objects_v2()
+                .bucket(bucket)
+                .set_continuation_token(token)
+                .send()
+                .await
+                .unwrap();
+            out.extend(
+                r.contents()
+                    .iter()
+                    .filter_map(|o| o.key().map(str::to_string)),
+            );
+            match r.next_continuation_token() {
+                Some(t) if r.is_truncated() == Some(true) => token = Some(t.to_string()),
+                _ => break,
+            }
+        }
+        out.sort();
+        out
+    })
 }

@@ -106,6 +106,12 @@ pub trait Store: Send + Sync {
     /// A reader of ranges of one object.
     fn reader(&self, key: &str) -> io::Result<Box<dyn RangeReader>>;
 
+    /// A reader of ranges of one immutable object (a pack) whose ranges are read again
+    /// later (file-index chunks): a remote store keeps them in its local cache.
+    fn reader_cached(&self, key: &str) -> io::Result<Box<dyn RangeReader>> {
+        self.reader(key)
+    }
+
     /// The size of an object, `None` if it does not exist.
     fn size(&self, key: &str) -> io::Result<Option<u64>>;
 

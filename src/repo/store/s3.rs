@@ -48,6 +48,16 @@ pub struct S3Settings {
     pub region: Option<String>,
     /// Where the authenticated metadata cache lives (beside the catalog); none: no cache.
     pub cache_dir: Option<PathBuf>,
+    /// Objects larger than this go up in parts of this size (`ARCA_S3_PART_SIZE`, 32 MiB).
+    pub part_size: Option<usize>,
+    /// How long a lock lease lasts unless renewed (`ARCA_S3_LEASE_SECONDS`, 120).
+    pub lease_seconds: Option<u64>,
+    /// Pack uploads in flight at once (`ARCA_S3_UPLOADS`, 4).
+    pub uploads: Option<usize>,
+    /// Attempts per request, retries included (`ARCA_S3_MAX_ATTEMPTS`, 5).
+    pub max_attempts: Option<u32>,
+    /// Upper bound on one attempt (`ARCA_S3_TIMEOUT_SECONDS`, 120).
+    pub timeout_seconds: Option<u64>,
 }
 
 static SETTINGS: OnceLock<S3Settings> = OnceLock::new();
@@ -64,7 +74,8 @@ fn env_nonempty(k: &str) -> Option<String> {
 fn settings() -> S3Settings {
     let mut s = SETTINGS.get().cloned().unwrap_or_default();
     if s.endpoint.is_none() {
-        s.endpoint = env_nonempty("AWS_ENDPOINT_URL_S3");
+        s.endpoint =
+            env_nonempty("AWS_ENDPOINT_URL_S3").or_else(|| env_nonempty("AWS_ENDPOINT_URL"));
     }
     if s.path_style.is_none() {
         s.path_style = env_nonempty("ARCA_S3_PATH_STYLE").map(|v| v != "0" && v != "false");
@@ -72,6 +83,21 @@ fn settings() -> S3Settings {
     if s.cache_dir.is_none() {
         s.cache_dir = env_nonempty("ARCA_S3_CACHE").map(PathBuf::from);
     }
+    s.part_size = s.part_size.or(Some(
+        env_u64("ARCA_S3_PART_SIZE", 32 << 20, 5 << 20, 1 << 30) as usize,
+    ));
+    s.lease_seconds = s
+        .lease_seconds
+        .or(Some(env_u64("ARCA_S3_LEASE_SECONDS", 120, 2, 86_400)));
+    s.uploads = s
+        .uploads
+        .or(Some(env_u64("ARCA_S3_UPLOADS", 4, 1, 64) as usize));
+    s.max_attempts = s
+        .max_attempts
+        .or(Some(env_u64("ARCA_S3_MAX_ATTEMPTS", 5, 1, 10) as u32));
+    s.timeout_seconds =
+        s.timeout_seconds
+            .or(Some(env_u64("ARCA_S3_TIMEOUT_SECONDS", 120, 1, 3600)));
     s
 }
 
@@ -109,7 +135,40 @@ where
         .map_err(|_| io::Error::other("an S3 request task ended without an answer"))
 }
 
-#[derive(Default)]
+/// Requests every S3 store of this process made (for `--json` summaries and tests).
+static COUNTERS: Counters = Counters {
+    get: AtomicU64::new(0),
+    put: AtomicU64::new(0),
+    list: AtomicU64::new(0),
+    head: AtomicU64::new(0),
+    delete: AtomicU64::new(0),
+    other: AtomicU64::new(0),
+    bytes_in: AtomicU64::new(0),
+    bytes_out: AtomicU64::new(0),
+};
+
+/// What [`COUNTERS`] holds now.
+pub fn process_stats() -> StoreStats {
+    let c = &COUNTERS;
+    let l = |a: &AtomicU64| a.load(Ordering::Relaxed);
+    StoreStats {
+        get: l(&c.get),
+        put: l(&c.put),
+        list: l(&c.list),
+        head: l(&c.head),
+        delete: l(&c.delete),
+        other: l(&c.other),
+        bytes_in: l(&c.bytes_in),
+        bytes_out: l(&c.bytes_out),
+    }
+}
+
+/// [`process_stats`] if this process made any S3 request.
+pub fn requests_made() -> Option<StoreStats> {
+    let s = process_stats();
+    (s != StoreStats::default()).then_some(s)
+}
+
 struct Counters {
     get: AtomicU64,
     put: AtomicU64,
@@ -176,13 +235,14 @@ struct Inner {
     bucket: String,
     /// "" or "some/prefix/".
     prefix: String,
-    counters: Counters,
     lock: Mutex<Option<ObjectLock>>,
     part_size: usize,
     lease: Duration,
     cache: Option<Cache>,
     /// ETags seen in the latest listings, by key.
     seen: Mutex<HashMap<String, String>>,
+    /// Directories listed (or about to be) by this store.
+    listed: Mutex<std::collections::HashSet<String>>,
 }
 
 impl Inner {
@@ -231,9 +291,10 @@ impl Inner {
                 .object_lock_mode(mode)
                 .object_lock_retain_until_date(until);
         }
-        Counters::add(&self.counters.put, 1);
+        Counters::add(&COUNTERS.put, 1);
+        tracing::debug!("S3 PUT {key} ({len} bytes)");
         let out = req.send().await.map_err(|e| s3_err("PUT", key, e))?;
-        Counters::add(&self.counters.bytes_out, len);
+        Counters::add(&COUNTERS.bytes_out, len);
         Ok(out.e_tag.unwrap_or_default())
     }
 
@@ -249,7 +310,7 @@ impl Inner {
                 .object_lock_mode(mode)
                 .object_lock_retain_until_date(until);
         }
-        Counters::add(&self.counters.other, 1);
+        Counters::add(&COUNTERS.other, 1);
         let up = req
             .send()
             .await
@@ -261,7 +322,7 @@ impl Inner {
             let mut parts = Vec::new();
             for (i, part) in data.chunks(self.part_size).enumerate() {
                 let n = i as i32 + 1;
-                Counters::add(&self.counters.put, 1);
+                Counters::add(&COUNTERS.put, 1);
                 let r = self
                     .client
                     .upload_part()
@@ -273,7 +334,7 @@ impl Inner {
                     .send()
                     .await
                     .map_err(|e| s3_err("UploadPart", key, e))?;
-                Counters::add(&self.counters.bytes_out, part.len() as u64);
+                Counters::add(&COUNTERS.bytes_out, part.len() as u64);
                 parts.push(
                     CompletedPart::builder()
                         .part_number(n)
@@ -281,7 +342,7 @@ impl Inner {
                         .build(),
                 );
             }
-            Counters::add(&self.counters.other, 1);
+            Counters::add(&COUNTERS.other, 1);
             let done = self
                 .client
                 .complete_multipart_upload()
@@ -300,7 +361,7 @@ impl Inner {
         }
         .await;
         if res.is_err() {
-            Counters::add(&self.counters.other, 1);
+            Counters::add(&COUNTERS.other, 1);
             let _ = self
                 .client
                 .abort_multipart_upload()
@@ -328,7 +389,8 @@ impl Inner {
         if let Some(t) = if_none_match {
             req = req.if_none_match(t);
         }
-        Counters::add(&self.counters.get, 1);
+        Counters::add(&COUNTERS.get, 1);
+        tracing::debug!("S3 GET {key}");
         let out = match req.send().await {
             Ok(o) => o,
             Err(e) if not_modified(&e) => return Ok(None),
@@ -354,7 +416,7 @@ impl Inner {
             }
             buf.extend_from_slice(&b);
         }
-        Counters::add(&self.counters.bytes_in, buf.len() as u64);
+        Counters::add(&COUNTERS.bytes_in, buf.len() as u64);
         Ok(Some((buf, etag)))
     }
 
@@ -362,7 +424,8 @@ impl Inner {
         if len == 0 {
             return Ok(Vec::new());
         }
-        Counters::add(&self.counters.get, 1);
+        Counters::add(&COUNTERS.get, 1);
+        tracing::debug!("S3 GET {key} bytes {offset}+{len}");
         let out = self
             .client
             .get_object()
@@ -384,7 +447,7 @@ impl Inner {
             }
             buf.extend_from_slice(&b);
         }
-        Counters::add(&self.counters.bytes_in, buf.len() as u64);
+        Counters::add(&COUNTERS.bytes_in, buf.len() as u64);
         Ok(buf)
     }
 
@@ -392,7 +455,8 @@ impl Inner {
         &self,
         key: &str,
     ) -> io::Result<Option<aws_sdk_s3::operation::head_object::HeadObjectOutput>> {
-        Counters::add(&self.counters.head, 1);
+        Counters::add(&COUNTERS.head, 1);
+        tracing::debug!("S3 HEAD {key}");
         match self
             .client
             .head_object()
@@ -414,7 +478,8 @@ impl Inner {
     }
 
     async fn delete(&self, key: &str, if_match: Option<String>) -> io::Result<()> {
-        Counters::add(&self.counters.delete, 1);
+        Counters::add(&COUNTERS.delete, 1);
+        tracing::debug!("S3 DELETE {key}");
         let mut req = self
             .client
             .delete_object()
@@ -443,7 +508,7 @@ impl Inner {
         let mut marker: Option<String> = None;
         let mut vmarker: Option<String> = None;
         loop {
-            Counters::add(&self.counters.list, 1);
+            Counters::add(&COUNTERS.list, 1);
             let out = self
                 .client
                 .list_object_versions()
@@ -467,7 +532,7 @@ impl Inner {
                     .filter_map(|v| v.version_id().map(str::to_string)),
             );
             for v in ids {
-                Counters::add(&self.counters.delete, 1);
+                Counters::add(&COUNTERS.delete, 1);
                 self.client
                     .delete_object()
                     .bucket(&self.bucket)
@@ -495,7 +560,8 @@ impl Inner {
         let mut out = Vec::new();
         let mut token: Option<String> = None;
         loop {
-            Counters::add(&self.counters.list, 1);
+            Counters::add(&COUNTERS.list, 1);
+            tracing::debug!("S3 LIST {prefix}");
             let r = self
                 .client
                 .list_objects_v2()
@@ -671,6 +737,36 @@ struct S3Reader {
     buf: Vec<u8>,
 }
 
+/// Reads exact ranges of an immutable object through the metadata cache (packs are named
+/// by the hash of their bytes: a range of one never changes).
+struct CachedReader {
+    inner: Arc<Inner>,
+    key: String,
+}
+
+impl RangeReader for CachedReader {
+    fn read_at(&mut self, offset: u64, len: u64) -> io::Result<Vec<u8>> {
+        let ck = format!("{}@{offset}+{len}", self.key);
+        let cache = self.inner.cache.as_ref().expect("only with a cache");
+        if let Some((b, _)) = cache.load(&ck, len) {
+            if b.len() as u64 == len {
+                return Ok(b);
+            }
+        }
+        let inner = self.inner.clone();
+        let key = self.key.clone();
+        let got = block(async move { inner.get_range(&key, offset, len).await })??;
+        if got.len() as u64 != len {
+            return Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                "the object ends before the range",
+            ));
+        }
+        cache.store(&ck, "immutable", &got);
+        Ok(got)
+    }
+}
+
 impl RangeReader for S3Reader {
     fn read_at(&mut self, offset: u64, len: u64) -> io::Result<Vec<u8>> {
         let end = offset
@@ -716,8 +812,13 @@ impl Drop for LeaseGuard {
 }
 
 impl S3Store {
+    /// Opens a store with this process's settings ([`configure`], then the environment).
     pub fn open(bucket: &str, prefix: &str) -> io::Result<S3Store> {
-        let s = settings();
+        Self::open_with(bucket, prefix, settings())
+    }
+
+    /// Opens a store with `s` (unset tunables take their defaults).
+    pub fn open_with(bucket: &str, prefix: &str, s: S3Settings) -> io::Result<S3Store> {
         let location = if prefix.is_empty() {
             format!("s3://{bucket}")
         } else {
@@ -733,10 +834,11 @@ impl S3Store {
             },
             None => None,
         };
-        let attempts = env_u64("ARCA_S3_MAX_ATTEMPTS", 5, 1, 10) as u32;
-        let timeout = Duration::from_secs(env_u64("ARCA_S3_TIMEOUT_SECONDS", 120, 1, 3600));
-        let part_size = env_u64("ARCA_S3_PART_SIZE", 32 << 20, 5 << 20, 1 << 30) as usize;
-        let lease = Duration::from_secs(env_u64("ARCA_S3_LEASE_SECONDS", 120, 2, 86_400));
+        let attempts = s.max_attempts.unwrap_or(5).clamp(1, 10);
+        let timeout = Duration::from_secs(s.timeout_seconds.unwrap_or(120).clamp(1, 3600));
+        let part_size = s.part_size.unwrap_or(32 << 20).max(5 << 20);
+        let lease = Duration::from_secs(s.lease_seconds.unwrap_or(120).max(2));
+        let uploads = s.uploads.unwrap_or(4).clamp(1, 64);
         let client = block(async move {
             let mut loader = aws_config::defaults(aws_config::BehaviorVersion::latest())
                 .retry_config(
@@ -775,16 +877,16 @@ impl S3Store {
                 client,
                 bucket: bucket.to_string(),
                 prefix,
-                counters: Counters::default(),
                 lock: Mutex::new(None),
                 part_size,
                 lease,
                 cache,
                 seen: Default::default(),
+                listed: Default::default(),
             }),
             location,
             inflight: Default::default(),
-            max_inflight: env_u64("ARCA_S3_UPLOADS", 4, 1, 64) as usize,
+            max_inflight: uploads,
         })
     }
 
@@ -899,9 +1001,34 @@ impl Store for S3Store {
     }
 
     fn get(&self, key: &str, max: u64) -> io::Result<Vec<u8>> {
+        super::split_key(key)?;
         let k = key.to_string();
         let cache = self.inner.cache.as_ref().filter(|_| cacheable(key));
         let cached = cache.and_then(|c| c.load(key, max));
+        if let Some((_, etag)) = &cached {
+            // One listing of the directory tells the ETags of all its objects: cheaper than
+            // a conditional GET of each.
+            let dir = key
+                .rsplit_once('/')
+                .map(|(d, _)| d.to_string())
+                .unwrap_or_default();
+            let first = self
+                .inner
+                .listed
+                .lock()
+                .expect("not poisoned")
+                .insert(dir.clone());
+            let known = self
+                .inner
+                .seen
+                .lock()
+                .expect("not poisoned")
+                .get(key)
+                .is_some_and(|t| t == etag);
+            if first && !known {
+                let _ = self.list(&dir);
+            }
+        }
         if let Some((body, etag)) = &cached {
             let listed = self
                 .inner
@@ -936,6 +1063,7 @@ impl Store for S3Store {
     }
 
     fn reader(&self, key: &str) -> io::Result<Box<dyn RangeReader>> {
+        super::split_key(key)?;
         Ok(Box::new(S3Reader {
             inner: self.inner.clone(),
             key: key.to_string(),
@@ -944,7 +1072,19 @@ impl Store for S3Store {
         }))
     }
 
+    fn reader_cached(&self, key: &str) -> io::Result<Box<dyn RangeReader>> {
+        super::split_key(key)?;
+        if self.inner.cache.is_none() {
+            return self.reader(key);
+        }
+        Ok(Box::new(CachedReader {
+            inner: self.inner.clone(),
+            key: key.to_string(),
+        }))
+    }
+
     fn size(&self, key: &str) -> io::Result<Option<u64>> {
+        super::split_key(key)?;
         let k = key.to_string();
         self.run(move |i| {
             Box::pin(async move {
@@ -956,18 +1096,34 @@ impl Store for S3Store {
     }
 
     fn put(&self, key: &str, parts: &[&[u8]]) -> io::Result<()> {
+        super::split_key(key)?;
         let data = parts.concat();
         let k = key.to_string();
-        self.run(move |i| Box::pin(async move { i.put(&k, data, false, None).await.map(|_| ()) }))
+        let cache = self.inner.cache.as_ref().filter(|_| cacheable(key));
+        let keep = cache.map(|_| data.clone());
+        let etag =
+            self.run(move |i| Box::pin(async move { i.put(&k, data, false, None).await }))?;
+        // Write-through: what this host wrote is not downloaded again.
+        if let (Some(c), Some(d)) = (cache, keep) {
+            c.store(key, &etag, &d);
+            self.inner
+                .seen
+                .lock()
+                .expect("not poisoned")
+                .insert(key.to_string(), etag);
+        }
+        Ok(())
     }
 
     fn put_new(&self, key: &str, data: &[u8]) -> io::Result<()> {
+        super::split_key(key)?;
         let data = data.to_vec();
         let k = key.to_string();
         self.run(move |i| Box::pin(async move { i.put(&k, data, true, None).await.map(|_| ()) }))
     }
 
     fn put_background(&self, key: String, data: Vec<u8>) -> io::Result<()> {
+        super::split_key(&key)?;
         let (m, cv) = &*self.inflight;
         {
             let mut g = m.lock().expect("not poisoned");
@@ -1007,6 +1163,7 @@ impl Store for S3Store {
     }
 
     fn delete(&self, key: &str) -> io::Result<()> {
+        super::split_key(key)?;
         let k = key.to_string();
         if let Some(c) = &self.inner.cache {
             c.forget(key);
@@ -1115,7 +1272,7 @@ impl Store for S3Store {
         self.run(move |i| {
             Box::pin(async move {
                 let now = SystemTime::now();
-                Counters::add(&i.counters.list, 1);
+                Counters::add(&COUNTERS.list, 1);
                 let out = i
                     .client
                     .list_multipart_uploads()
@@ -1131,7 +1288,7 @@ impl Store for S3Store {
                         .and_then(|t| now.duration_since(t).ok())
                         .is_none_or(|age| age >= min_age);
                     if let (true, Some(k), Some(id)) = (old, u.key(), u.upload_id()) {
-                        Counters::add(&i.counters.other, 1);
+                        Counters::add(&COUNTERS.other, 1);
                         i.client
                             .abort_multipart_upload()
                             .bucket(&i.bucket)
@@ -1155,7 +1312,7 @@ impl Store for S3Store {
     fn object_lock_enabled(&self) -> io::Result<bool> {
         self.run(|i| {
             Box::pin(async move {
-                Counters::add(&i.counters.other, 1);
+                Counters::add(&COUNTERS.other, 1);
                 match i
                     .client
                     .get_object_lock_configuration()
@@ -1206,7 +1363,7 @@ impl Store for S3Store {
         };
         self.run(move |i| {
             Box::pin(async move {
-                Counters::add(&i.counters.other, 1);
+                Counters::add(&COUNTERS.other, 1);
                 i.client
                     .put_object_retention()
                     .bucket(&i.bucket)
@@ -1226,18 +1383,7 @@ impl Store for S3Store {
     }
 
     fn stats(&self) -> StoreStats {
-        let c = &self.inner.counters;
-        let l = |a: &AtomicU64| a.load(Ordering::Relaxed);
-        StoreStats {
-            get: l(&c.get),
-            put: l(&c.put),
-            list: l(&c.list),
-            head: l(&c.head),
-            delete: l(&c.delete),
-            other: l(&c.other),
-            bytes_in: l(&c.bytes_in),
-            bytes_out: l(&c.bytes_out),
-        }
+        process_stats()
     }
 }
 

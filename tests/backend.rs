@@ -1,0 +1,260 @@
+//! One suite, every backend: the same contract checked on a local directory and on the
+//! loopback S3 server (moto) that ./scripts/test.sh starts.
+
+mod common;
+
+use std::io::ErrorKind;
+use std::time::Duration;
+
+use arca::repo::format::Id16;
+use arca::repo::store::local::LocalStore;
+use arca::repo::store::s3::{S3Settings, S3Store};
+use arca::repo::store::{LockScope, Store};
+use arca::repo::{LockHolder, LockKind};
+
+fn holder(pid: u32) -> LockHolder {
+    LockHolder {
+        pid,
+        host: "test-host".into(),
+        command: "backend suite".into(),
+        since: "2026-12-04T00:00:00Z".into(),
+        lock: "repository".into(),
+        kind: "exclusive".into(),
+    }
+}
+
+fn s3_settings() -> S3Settings {
+    S3Settings {
+        endpoint: Some(common::s3_endpoint()),
+        path_style: Some(true),
+        region: Some("us-east-1".into()),
+        part_size: Some(5 << 20),
+        lease_seconds: Some(3),
+        ..Default::default()
+    }
+}
+
+fn s3_store() -> S3Store {
+    // The SDK takes credentials from the environment; the moto server accepts any.
+    std::env::set_var("AWS_ACCESS_KEY_ID", "testing");
+    std::env::set_var("AWS_SECRET_ACCESS_KEY", "testing");
+    let bucket = common::s3_bucket(false);
+    S3Store::open_with(&bucket, "some/prefix", s3_settings()).unwrap()
+}
+
+fn local_store(d: &tempfile::TempDir) -> LocalStore {
+    LocalStore::open(d.path()).unwrap()
+}
+
+fn objects_roundtrip(s: &dyn Store) {
+    s.put("points/a.json", &[b"hello ", b"world"]).unwrap();
+    assert_eq!(s.get("points/a.json", 100).unwrap(), b"hello world");
+    assert_eq!(s.size("points/a.json").unwrap(), Some(11));
+    s.put("points/a.json", &[b"replaced"]).unwrap();
+    assert_eq!(s.get("points/a.json", 100).unwrap(), b"replaced");
+    // Missing objects.
+    assert_eq!(
+        s.get("points/nope.json", 100).unwrap_err().kind(),
+        ErrorKind::NotFound
+    );
+    assert_eq!(s.size("points/nope.json").unwrap(), None);
+    // Bounded reads refuse before allocating.
+    s.put("index/big", &[&[7u8; 4096]]).unwrap();
+    assert_eq!(
+        s.get("index/big", 4095).unwrap_err().kind(),
+        ErrorKind::InvalidData
+    );
+    assert_eq!(s.get("index/big", 4096).unwrap().len(), 4096);
+    // Keys with '..' or empty components never reach the backend.
+    assert!(s.put("../escape", &[b"x"]).is_err());
+    assert!(s.get("points//a.json", 10).is_err());
+}
+
+fn conditional_create(s: &dyn Store) {
+    s.put_new("locks/one.json", b"first").unwrap();
+    assert_eq!(
+        s.put_new("locks/one.json", b"second").unwrap_err().kind(),
+        ErrorKind::AlreadyExists
+    );
+    assert_eq!(s.get("locks/one.json", 100).unwrap(), b"first");
+}
+
+fn listing_and_delete(s: &dyn Store) {
+    for k in [
+        "packs/ab/ab01",
+        "packs/ab/ab02",
+        "packs/cd/cd01",
+        "index/x1",
+        "config",
+    ] {
+        s.put(k, &[k.as_bytes()]).unwrap();
+    }
+    let keys: Vec<String> = s
+        .list("packs")
+        .unwrap()
+        .into_iter()
+        .map(|o| o.key)
+        .collect();
+    assert_eq!(keys, ["packs/ab/ab01", "packs/ab/ab02", "packs/cd/cd01"]);
+    assert!(s.list("nothing-here").unwrap().is_empty());
+    s.delete("packs/ab/ab01").unwrap();
+    s.delete("packs/ab/ab01").unwrap(); // already gone: not an error
+    let keys: Vec<String> = s
+        .list("packs")
+        .unwrap()
+        .into_iter()
+        .map(|o| o.key)
+        .collect();
+    assert_eq!(keys, ["packs/ab/ab02", "packs/cd/cd01"]);
+    assert_eq!(
+        s.get("packs/ab/ab01", 100).unwrap_err().kind(),
+        ErrorKind::NotFound
+    );
+}
+
+fn ranges(s: &dyn Store) {
+    let data: Vec<u8> = (0..100_000u32).map(|i| (i % 251) as u8).collect();
+    s.put("packs/ee/ee01", &[&data]).unwrap();
+    for cached in [false, true] {
+        let mut r = if cached {
+            s.reader_cached("packs/ee/ee01").unwrap()
+        } else {
+            s.reader("packs/ee/ee01").unwrap()
+        };
+        assert_eq!(r.read_at(10, 20).unwrap(), &data[10..30]);
+        assert_eq!(r.read_at(99_000, 1000).unwrap(), &data[99_000..]);
+        assert_eq!(r.read_at(5, 7).unwrap(), &data[5..12]);
+        assert_eq!(
+            r.read_at(99_990, 20).unwrap_err().kind(),
+            ErrorKind::UnexpectedEof
+        );
+    }
+}
+
+fn background_writes(s: &dyn Store) {
+    let big: Vec<u8> = common::pseudo_random(12 << 20, 5, false);
+    for i in 0..6u8 {
+        let mut d = big[..(1 << 20) + i as usize].to_vec();
+        d[0] = i;
+        s.put_background(format!("packs/f{i}/f{i}00"), d).unwrap();
+    }
+    // Larger than the part size of the S3 suite (5 MiB): a multipart upload.
+    s.put_background("packs/ff/ff00".into(), big.clone())
+        .unwrap();
+    s.flush().unwrap();
+    assert_eq!(s.get("packs/ff/ff00", 16 << 20).unwrap(), big);
+    for i in 0..6u8 {
+        let got = s.get(&format!("packs/f{i}/f{i}00"), 2 << 20).unwrap();
+        assert_eq!(got.len(), (1 << 20) + i as usize);
+        assert_eq!(got[0], i);
+    }
+    // A whole object above the part size through put() too.
+    s.put("index/large", &[&big[..6 << 20], &big[6 << 20..]])
+        .unwrap();
+    assert_eq!(s.get("index/large", 16 << 20).unwrap(), big);
+}
+
+fn locks(s: &dyn Store, other: &dyn Store) {
+    let repo = LockScope::Repository;
+    let ex = s.lock(repo, LockKind::Exclusive, &holder(11)).unwrap();
+    assert!(ex.is_some());
+    assert!(other
+        .lock(repo, LockKind::Exclusive, &holder(12))
+        .unwrap()
+        .is_none());
+    assert!(other
+        .lock(repo, LockKind::Shared, &holder(12))
+        .unwrap()
+        .is_none());
+    drop(ex);
+    let sh1 = s.lock(repo, LockKind::Shared, &holder(11)).unwrap();
+    let sh2 = other.lock(repo, LockKind::Shared, &holder(12)).unwrap();
+    assert!(sh1.is_some() && sh2.is_some());
+    assert!(other
+        .lock(repo, LockKind::Exclusive, &holder(12))
+        .unwrap()
+        .is_none());
+    // A chain lock is independent of the repository lock and of other chains.
+    let (a, b) = (Id16([1; 16]), Id16([2; 16]));
+    let ca = s
+        .lock(LockScope::Chain(a), LockKind::Exclusive, &holder(11))
+        .unwrap();
+    assert!(ca.is_some());
+    assert!(other
+        .lock(LockScope::Chain(a), LockKind::Exclusive, &holder(12))
+        .unwrap()
+        .is_none());
+    assert!(other
+        .lock(LockScope::Chain(b), LockKind::Exclusive, &holder(12))
+        .unwrap()
+        .is_some());
+    drop((sh1, sh2, ca));
+    let ex = other.lock(repo, LockKind::Exclusive, &holder(12)).unwrap();
+    assert!(ex.is_some(), "released locks are free again");
+}
+
+fn suite(s: &dyn Store, other: &dyn Store) {
+    objects_roundtrip(s);
+    conditional_create(s);
+    listing_and_delete(s);
+    ranges(s);
+    background_writes(s);
+    locks(s, other);
+}
+
+#[test]
+fn local_backend_suite() {
+    let d = tempfile::tempdir().unwrap();
+    let (a, b) = (local_store(&d), local_store(&d));
+    suite(&a, &b);
+}
+
+#[test]
+fn s3_backend_suite() {
+    let a = s3_store();
+    let bucket = a
+        .location()
+        .strip_prefix("s3://")
+        .unwrap()
+        .split('/')
+        .next()
+        .unwrap()
+        .to_string();
+    let b = S3Store::open_with(&bucket, "some/prefix", s3_settings()).unwrap();
+    suite(&a, &b);
+    // Everything stayed below the prefix.
+    for k in common::s3_keys(&bucket) {
+        assert!(k.starts_with("some/prefix/"), "{k}");
+    }
+}
+
+#[test]
+fn s3_leases_are_renewed_while_held() {
+    let a = s3_store();
+    let bucket = a
+        .location()
+        .strip_prefix("s3://")
+        .unwrap()
+        .split('/')
+        .next()
+        .unwrap()
+        .to_string();
+    let b = S3Store::open_with(&bucket, "some/prefix", s3_settings()).unwrap();
+    let held = a
+        .lock(LockScope::Repository, LockKind::Exclusive, &holder(21))
+        .unwrap()
+        .expect("free");
+    // Three lease lengths later the holder's renewals still keep others out.
+    std::thread::sleep(Duration::from_secs(9));
+    assert!(b
+        .lock(LockScope::Repository, LockKind::Exclusive, &holder(22))
+        .unwrap()
+        .is_none());
+    let holders = b.lock_holders();
+    assert!(holders.iter().any(|h| h.pid == 21), "{holders:?}");
+    drop(held);
+    assert!(b
+        .lock(LockScope::Repository, LockKind::Exclusive, &holder(22))
+        .unwrap()
+        .is_some());
+}
