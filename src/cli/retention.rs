@@ -149,6 +149,17 @@ fn print_forget(ctx: &Ctx, r: &ForgetReport) {
             v.reasons.join(", ")
         ));
     }
+    if let Some(e) = &r.locks_extended {
+        ctx.say(format!(
+            "S3 Object Lock: retention extended for {} of the {} objects the kept points need{}",
+            e.objects_extended,
+            e.objects_checked,
+            e.until
+                .as_deref()
+                .map(|t| format!(" (until {t})"))
+                .unwrap_or_default()
+        ));
+    }
     if !r.dry_run && !r.removed.is_empty() && r.prune.is_none() {
         ctx.say(format!(
             "their space is reclaimed by `arca prune {}`",
@@ -179,6 +190,8 @@ fn print_prune(ctx: &Ctx, r: &PruneReport) {
         unused_bytes_kept,
         reclaimed_bytes,
         total_bytes_after,
+        locked_objects,
+        locked_until,
     } = s;
     let would = if r.dry_run { "would " } else { "" };
     ctx.say(format!(
@@ -205,6 +218,11 @@ fn print_prune(ctx: &Ctx, r: &PruneReport) {
         human_bytes(*repacked_bytes_before),
         human_bytes(*repacked_bytes_after)
     ));
+    if let (true, Some(t)) = (*locked_objects > 0, locked_until) {
+        ctx.say(format!(
+            "  retained by S3 Object Lock, left in place: {locked_objects} objects (removable after {t})"
+        ));
+    }
     if *unused_bytes_kept > 0 {
         ctx.say(format!(
             "  unused space left in place (within --max-unused/--max-repack): {}",

@@ -5,6 +5,7 @@ pub mod backup;
 pub mod check;
 pub mod chunker;
 pub mod filter;
+pub mod immutability;
 pub mod owners;
 pub mod prune;
 pub mod restore;

@@ -56,6 +56,11 @@ pub struct PruneStats {
     pub reclaimed_bytes: u64,
     /// Bytes of the repository's packs afterwards.
     pub total_bytes_after: u64,
+    /// Objects prune left because S3 Object Lock still retains them, and when the last of
+    /// them becomes removable.
+    pub locked_objects: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub locked_until: Option<String>,
 }
 
 /// Limits on repacking.
@@ -313,6 +318,97 @@ pub fn plan(repo: &Repository, chains: &[ChainInput<'_>], limits: PruneLimits) -
 
 impl Plan {
     /// Bytes the plan removes outright (repacking's gain is known only after it).
+    /// Object Lock: takes out of the plan everything whose removal the server would refuse
+    /// (an object still retained), whole points and whole repacks at a time, and says when
+    /// it becomes removable. Nothing changes for a repository without Object Lock.
+    pub fn hold_locked(&mut self, repo: &Repository) -> Result<()> {
+        use super::immutability::retained_until;
+        if repo.config.object_lock.is_none() {
+            return Ok(());
+        }
+        let mut latest: Option<std::time::SystemTime> = None;
+        let mut held = 0u64;
+        let mut locked = |key: String| -> Result<bool> {
+            let t = retained_until(repo, &key)?;
+            if let Some(t) = t {
+                held += 1;
+                latest = latest.max(Some(t));
+            }
+            Ok(t.is_some())
+        };
+        let size = |p: &Id32| repo.pack_len(p).unwrap_or(0);
+        let st = &mut self.stats;
+        let mut keep = Vec::new();
+        for p in std::mem::take(&mut self.leftover_packs) {
+            if locked(Repository::pack_rel(&p))? {
+                st.leftover_packs -= 1;
+                st.leftover_bytes = st.leftover_bytes.saturating_sub(size(&p));
+            } else {
+                keep.push(p);
+            }
+        }
+        self.leftover_packs = keep;
+        let mut keep = Vec::new();
+        for p in std::mem::take(&mut self.stale_packs) {
+            if locked(Repository::pack_rel(&p))? {
+                st.stale_packs -= 1;
+                st.stale_bytes = st.stale_bytes.saturating_sub(size(&p));
+            } else {
+                keep.push(p);
+            }
+        }
+        self.stale_packs = keep;
+        let mut keep = Vec::new();
+        for i in std::mem::take(&mut self.leftover_indexes) {
+            if locked(format!("index/{}", i.hex()))? {
+                st.leftover_indexes -= 1;
+            } else {
+                keep.push(i);
+            }
+        }
+        self.leftover_indexes = keep;
+        let mut keep = Vec::new();
+        for (point, packs) in std::mem::take(&mut self.drop_points) {
+            let mut any = locked(format!("points/{point}.json"))?;
+            any |= locked(format!("index/{}", point.hex()))?;
+            for p in &packs {
+                any |= locked(Repository::pack_rel(p))?;
+            }
+            if any {
+                st.forgotten_points_removed -= 1;
+                st.forgotten_packs_removed -= packs.len() as u64;
+                let b: u64 = packs.iter().map(size).sum();
+                st.forgotten_bytes_removed = st.forgotten_bytes_removed.saturating_sub(b);
+            } else {
+                keep.push((point, packs));
+            }
+        }
+        self.drop_points = keep;
+        let mut keep = Vec::new();
+        for (ix, packs) in std::mem::take(&mut self.repack) {
+            let mut any = false;
+            for p in &packs {
+                any |= locked(Repository::pack_rel(p))?;
+            }
+            if any {
+                st.packs_repacked -= packs.len() as u64;
+                let b: u64 = packs.iter().map(size).sum();
+                st.repacked_bytes_before = st.repacked_bytes_before.saturating_sub(b);
+            } else {
+                keep.push((ix, packs));
+            }
+        }
+        self.repack = keep;
+        st.locked_objects = held;
+        st.locked_until = latest.map(|t| humantime::format_rfc3339_seconds(t).to_string());
+        if let Some(t) = &st.locked_until {
+            self.problems.push(format!(
+                "{held} object(s) are retained by S3 Object Lock (the last until {t}); prune removes them once their retention has passed"
+            ));
+        }
+        Ok(())
+    }
+
     fn removed_bytes(&self) -> u64 {
         self.stats.leftover_bytes + self.stats.stale_bytes + self.stats.forgotten_bytes_removed
     }

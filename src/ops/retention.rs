@@ -161,6 +161,9 @@ pub struct ForgetReport {
     pub kept: Vec<PointVerdict>,
     pub removed: Vec<PointVerdict>,
     pub prune: Option<PruneReport>,
+    /// S3 Object Lock: retention extended for what the kept points need.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub locks_extended: Option<crate::engine::immutability::LockExtension>,
 }
 
 /// The series a point belongs to: `tree` (tree backups and their checkpoints) or
@@ -362,10 +365,13 @@ pub async fn forget(s: &Session, name: &str, req: ForgetRequest) -> Result<Forge
         kept: Vec::new(),
         removed: Vec::new(),
         prune: None,
+        locks_extended: None,
     };
     let mut remove: Vec<PointRecord> = Vec::new();
+    let mut kept_records: Vec<PointRecord> = Vec::new();
     for (p, v) in verdicts {
         if v.keep {
+            kept_records.push(p);
             report.kept.push(v);
         } else {
             remove.push(p);
@@ -423,6 +429,30 @@ pub async fn forget(s: &Session, name: &str, req: ForgetRequest) -> Result<Forge
             .find(|p| p.source_kind.as_deref() != Some(CHECKPOINT))
             .map(|p| p.point_id);
         cat.set_latest_point_opt(name, latest.as_ref())?;
+    }
+    if h.repo.config.object_lock.is_some() {
+        let mut ext = crate::engine::immutability::LockExtension::default();
+        for (chain, oc) in &open {
+            let kept: Vec<PointRecord> = kept_records
+                .iter()
+                .filter(|p| p.chain_id == *chain)
+                .cloned()
+                .collect();
+            if kept.is_empty() {
+                continue;
+            }
+            let chain_points: Vec<PointRecord> = h
+                .repo
+                .list_points(&h.job.job_id)?
+                .into_iter()
+                .filter(|p| p.chain_id == *chain)
+                .collect();
+            let e = crate::engine::immutability::extend_locks(&h.repo, oc, &chain_points, &kept)?;
+            ext.objects_checked += e.objects_checked;
+            ext.objects_extended += e.objects_extended;
+            ext.until = e.until.or(ext.until);
+        }
+        report.locks_extended = Some(ext);
     }
     drop(open);
     if let Some(limits) = req.prune {
@@ -515,7 +545,8 @@ async fn prune_locked(
             records: recs.clone(),
         })
         .collect();
-    let plan = prune::plan(repo, &inputs, limits)?;
+    let mut plan = prune::plan(repo, &inputs, limits)?;
+    plan.hold_locked(repo)?;
     problems.extend(plan.problems.iter().cloned());
     let stats = if dry_run {
         plan.estimate()

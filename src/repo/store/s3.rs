@@ -1219,15 +1219,26 @@ impl Store for S3Store {
                 };
                 let g = self.guard(key, etag, holder, true);
                 let now = unix_now();
+                let mut expired = Vec::new();
                 for o in self.list("locks")? {
-                    if !o.key.starts_with("locks/repository.shared.") {
+                    if o.key == EXCLUSIVE_REPO {
                         continue;
                     }
-                    if let Some((l, _)) = self.read_lease(&o.key)? {
+                    if let Some((l, etag)) = self.read_lease(&o.key)? {
                         if l.expires >= now {
-                            return Ok(None);
+                            if o.key.starts_with("locks/repository.shared.") {
+                                return Ok(None);
+                            }
+                        } else {
+                            expired.push((o.key, etag));
                         }
                     }
+                }
+                // Holding the repository alone, tidy up the leases of holders that died
+                // (unless one was renewed meanwhile: the delete is conditional).
+                for (k, etag) in expired {
+                    let _ =
+                        self.run(move |i| Box::pin(async move { i.delete(&k, Some(etag)).await }));
                 }
                 Ok(Some(g))
             }
