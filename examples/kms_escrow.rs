@@ -124,6 +124,7 @@ async fn main() -> Res<()> {
             progress: ProgressBar::hidden(),
             kdf: Some(kdf),
             filter: arca::engine::filter::Compiled::none(),
+            origin: None,
         },
     )?;
     println!(

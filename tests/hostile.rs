@@ -293,6 +293,7 @@ fn plant_forged_point(env: &Env, repo: &Path) -> Id16 {
             progress: indicatif::ProgressBar::hidden(),
             kdf: None,
             filter: arca::engine::filter::Compiled::none(),
+            origin: None,
         },
     )
     .unwrap();
@@ -932,6 +933,7 @@ fn a_tree_length_of_u64_max_under_a_valid_key_is_an_error_not_a_panic() {
             root: None,
             users: Default::default(),
             groups: Default::default(),
+            copied_from: None,
         };
         assert!(read_tree(&mut reader, &body).is_err());
     }

@@ -884,6 +884,7 @@ async fn kms_redirect_to_an_attackers_key_is_refused() {
             progress: indicatif::ProgressBar::hidden(),
             kdf: None,
             filter: arca::engine::filter::Compiled::none(),
+            origin: None,
         },
     )
     .unwrap();

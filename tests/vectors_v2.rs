@@ -231,6 +231,7 @@ fn compute() -> Value {
         root: None,
         users: Default::default(),
         groups: Default::default(),
+        copied_from: None,
     };
     let body_json = serde_json::to_vec(&body).unwrap();
     let body_key = data_key.derive(context::POINT_BODY);

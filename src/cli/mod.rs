@@ -2,6 +2,7 @@
 
 mod admin;
 pub(crate) mod backup;
+mod copy;
 mod drill;
 mod filters;
 mod job;
@@ -252,6 +253,9 @@ pub enum Command {
     /// Reclaim space: remove what no kept recovery point uses (forgotten points, leftovers of
     /// interrupted backups) and repack partly used packs. Crash-safe.
     Prune(retention::PruneArgs),
+    /// Copy a job's recovery points to another repository (another zone: a local directory
+    /// or S3), as ciphertext (--encrypt-on source) or re-encrypted there (--encrypt-on target).
+    Copy(copy::CopyArgs),
     /// Resolve the keys of a recovery point and explain how.
     #[command(subcommand)]
     Keys(read::KeysCmd),
@@ -402,6 +406,7 @@ pub async fn run(cli: Cli) -> Result<i32> {
         Command::Check(a) => read::check(&ctx, a).await,
         Command::Forget(a) => retention::forget(&ctx, a).await,
         Command::Prune(a) => retention::prune(&ctx, a).await,
+        Command::Copy(a) => copy::run(&ctx, a).await,
         Command::Keys(c) => read::keys(&ctx, c).await,
         Command::Catalog(c) => admin::catalog(&ctx, c).await,
         Command::Key(c) => admin::key(&ctx, c),

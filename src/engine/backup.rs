@@ -110,6 +110,18 @@ pub struct BackupOptions {
     pub kdf: Option<KdfRecord>,
     /// What a tree backup leaves out.
     pub filter: super::filter::Compiled,
+    /// A copy (`arca copy --encrypt-on target`): the time, host and source of the point it
+    /// copies, recorded instead of this run's.
+    pub origin: Option<Origin>,
+}
+
+/// Where a copied point came from.
+#[derive(Clone, Debug)]
+pub struct Origin {
+    pub time: String,
+    pub hostname: String,
+    pub source: String,
+    pub point_id: Id16,
 }
 
 pub struct BackupOutcome {
@@ -1234,10 +1246,14 @@ pub fn run(
             2,
             &index_sealer.seal_in_place(&place.index_aad(), index_pt),
         )?;
+        let origin = opts.origin.clone();
         let body = PointBody {
             kind: kind.into(),
-            source: source_desc,
-            hostname: hostname(),
+            source: origin.as_ref().map_or(source_desc, |o| o.source.clone()),
+            hostname: origin
+                .as_ref()
+                .map_or_else(hostname, |o| o.hostname.clone()),
+            copied_from: origin.as_ref().map(|o| o.point_id),
             stats,
             tree: tree.ids,
             tree_bytes: tree.bytes,
@@ -1260,7 +1276,7 @@ pub fn run(
             job: job.name.clone(),
             chain_id: place.chain_id,
             point_id: place.point_id,
-            time: now_rfc3339(),
+            time: origin.as_ref().map_or_else(now_rfc3339, |o| o.time.clone()),
             parent: parent_rec.map(|p| p.point_id),
             kdf: opts.kdf,
             source_kind: Some(kind.to_string()),

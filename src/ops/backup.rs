@@ -13,6 +13,13 @@ pub enum JobSource {
         name: String,
         reader: Box<dyn std::io::Read + Send>,
     },
+    /// `arca copy --encrypt-on target`: a copied point's files, staged in a directory (or
+    /// its stream), recorded with the time, host and source of the point copied.
+    Copied {
+        staged: Box<JobSource>,
+        dir: std::path::PathBuf,
+        origin: backup::Origin,
+    },
 }
 
 /// One run of a job.
@@ -28,6 +35,43 @@ pub struct BackupRun {
 /// the catalog as the job's latest.
 pub async fn backup_job(
     s: &Session,
+    name: &str,
+    source: JobSource,
+    compression_level: i32,
+    run_filters: &crate::engine::filter::Filters,
+    progress: indicatif::ProgressBar,
+    status: std::sync::Arc<crate::engine::backup::Status>,
+) -> Result<BackupRun> {
+    let (source, origin) = match source {
+        JobSource::Copied {
+            staged,
+            dir,
+            origin,
+        } => match *staged {
+            JobSource::Stream { name, reader } => {
+                (JobSource::Stream { name, reader }, Some((None, origin)))
+            }
+            _ => (JobSource::Tree, Some((Some(dir), origin))),
+        },
+        other => (other, None),
+    };
+    backup_job_from(
+        s,
+        origin,
+        name,
+        source,
+        compression_level,
+        run_filters,
+        progress,
+        status,
+    )
+    .await
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn backup_job_from(
+    s: &Session,
+    origin: Option<(Option<std::path::PathBuf>, backup::Origin)>,
     name: &str,
     source: JobSource,
     compression_level: i32,
@@ -55,7 +99,12 @@ pub async fn backup_job(
     let want = h.row.as_ref().and_then(|r| r.password.clone());
     let kdf = oc.chain.point_kdf(want.as_deref());
     let mut filter = crate::engine::filter::Compiled::none();
+    let (staged_dir, origin) = match origin {
+        Some((d, o)) => (d, Some(o)),
+        None => (None, None),
+    };
     let source = match source {
+        JobSource::Tree if staged_dir.is_some() => Source::Tree(staged_dir.expect("checked")),
         JobSource::Tree => {
             let stored = match &h.row {
                 Some(_) => cat.job_filters(&h.job.job_id)?,
@@ -74,6 +123,7 @@ pub async fn backup_job(
             Source::Tree(std::path::PathBuf::from(&h.job.source))
         }
         JobSource::Stream { name, reader } => Source::Stdin { name, reader },
+        JobSource::Copied { .. } => unreachable!("unwrapped by backup_job"),
     };
     let opts = BackupOptions {
         source,
@@ -85,6 +135,7 @@ pub async fn backup_job(
         status,
         kdf,
         filter,
+        origin,
     };
     let other_chain_points = h
         .repo

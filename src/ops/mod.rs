@@ -7,6 +7,7 @@
 pub mod admin;
 pub mod backup;
 pub mod bundle;
+pub mod copy;
 pub mod inspect;
 pub mod jobs;
 pub mod lifecycle;

@@ -997,6 +997,9 @@ pub struct PointBody {
     pub users: BTreeMap<u32, String>,
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub groups: BTreeMap<u32, String>,
+    /// A point made by `arca copy --encrypt-on target`: the point (of another job) it copies.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub copied_from: Option<Id16>,
 }
 
 impl PointBody {

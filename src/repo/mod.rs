@@ -262,6 +262,24 @@ impl Repository {
         Ok(repo)
     }
 
+    /// Creates a replica of the repository whose config is `of`: the same repository id
+    /// (ciphertext copied from it opens here), its own permissions and no Object Lock.
+    pub fn init_replica(dir: &Path, of: &RepoConfig) -> Result<Repository> {
+        let mut r = Self::init_with(dir, &InitOptions::default())?;
+        r.config = RepoConfig {
+            kind: RepoConfig::KIND.into(),
+            version: of.version,
+            repo_id: of.repo_id,
+            created: now_rfc3339(),
+            group_readable: false,
+            object_lock: None,
+        };
+        let mut b = serde_json::to_vec_pretty(&r.config).expect("config serializes");
+        b.push(b'\n');
+        r.write_atomic(&[], "config", &b)?;
+        Ok(r)
+    }
+
     pub fn open(dir: &Path) -> Result<Repository> {
         let (store, local) = open_store(dir)?;
         let bytes = match store.get("config", limits::CONFIG) {
