@@ -154,7 +154,7 @@ pub struct Cli {
     #[arg(
         long,
         global = true,
-        help_heading = "S3 repositories",
+        help_heading = "Global options",
         value_name = "URL",
         env = "ARCA_S3_ENDPOINT"
     )]
@@ -163,7 +163,7 @@ pub struct Cli {
     #[arg(
         long,
         global = true,
-        help_heading = "S3 repositories",
+        help_heading = "Global options",
         value_name = "BOOL",
         env = "ARCA_S3_PATH_STYLE"
     )]
@@ -172,7 +172,7 @@ pub struct Cli {
     #[arg(
         long,
         global = true,
-        help_heading = "S3 repositories",
+        help_heading = "Global options",
         value_name = "REGION",
         env = "ARCA_S3_REGION"
     )]
@@ -429,7 +429,7 @@ pub async fn run(cli: Cli) -> Result<i32> {
 
 /// Two or three examples per command, shown after its help (and in the man pages).
 const EXAMPLES: &[(&str, &str)] = &[
-    ("init", "arca init /srv/backup/repo\n  arca init /mnt/shared/repo --group-readable"),
+    ("init", "arca init /srv/backup/repo\n  arca init /mnt/shared/repo --group-readable\n  arca init s3://acme-backups/arca --object-lock-days 30\n  arca --s3-endpoint http://minio.lan:9000 init s3://backups/arca"),
     ("migrate", "arca migrate --repo /srv/backup/repo\n  arca --passphrase-file ~/.arca-pass migrate --repo /srv/backup/repo"),
     ("job create", "arca job create nightly --repo /srv/backup/repo --source /home --encryption passphrase\n  arca job create db --repo /srv/backup/repo --source /var/lib/db --encryption kms --kms-key alias/backup\n  arca --key-file ~/arca.key job create media --repo /srv/backup/repo --source /srv/media --encryption key"),
     ("job list", "arca job list\n  arca job list --json"),
@@ -452,6 +452,7 @@ const EXAMPLES: &[(&str, &str)] = &[
     ("stats", "arca stats nightly\n  arca stats nightly --json"),
     ("check", "arca check nightly\n  arca check nightly --read-data"),
     ("forget", "arca forget nightly --keep-daily 7 --keep-weekly 4 --keep-monthly 12 --prune\n  arca forget nightly --keep-last 10 --dry-run --json\n  arca forget db --stream mydb.sql --keep-within 30d\n  arca forget nightly 3f2a9c01"),
+    ("copy", "arca copy nightly --to s3://offsite-backups/arca --verify\n  arca copy nightly --to /mnt/usb/arca --points 3f2a9c01\n  arca copy nightly --to s3://dr-site/arca --encrypt-on target --to-job nightly-dr"),
     ("prune", "arca prune nightly\n  arca prune --repo /srv/backup/repo --dry-run\n  arca prune nightly --max-unused 0 --max-repack 10"),
     ("keys resolve", "arca keys resolve nightly --explain\n  arca keys resolve nightly 3f2a9c01 --repo /srv/backup/repo --no-store"),
     ("catalog rebuild", "arca catalog rebuild --repo /srv/backup/repo\n  arca --trust-kms-key arn:aws:kms:eu-west-1:111122223333:key/1234abcd catalog rebuild --repo /srv/backup/repo"),
