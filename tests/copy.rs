@@ -282,8 +282,8 @@ fn reencrypting_copy_opens_with_the_target_keys_only_and_copies_only_what_is_new
     assert_eq!(first, snapshot(&out_old));
 
     // Copying again copies nothing; a new point is copied alone.
-    let again = env
-        .run(&[
+    let copy_again = || {
+        env.run(&[
             "--json",
             "copy",
             "mail",
@@ -295,24 +295,13 @@ fn reencrypting_copy_opens_with_the_target_keys_only_and_copies_only_what_is_new
             "mail-offsite",
         ])
         .ok()
-        .json();
+        .json()
+    };
+    let again = copy_again();
     assert_eq!(again["objects_copied"], 0, "{again}");
     assert_eq!(again["objects_present"], 2, "{again}");
     write(&src.join("d/third.txt"), b"third\n");
     env.run(&["backup", "mail"]).ok();
-    let third = env
-        .run(&[
-            "--json",
-            "copy",
-            "mail",
-            "--to",
-            &url,
-            "--encrypt-on",
-            "target",
-            "--to-job",
-            "mail-offsite",
-        ])
-        .ok()
-        .json();
+    let third = copy_again();
     assert_eq!(third["objects_copied"], 1, "{third}");
 }

@@ -386,6 +386,11 @@ fn s3_object_lock_retains_every_object_forget_extends_and_prune_skips() {
     });
     let e = refused.expect_err("a retained version must not be deletable");
     assert!(format!("{e:?}").contains("AccessDenied"), "{e:?}");
+    let packs: Vec<String> = objects
+        .iter()
+        .filter(|k| k.contains("/packs/"))
+        .cloned()
+        .collect();
     env.run_env(
         &["check", "locked", "--read-data"],
         &[("ARCA_PASSPHRASE", PASS)],
@@ -394,11 +399,6 @@ fn s3_object_lock_retains_every_object_forget_extends_and_prune_skips() {
 
     // An administrator shortened the retention of the packs (governance mode allows it with
     // the bypass permission); forget extends what the kept point needs again.
-    let packs: Vec<String> = objects
-        .iter()
-        .filter(|k| k.contains("/packs/"))
-        .cloned()
-        .collect();
     let short = SystemTime::now() + Duration::from_secs(600);
     for p in &packs {
         s3_block(async {
@@ -451,6 +451,42 @@ fn s3_object_lock_retains_every_object_forget_extends_and_prune_skips() {
         &[("ARCA_PASSPHRASE", PASS)],
     )
     .ok();
+    // What the API does allow: an overwrite (a new version) and a plain delete (a delete
+    // marker). Both leave the retained first version, which arca reads.
+    assert!(packs.len() >= 2, "{packs:?}");
+    s3_block(async {
+        c.put_object()
+            .bucket(&bucket)
+            .key(&packs[0])
+            .body(aws_sdk_s3::primitives::ByteStream::from(
+                b"ransom note".to_vec(),
+            ))
+            .send()
+            .await
+            .unwrap();
+        c.delete_object()
+            .bucket(&bucket)
+            .key(&packs[1])
+            .send()
+            .await
+            .unwrap();
+    });
+    assert!(
+        !s3_keys(&bucket).contains(&packs[1]),
+        "the delete marker hides it"
+    );
+    env.run_env(
+        &["check", "locked", "--read-data"],
+        &[("ARCA_PASSPHRASE", PASS)],
+    )
+    .ok();
+    let after = env.path("after-ransom");
+    env.run_env(
+        &["restore", "locked", "--target", after.to_str().unwrap()],
+        &[("ARCA_PASSPHRASE", PASS)],
+    )
+    .ok();
+    assert_eq!(snapshot(&src), snapshot(&after));
 }
 
 #[test]

@@ -161,12 +161,6 @@ impl LocalStore {
             }
         })
     }
-
-    fn this_host() -> String {
-        std::fs::read_to_string("/proc/sys/kernel/hostname")
-            .map(|s| s.trim().to_string())
-            .unwrap_or_default()
-    }
 }
 
 impl Store for LocalStore {
@@ -334,7 +328,7 @@ impl Store for LocalStore {
             return Vec::new();
         };
         let me = std::process::id();
-        let host = Self::this_host();
+        let host = crate::repo::this_host();
         names
             .into_iter()
             .filter(|(n, ft)| {
@@ -350,7 +344,7 @@ impl Store for LocalStore {
         let Ok(d) = self.sub(&["locks"], false) else {
             return Vec::new();
         };
-        let host = Self::this_host();
+        let host = crate::repo::this_host();
         let mut gone = Vec::new();
         for h in self.lock_holders() {
             if h.host == host && !pid_alive(h.pid) {

@@ -243,6 +243,8 @@ struct Inner {
     seen: Mutex<HashMap<String, String>>,
     /// Directories listed (or about to be) by this store.
     listed: Mutex<std::collections::HashSet<String>>,
+    /// Object Lock: the first version of each pack read (its id and size).
+    pinned: Mutex<HashMap<String, Option<(String, u64)>>>,
 }
 
 impl Inner {
@@ -374,6 +376,70 @@ impl Inner {
         res
     }
 
+    /// With Object Lock, packs are read at their first version: a pack is written once, so
+    /// a later version (an overwrite) or a delete marker is someone else's, and the retained
+    /// first version is what the backup wrote.
+    fn pins(&self, key: &str) -> bool {
+        key.starts_with("packs/") && self.lock.lock().expect("not poisoned").is_some()
+    }
+
+    /// The first version of `key` still there (id and size); `None`: none.
+    async fn first_version(&self, key: &str) -> io::Result<Option<(String, u64)>> {
+        if let Some(v) = self.pinned.lock().expect("not poisoned").get(key) {
+            return Ok(v.clone());
+        }
+        let full = self.full(key);
+        Counters::add(&COUNTERS.list, 1);
+        tracing::debug!("S3 LIST versions of {key}");
+        let out = self
+            .client
+            .list_object_versions()
+            .bucket(&self.bucket)
+            .prefix(&full)
+            .send()
+            .await
+            .map_err(|e| s3_err("ListObjectVersions", key, e))?;
+        let versions: Vec<_> = out
+            .versions()
+            .iter()
+            .filter(|v| v.key() == Some(full.as_str()))
+            .filter_map(|v| {
+                Some((
+                    v.last_modified()
+                        .and_then(|t| SystemTime::try_from(*t).ok()),
+                    v.version_id()?.to_string(),
+                    v.size().unwrap_or(0).max(0) as u64,
+                ))
+            })
+            .collect();
+        // A listing gives a key's versions newest first, and times are in whole seconds:
+        // the oldest time, and among equal times the last listed, is the first written.
+        let first = versions
+            .into_iter()
+            .rev()
+            .min_by(|a, b| a.0.cmp(&b.0))
+            .map(|(_, id, size)| (id, size));
+        self.pinned
+            .lock()
+            .expect("not poisoned")
+            .insert(key.to_string(), first.clone());
+        Ok(first)
+    }
+
+    /// The version to read `key` at (`None`: the current one).
+    async fn version_for(&self, key: &str) -> io::Result<Option<String>> {
+        if !self.pins(key) {
+            return Ok(None);
+        }
+        match self.first_version(key).await? {
+            Some((v, _)) => Ok(Some(v)),
+            None => Err(io::Error::new(
+                io::ErrorKind::NotFound,
+                format!("S3 GET {key}: no version of it exists"),
+            )),
+        }
+    }
+
     /// The object and its ETag; `None` if `etag` still matches (304).
     async fn get(
         &self,
@@ -385,7 +451,8 @@ impl Inner {
             .client
             .get_object()
             .bucket(&self.bucket)
-            .key(self.full(key));
+            .key(self.full(key))
+            .set_version_id(self.version_for(key).await?);
         if let Some(t) = if_none_match {
             req = req.if_none_match(t);
         }
@@ -431,6 +498,7 @@ impl Inner {
             .get_object()
             .bucket(&self.bucket)
             .key(self.full(key))
+            .set_version_id(self.version_for(key).await?)
             .range(format!("bytes={}-{}", offset, offset + len - 1))
             .send()
             .await
@@ -462,6 +530,11 @@ impl Inner {
             .head_object()
             .bucket(&self.bucket)
             .key(self.full(key))
+            .set_version_id(match self.version_for(key).await {
+                Ok(v) => v,
+                Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+                Err(e) => return Err(e),
+            })
             .send()
             .await
         {
@@ -883,6 +956,7 @@ impl S3Store {
                 cache,
                 seen: Default::default(),
                 listed: Default::default(),
+                pinned: Default::default(),
             }),
             location,
             inflight: Default::default(),
@@ -1088,6 +1162,9 @@ impl Store for S3Store {
         let k = key.to_string();
         self.run(move |i| {
             Box::pin(async move {
+                if i.pins(&k) {
+                    return Ok(i.first_version(&k).await?.map(|(_, size)| size));
+                }
                 Ok(i.head(&k)
                     .await?
                     .map(|h| h.content_length.unwrap_or(0).max(0) as u64))
@@ -1168,6 +1245,7 @@ impl Store for S3Store {
         if let Some(c) = &self.inner.cache {
             c.forget(key);
         }
+        self.inner.pinned.lock().expect("not poisoned").remove(key);
         let versioned = self.inner.lock.lock().expect("not poisoned").is_some();
         self.run(move |i| {
             Box::pin(async move {
@@ -1379,6 +1457,7 @@ impl Store for S3Store {
                     .put_object_retention()
                     .bucket(&i.bucket)
                     .key(i.full(&k))
+                    .set_version_id(i.version_for(&k).await?)
                     .retention(
                         ObjectLockRetention::builder()
                             .mode(mode)
