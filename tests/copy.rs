@@ -116,6 +116,7 @@ fn ciphertext_copy_local_to_s3_and_back_is_identical_and_opens_with_the_same_key
         .run(&["--json", "copy", "web", "--to", &url, "--verify"])
         .ok()
         .json();
+    validate_json("copy", &c);
     assert_eq!(c["target_created"], true, "{c}");
     assert_eq!(c["points"].as_array().unwrap().len(), 2, "{c}");
     assert!(c["objects_copied"].as_u64().unwrap() >= 6, "{c}");
@@ -230,6 +231,7 @@ fn reencrypting_copy_opens_with_the_target_keys_only_and_copies_only_what_is_new
         ])
         .ok()
         .json();
+    validate_json("copy", &c);
     assert_eq!(c["points"].as_array().unwrap().len(), 2, "{c}");
     assert_eq!(c["objects_verified"], 2, "{c}");
     // The copies keep the originals' times, and the second deduplicates against the first.

@@ -3,36 +3,12 @@
 
 mod common;
 
-use std::path::Path;
-
 use common::*;
-use serde_json::{json, Value};
+use serde_json::Value;
+
+use common::validate_json as validate;
 
 const PASS: &str = "json schema passphrase";
-
-fn schema() -> Value {
-    let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/json-schema.json");
-    serde_json::from_slice(&std::fs::read(p).unwrap()).unwrap()
-}
-
-fn validate(def: &str, v: &Value) {
-    let s = schema();
-    assert!(
-        s["$defs"].get(def).is_some(),
-        "docs/json-schema.json has no definition {def:?}"
-    );
-    let root = json!({
-        "$schema": "https://json-schema.org/draft/2020-12/schema",
-        "$defs": s["$defs"],
-        "$ref": format!("#/$defs/{}", def.replace(' ', "%20")),
-    });
-    let validator = jsonschema::validator_for(&root).expect("the schema compiles");
-    let errors: Vec<String> = validator
-        .iter_errors(v)
-        .map(|e| format!("{e} at {}", e.instance_path))
-        .collect();
-    assert!(errors.is_empty(), "{def}: {}\n{v:#}", errors.join("; "));
-}
 
 /// Runs a command with --json; its stdout must be exactly one JSON document that matches
 /// the schema's definition `def`.

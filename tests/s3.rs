@@ -81,6 +81,7 @@ fn s3_backup_restore_is_byte_identical_and_incrementals_download_only_what_chang
     }
     s3_job(&env, &url, "s3job", &src);
     let full = backup_json(&env, "s3job");
+    validate_json("backup", &full);
     assert_eq!(full["full"], true);
     assert!(requests(&full, "bytes_out") > 20 << 20, "{full}");
 
@@ -98,6 +99,7 @@ fn s3_backup_restore_is_byte_identical_and_incrementals_download_only_what_chang
         )
         .ok()
         .json();
+    validate_json("restore", &r);
     assert!(requests(&r, "bytes_in") >= 20 << 20, "{r}");
     assert_eq!(snapshot(&src), snapshot(&target));
     env.run_env(
@@ -426,6 +428,7 @@ fn s3_object_lock_retains_every_object_forget_extends_and_prune_skips() {
         .ok()
         .json();
     assert_eq!(f["removed"].as_array().unwrap().len(), 1, "{f}");
+    validate_json("forget", &f);
     let ext = &f["locks_extended"];
     assert!(
         ext["objects_extended"].as_u64().unwrap() >= packs.len() as u64,
@@ -440,6 +443,7 @@ fn s3_object_lock_retains_every_object_forget_extends_and_prune_skips() {
         .run_env(&["--json", "prune", "locked"], &[("ARCA_PASSPHRASE", PASS)])
         .ok()
         .json();
+    validate_json("prune", &pr);
     assert!(pr["stats"]["locked_objects"].as_u64().unwrap() >= 1, "{pr}");
     assert!(pr["stats"]["locked_until"].is_string(), "{pr}");
     assert_eq!(pr["stats"]["forgotten_points_removed"], 0, "{pr}");

@@ -604,3 +604,24 @@ pub fn s3_keys(bucket: &str) -> Vec<String> {
         out
     })
 }
+
+/// Validates `v` against the definition `def` of docs/json-schema.json.
+pub fn validate_json(def: &str, v: &serde_json::Value) {
+    let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/json-schema.json");
+    let s: serde_json::Value = serde_json::from_slice(&fs::read(p).unwrap()).unwrap();
+    assert!(
+        s["$defs"].get(def).is_some(),
+        "docs/json-schema.json has no definition {def:?}"
+    );
+    let root = serde_json::json!({
+        "$schema": "https://json-schema.org/draft/2020-12/schema",
+        "$defs": s["$defs"],
+        "$ref": format!("#/$defs/{}", def.replace(' ', "%20")),
+    });
+    let validator = jsonschema::validator_for(&root).expect("the schema compiles");
+    let errors: Vec<String> = validator
+        .iter_errors(v)
+        .map(|e| format!("{e} at {}", e.instance_path))
+        .collect();
+    assert!(errors.is_empty(), "{def}: {}\n{v:#}", errors.join("; "));
+}
