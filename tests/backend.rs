@@ -131,6 +131,37 @@ fn ranges(s: &dyn Store) {
     }
 }
 
+/// Reads through an object larger than several read windows in order, in pieces that cross
+/// the windows' boundaries, then backwards: every byte as written.
+fn sequential_and_straddling_reads(s: &dyn Store) {
+    let data = common::pseudo_random((9 << 20) + 123, 11, false);
+    s.put("packs/dd/dd01", &[&data]).unwrap();
+    let mut r = s.reader("packs/dd/dd01").unwrap();
+    let mut off = 0usize;
+    for step in [700_001usize, 1 << 20, 3_333_333, 12, 2_000_000]
+        .iter()
+        .cycle()
+    {
+        if off >= data.len() {
+            break;
+        }
+        let n = (*step).min(data.len() - off);
+        assert_eq!(
+            r.read_at(off as u64, n as u64).unwrap(),
+            &data[off..off + n],
+            "at {off}"
+        );
+        off += n;
+    }
+    for off in [8_000_000usize, 4_194_300, 10, 9_437_000] {
+        let n = 1000.min(data.len() - off);
+        assert_eq!(
+            r.read_at(off as u64, n as u64).unwrap(),
+            &data[off..off + n]
+        );
+    }
+}
+
 fn background_writes(s: &dyn Store) {
     let big: Vec<u8> = common::pseudo_random(12 << 20, 5, false);
     for i in 0..6u8 {
@@ -198,6 +229,7 @@ fn suite(s: &dyn Store, other: &dyn Store) {
     conditional_create(s);
     listing_and_delete(s);
     ranges(s);
+    sequential_and_straddling_reads(s);
     background_writes(s);
     locks(s, other);
 }

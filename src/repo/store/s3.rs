@@ -808,6 +808,7 @@ struct S3Reader {
     key: String,
     buf_off: u64,
     buf: Vec<u8>,
+    next: Option<Prefetch>,
 }
 
 /// Reads exact ranges of an immutable object through the metadata cache (packs are named
@@ -840,6 +841,24 @@ impl RangeReader for CachedReader {
     }
 }
 
+/// A window being fetched ahead: its offset, and where its bytes arrive.
+type Prefetch = (u64, std::sync::mpsc::Receiver<io::Result<Vec<u8>>>);
+
+impl S3Reader {
+    /// Starts fetching the window that follows the buffer (a reader going through a pack
+    /// in order then waits for the network at most once).
+    fn prefetch_next(&mut self) {
+        let next = self.buf_off + self.buf.len() as u64;
+        let (tx, rx) = std::sync::mpsc::sync_channel(1);
+        let inner = self.inner.clone();
+        let key = self.key.clone();
+        rt().spawn(async move {
+            let _ = tx.send(inner.get_range(&key, next, READ_WINDOW).await);
+        });
+        self.next = Some((next, rx));
+    }
+}
+
 impl RangeReader for S3Reader {
     fn read_at(&mut self, offset: u64, len: u64) -> io::Result<Vec<u8>> {
         let end = offset
@@ -847,12 +866,45 @@ impl RangeReader for S3Reader {
             .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "range beyond u64"))?;
         let have = self.buf_off..self.buf_off + self.buf.len() as u64;
         if !(offset >= have.start && end <= have.end) {
-            let want = len.max(READ_WINDOW);
-            let inner = self.inner.clone();
-            let key = self.key.clone();
-            let got = block(async move { inner.get_range(&key, offset, want).await })??;
-            self.buf_off = offset;
-            self.buf = got;
+            // (offset of the new buffer, its bytes, whether the object may go on after it)
+            let mut fetched: Option<(u64, Vec<u8>, bool)> = None;
+            if let Some((noff, rx)) = self.next.take() {
+                // The window fetched ahead serves a read inside it, or one that starts in the
+                // buffer and runs into it (a chunk across the windows' boundary).
+                let straddles = noff == have.end && offset >= have.start && offset < have.end;
+                if (offset >= noff || straddles) && end <= noff + READ_WINDOW {
+                    let b = rx.recv().map_err(|_| {
+                        io::Error::other("an S3 read-ahead task ended without an answer")
+                    })??;
+                    let more = b.len() as u64 == READ_WINDOW;
+                    if offset >= noff {
+                        fetched = Some((noff, b, more));
+                    } else {
+                        let mut nb = self.buf[(offset - have.start) as usize..].to_vec();
+                        nb.extend_from_slice(&b);
+                        fetched = Some((offset, nb, more));
+                    }
+                }
+            }
+            let from_ahead = fetched.is_some();
+            let (off, b, more) = match fetched {
+                Some(x) => x,
+                None => {
+                    let want = len.max(READ_WINDOW);
+                    let inner = self.inner.clone();
+                    let key = self.key.clone();
+                    let b = block(async move { inner.get_range(&key, offset, want).await })??;
+                    let more = b.len() as u64 == want;
+                    (offset, b, more)
+                }
+            };
+            // Moving forward through the object: fetch the next window ahead.
+            let forward = from_ahead || (!self.buf.is_empty() && offset > have.start);
+            self.buf_off = off;
+            self.buf = b;
+            if more && forward {
+                self.prefetch_next();
+            }
         }
         let s = (offset - self.buf_off) as usize;
         match self.buf.get(s..s + len as usize) {
@@ -1143,6 +1195,7 @@ impl Store for S3Store {
             key: key.to_string(),
             buf_off: 0,
             buf: Vec::new(),
+            next: None,
         }))
     }
 
