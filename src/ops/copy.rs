@@ -73,6 +73,9 @@ fn io_err(what: String) -> impl FnOnce(std::io::Error) -> Error {
     move |e| Error::io(what, e)
 }
 
+/// Packs fetched at once when either side is remote.
+const COPY_THREADS: usize = 4;
+
 /// Copies one object; `Some(bytes)` if it was written, `None` if the target had the same.
 fn copy_object(src: &Repository, dst: &Repository, key: &str, max: u64) -> Result<Option<u64>> {
     let b = src.store().get(key, max).map_err(|e| {
@@ -177,22 +180,52 @@ fn copy_ciphertext(s: &Session, req: &CopyRequest<'_>) -> Result<CopyReport> {
             }
         }
     }
+    // Packs are fetched by a few threads at once (each holds one pack; the target store
+    // bounds its own uploads in flight).
     let total = packs.len();
-    for (n, id) in packs.iter().enumerate() {
-        let b = src.read_pack(id)?;
-        if crate::repo::format::Id32(*blake3::hash(&b).as_bytes()) != *id {
-            return Err(Error::integrity(
-                format!("pack {id} in {}", src.root().display()),
-                "its bytes do not match its name; the copy stops before writing it",
-            ));
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    let done = std::sync::atomic::AtomicUsize::new(0);
+    let bytes = std::sync::atomic::AtomicU64::new(0);
+    let threads = if src.store().local_root().is_some() && dst.store().local_root().is_some() {
+        1
+    } else {
+        COPY_THREADS
+    };
+    std::thread::scope(|scope| -> Result<()> {
+        let workers: Vec<_> = (0..threads)
+            .map(|_| {
+                scope.spawn(|| -> Result<()> {
+                    use std::sync::atomic::Ordering::Relaxed;
+                    loop {
+                        let n = next.fetch_add(1, Relaxed);
+                        let Some(id) = packs.get(n) else {
+                            return Ok(());
+                        };
+                        let b = src.read_pack(id)?;
+                        if Id32(*blake3::hash(&b).as_bytes()) != *id {
+                            return Err(Error::integrity(
+                                format!("pack {id} in {}", src.root().display()),
+                                "its bytes do not match its name; the copy stops before writing it",
+                            ));
+                        }
+                        bytes.fetch_add(b.len() as u64, Relaxed);
+                        dst.write_pack_owned(id, b)?;
+                        let d = done.fetch_add(1, Relaxed) + 1;
+                        if d.is_multiple_of(16) {
+                            s.note(format!("copied {d}/{total} packs"));
+                        }
+                    }
+                })
+            })
+            .collect();
+        for w in workers {
+            w.join()
+                .map_err(|_| Error::Other("a copy thread panicked".into()))??;
         }
-        report.bytes_copied += b.len() as u64;
-        report.objects_copied += 1;
-        dst.write_pack_owned(id, b)?;
-        if n % 16 == 15 {
-            s.note(format!("copied {}/{total} packs", n + 1));
-        }
-    }
+        Ok(())
+    })?;
+    report.objects_copied += total as u64;
+    report.bytes_copied += bytes.into_inner();
     dst.flush()?;
 
     let mut tally = |r: Option<u64>| match r {
