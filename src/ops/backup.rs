@@ -42,43 +42,6 @@ pub async fn backup_job(
     progress: indicatif::ProgressBar,
     status: std::sync::Arc<crate::engine::backup::Status>,
 ) -> Result<BackupRun> {
-    let (source, origin) = match source {
-        JobSource::Copied {
-            staged,
-            dir,
-            origin,
-        } => match *staged {
-            JobSource::Stream { name, reader } => {
-                (JobSource::Stream { name, reader }, Some((None, origin)))
-            }
-            _ => (JobSource::Tree, Some((Some(dir), origin))),
-        },
-        other => (other, None),
-    };
-    backup_job_from(
-        s,
-        origin,
-        name,
-        source,
-        compression_level,
-        run_filters,
-        progress,
-        status,
-    )
-    .await
-}
-
-#[allow(clippy::too_many_arguments)]
-async fn backup_job_from(
-    s: &Session,
-    origin: Option<(Option<std::path::PathBuf>, backup::Origin)>,
-    name: &str,
-    source: JobSource,
-    compression_level: i32,
-    run_filters: &crate::engine::filter::Filters,
-    progress: indicatif::ProgressBar,
-    status: std::sync::Arc<crate::engine::backup::Status>,
-) -> Result<BackupRun> {
     let cat = s.catalog()?;
     let h = locate_job(&cat, name, None)?;
     if h.row.as_ref().is_some_and(|r| !r.active) {
@@ -99,12 +62,19 @@ async fn backup_job_from(
     let want = h.row.as_ref().and_then(|r| r.password.clone());
     let kdf = oc.chain.point_kdf(want.as_deref());
     let mut filter = crate::engine::filter::Compiled::none();
-    let (staged_dir, origin) = match origin {
-        Some((d, o)) => (d, Some(o)),
-        None => (None, None),
-    };
+    let mut origin = None;
     let source = match source {
-        JobSource::Tree if staged_dir.is_some() => Source::Tree(staged_dir.expect("checked")),
+        JobSource::Copied {
+            staged,
+            dir,
+            origin: o,
+        } => {
+            origin = Some(o);
+            match *staged {
+                JobSource::Stream { name, reader } => Source::Stdin { name, reader },
+                _ => Source::Tree(dir),
+            }
+        }
         JobSource::Tree => {
             let stored = match &h.row {
                 Some(_) => cat.job_filters(&h.job.job_id)?,
@@ -123,7 +93,6 @@ async fn backup_job_from(
             Source::Tree(std::path::PathBuf::from(&h.job.source))
         }
         JobSource::Stream { name, reader } => Source::Stdin { name, reader },
-        JobSource::Copied { .. } => unreachable!("unwrapped by backup_job"),
     };
     let opts = BackupOptions {
         source,

@@ -215,6 +215,30 @@ fn not_modified<E>(e: &SdkError<E, HttpResponse>) -> bool {
     e.raw_response().map(|r| r.status().as_u16()) == Some(304)
 }
 
+/// Reads a response body of at most `max` bytes (refused, `InvalidData`, as soon as more
+/// arrives, whatever the server announced); `expect` sizes the buffer.
+async fn read_body(
+    mut body: ByteStream,
+    key: &str,
+    expect: u64,
+    max: u64,
+    too_long: &str,
+) -> io::Result<Vec<u8>> {
+    let mut buf = Vec::with_capacity(expect.min(max) as usize);
+    while let Some(b) = body.next().await {
+        let b = b.map_err(|e| io::Error::other(format!("S3 GET {key}: {e}")))?;
+        if (buf.len() + b.len()) as u64 > max {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!("S3 GET {key}: {too_long} ({max})"),
+            ));
+        }
+        buf.extend_from_slice(&b);
+    }
+    Counters::add(&COUNTERS.bytes_in, buf.len() as u64);
+    Ok(buf)
+}
+
 /// A lease record (`locks/*.json`).
 #[derive(serde::Serialize, serde::Deserialize)]
 struct Lease {
@@ -471,19 +495,14 @@ impl Inner {
             ));
         }
         let etag = out.e_tag.clone().unwrap_or_default();
-        let mut body = out.body;
-        let mut buf = Vec::with_capacity(len as usize);
-        while let Some(b) = body.next().await {
-            let b = b.map_err(|e| io::Error::other(format!("S3 GET {key}: {e}")))?;
-            if (buf.len() + b.len()) as u64 > max {
-                return Err(io::Error::new(
-                    io::ErrorKind::InvalidData,
-                    format!("more than the {max} bytes this object may have"),
-                ));
-            }
-            buf.extend_from_slice(&b);
-        }
-        Counters::add(&COUNTERS.bytes_in, buf.len() as u64);
+        let buf = read_body(
+            out.body,
+            key,
+            len,
+            max,
+            "more than the bytes this object may have",
+        )
+        .await?;
         Ok(Some((buf, etag)))
     }
 
@@ -503,20 +522,14 @@ impl Inner {
             .send()
             .await
             .map_err(|e| s3_err("GET", key, e))?;
-        let mut body = out.body;
-        let mut buf = Vec::with_capacity(len as usize);
-        while let Some(b) = body.next().await {
-            let b = b.map_err(|e| io::Error::other(format!("S3 GET {key}: {e}")))?;
-            if (buf.len() + b.len()) as u64 > len {
-                return Err(io::Error::new(
-                    io::ErrorKind::InvalidData,
-                    format!("S3 GET {key}: more bytes than the range asked for"),
-                ));
-            }
-            buf.extend_from_slice(&b);
-        }
-        Counters::add(&COUNTERS.bytes_in, buf.len() as u64);
-        Ok(buf)
+        read_body(
+            out.body,
+            key,
+            len,
+            len,
+            "more bytes than the range asked for",
+        )
+        .await
     }
 
     async fn head(
