@@ -132,6 +132,18 @@ async fn garbage_answers_are_errors_not_panics() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn a_not_modified_answer_to_a_plain_get_is_an_error() {
+    let server = MockServer::start().await;
+    Mock::given(method("GET"))
+        .respond_with(ResponseTemplate::new(304))
+        .mount(&server)
+        .await;
+    let uri = server.uri();
+    let r = blocking(move || store(&uri, 1, 5).get("points/a.json", 1000)).await;
+    assert_eq!(r.unwrap_err().kind(), ErrorKind::InvalidData);
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn background_upload_failures_surface_at_flush() {
     let server = MockServer::start().await;
     Mock::given(method("PUT"))

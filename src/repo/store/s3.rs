@@ -1183,7 +1183,13 @@ impl Store for S3Store {
         let cond = cached.as_ref().map(|(_, t)| t.clone());
         let got = self.run(move |i| Box::pin(async move { i.get(&k, max, cond).await }));
         match got {
-            Ok(None) => Ok(cached.map(|(b, _)| b).expect("304 only when cached")),
+            // A 304 answers a conditional GET; one to a plain GET is a broken server.
+            Ok(None) => cached.map(|(b, _)| b).ok_or_else(|| {
+                io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    format!("S3 GET {key}: 304 Not Modified to a request that was not conditional"),
+                )
+            }),
             Ok(Some((body, etag))) => {
                 if let Some(c) = cache {
                     c.store(key, &etag, &body);
