@@ -185,6 +185,41 @@ fn background_writes(s: &dyn Store) {
     assert_eq!(s.get("index/large", 16 << 20).unwrap(), big);
 }
 
+/// A store that streams objects (a local directory) names them only on commit; one dropped
+/// unfinished leaves nothing, not even in `tmp/`. A store that takes objects whole says so.
+fn streamed_writes(s: &dyn Store) {
+    let Some(mut sink) = s.put_stream().unwrap() else {
+        assert!(s.local_root().is_none(), "a local directory streams packs");
+        return;
+    };
+    let data = common::pseudo_random(3 << 20, 9, false);
+    for piece in data.chunks(100_000) {
+        sink.write(piece).unwrap();
+    }
+    assert!(
+        s.list("packs/e0").unwrap().is_empty(),
+        "nothing named before commit"
+    );
+    sink.commit("packs/e0/e000").unwrap();
+    assert_eq!(s.get("packs/e0/e000", 4 << 20).unwrap(), data);
+
+    let mut dropped = s.put_stream().unwrap().unwrap();
+    dropped.write(&data[..1000]).unwrap();
+    let tmp = s.local_root().unwrap().join("tmp");
+    assert_eq!(std::fs::read_dir(&tmp).unwrap().count(), 1);
+    drop(dropped);
+    assert_eq!(
+        std::fs::read_dir(&tmp).unwrap().count(),
+        0,
+        "an abandoned stream is removed"
+    );
+    // A key that could leave the repository is refused at commit, and nothing is left.
+    let mut bad = s.put_stream().unwrap().unwrap();
+    bad.write(b"x").unwrap();
+    assert!(bad.commit("../escape").is_err());
+    assert_eq!(std::fs::read_dir(&tmp).unwrap().count(), 0);
+}
+
 fn locks(s: &dyn Store, other: &dyn Store) {
     let repo = LockScope::Repository;
     let ex = s.lock(repo, LockKind::Exclusive, &holder(11)).unwrap();
@@ -231,6 +266,7 @@ fn suite(s: &dyn Store, other: &dyn Store) {
     ranges(s);
     sequential_and_straddling_reads(s);
     background_writes(s);
+    streamed_writes(s);
     locks(s, other);
 }
 

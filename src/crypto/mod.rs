@@ -444,6 +444,17 @@ impl ChunkSealer {
             .expect("AES-GCM encryption cannot fail for inputs below 64 GiB")
     }
 
+    /// [`ChunkSealer::seal`] in place: `buf` (the plaintext) becomes `ciphertext || tag`.
+    pub fn seal_in_place(&self, chunk_id: &[u8; 32], aad: &[u8], buf: &mut Vec<u8>) {
+        self.sealed.fetch_add(1, Ordering::Relaxed);
+        let n = self.nonce(chunk_id);
+        let tag = self
+            .cipher
+            .encrypt_in_place_detached(Nonce::from_slice(&n), aad, buf)
+            .expect("AES-GCM encryption cannot fail for inputs below 64 GiB");
+        buf.extend_from_slice(&tag);
+    }
+
     pub fn open(
         &self,
         chunk_id: &[u8; 32],

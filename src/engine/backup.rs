@@ -1,12 +1,13 @@
 //! The backup pipeline.
 //!
 //! ```text
-//! walker (this thread)            workers (N threads)          writer (1 thread)
+//! walker → readers (N threads)    workers (N threads)          writer (1 thread)
 //! read → CDC chunk → keyed id  →  zstd → AES-256-GCM       →   pack → tmp → fsync → rename
 //!        dedup against chain       (bounded queue)              (bounded queue)
 //! ```
-//! Queues are bounded, chunks are at most 4 MiB and packs ~16 MiB, so memory stays bounded
-//! whatever the size of the input. A point becomes visible only when its point file is
+//! Queues are bounded, chunks are at most 4 MiB, chunk buffers are reused ([`BufPool`]) and
+//! a local repository's packs are streamed to their temporary file (S3 holds each ~16 MiB
+//! pack in memory until uploaded), so memory stays bounded whatever the size of the input. A point becomes visible only when its point file is
 //! renamed into place, after all its packs and its index are durable: an interrupted backup
 //! leaves unreferenced packs, never a broken recovery point.
 
@@ -145,6 +146,34 @@ struct Work {
     data: Vec<u8>,
 }
 
+/// Chunk buffers handed back once used (a chunk's plaintext after it is sealed, a sealed
+/// chunk after it is copied into its pack), so a backup does not allocate, fault in and free
+/// a megabyte or more per chunk. The allocator kept freed chunk buffers of several threads
+/// apart and the peak RSS grew with them; a pool of at most `cap` keeps what is reused.
+struct BufPool {
+    tx: Sender<Vec<u8>>,
+    rx: Receiver<Vec<u8>>,
+}
+
+impl BufPool {
+    fn new(cap: usize) -> Self {
+        let (tx, rx) = bounded(cap);
+        BufPool { tx, rx }
+    }
+
+    /// An empty buffer, reused when one is free.
+    fn take(&self) -> Vec<u8> {
+        let mut v = self.rx.try_recv().unwrap_or_default();
+        v.clear();
+        v
+    }
+
+    /// Keeps `v` for reuse, unless the pool is full.
+    fn give(&self, v: Vec<u8>) {
+        let _ = self.tx.try_send(v);
+    }
+}
+
 struct SealedChunk {
     id: Id32,
     sealed: Vec<u8>,
@@ -250,7 +279,7 @@ impl TreeOut {
     fn cut(&mut self, c: &mut Chunker<'_>, last: bool) -> bool {
         let ids = &mut self.ids;
         cut_ready(&self.cdc, &mut self.pending, last, |chunk| {
-            Chunker::put(c.idk, c.known, &c.tx, &mut c.stats, chunk, ids)
+            Chunker::put(c.idk, c.known, &c.tx, c.pool, &mut c.stats, chunk, ids)
         })
     }
 }
@@ -284,6 +313,7 @@ struct Chunker<'a> {
     buf: Vec<u8>,
     known: &'a Mutex<Known<'a>>,
     tx: Sender<Work>,
+    pool: &'a BufPool,
     stats: PointStats,
     progress: &'a ProgressBar,
     status: &'a Status,
@@ -295,6 +325,7 @@ impl Chunker<'_> {
         idk: &ChunkIdKey,
         known: &Mutex<Known<'_>>,
         tx: &Sender<Work>,
+        pool: &BufPool,
         stats: &mut PointStats,
         data: &[u8],
         out: &mut Vec<Id32>,
@@ -305,12 +336,10 @@ impl Chunker<'_> {
         if new {
             stats.chunks_new += 1;
             stats.bytes_new += data.len() as u64;
-            return tx
-                .send(Work {
-                    id,
-                    data: data.to_vec(),
-                })
-                .is_ok();
+            let mut buf = pool.take();
+            buf.reserve_exact(data.len()); // not doubled: a chunk is as large as it gets
+            buf.extend_from_slice(data);
+            return tx.send(Work { id, data: buf }).is_ok();
         }
         true
     }
@@ -325,6 +354,7 @@ impl Chunker<'_> {
             buf,
             known,
             tx,
+            pool,
             stats,
             progress,
             status,
@@ -338,7 +368,7 @@ impl Chunker<'_> {
             stats.bytes_read += c.len() as u64;
             progress.inc(c.len() as u64);
             status.add(0, c.len() as u64);
-            alive = Self::put(idk, known, tx, stats, c, &mut ids);
+            alive = Self::put(idk, known, tx, pool, stats, c, &mut ids);
             alive
         })
         .map_err(|e| e.to_string())?;
@@ -861,24 +891,28 @@ fn run_workers(
     rx: Receiver<Work>,
     tx: Sender<SealedChunk>,
     sealer: Arc<ChunkSealer>,
+    pool: Arc<BufPool>,
     place: PointPlace,
     level: i32,
 ) -> Vec<thread::JoinHandle<()>> {
     (0..n)
         .map(|i| {
-            let (rx, tx, sealer) = (rx.clone(), tx.clone(), sealer.clone());
+            let (rx, tx, sealer, pool) = (rx.clone(), tx.clone(), sealer.clone(), pool.clone());
             thread::Builder::new()
                 .name(format!("arca-seal-{i}"))
                 .spawn(move || {
                     let mut z = zstd::bulk::Compressor::new(level).expect("zstd context");
+                    let mut scratch = Vec::new();
                     for w in rx {
-                        let payload = encode_payload_with(&mut z, &w.data);
-                        let sealed = sealer.seal(&w.id.0, &place.chunk_aad(&w.id), &payload);
+                        let mut sealed = pool.take();
+                        encode_payload_into(&mut z, &w.data, &mut scratch, &mut sealed);
+                        sealer.seal_in_place(&w.id.0, &place.chunk_aad(&w.id), &mut sealed);
                         let c = SealedChunk {
                             id: w.id,
                             sealed,
                             raw_len: w.data.len() as u32,
                         };
+                        pool.give(w.data);
                         if tx.send(c).is_err() {
                             return;
                         }
@@ -893,6 +927,7 @@ fn run_writer(
     repo: Arc<RepoHandle>,
     rx: Receiver<SealedChunk>,
     header_sealer: Arc<Sealer>,
+    pool: Arc<BufPool>,
     place: PointPlace,
 ) -> thread::JoinHandle<Result<WriterResult>> {
     thread::Builder::new()
@@ -902,14 +937,28 @@ fn run_writer(
                 index: vec![0; crate::crypto::NONCE_LEN + 4],
                 bytes_stored: 0,
             };
-            let mut pack = PackBuilder::new(&place.point_id, PACK_TARGET + CHUNK_MAX as usize, 2);
+            // A local repository takes each pack as a stream (a temporary file), so only
+            // its header is held; S3 takes packs whole (uploaded from memory).
+            let pack_err = |e| Error::io(format!("write a pack to {}", repo.0.root().display()), e);
+            let new_pack = || -> Result<PackBuilder> {
+                Ok(match repo.0.pack_sink()? {
+                    Some(sink) => {
+                        PackBuilder::streaming(&place.point_id, sink, 2).map_err(pack_err)?
+                    }
+                    None => PackBuilder::new(&place.point_id, PACK_TARGET + CHUNK_MAX as usize, 2),
+                })
+            };
             let flush = |pack: PackBuilder, res: &mut WriterResult| -> Result<()> {
-                let mut fin = pack.finish(&header_sealer, &place);
-                res.bytes_stored += fin.bytes.len() as u64;
-                // S3 uploads it in the background (a bounded number at once); the writer
-                // waits for all of them before the index can name them.
-                repo.0
-                    .write_pack_owned(&fin.id, std::mem::take(&mut fin.bytes))?;
+                let mut fin = pack.finish(&header_sealer, &place).map_err(pack_err)?;
+                res.bytes_stored += fin.len;
+                match fin.sink.take() {
+                    Some(sink) => repo.0.commit_pack(sink, &fin.id)?,
+                    // S3 uploads it in the background (a bounded number at once); the writer
+                    // waits for all of them before the index can name them.
+                    None => repo
+                        .0
+                        .write_pack_owned(&fin.id, std::mem::take(&mut fin.bytes))?,
+                }
                 crate::fault::wrote("backup: pack written");
                 for e in &fin.entries {
                     push_index_record(
@@ -925,18 +974,21 @@ fn run_writer(
                 }
                 Ok(())
             };
+            // dropping rx on error stops the workers
+            let mut pack: Option<PackBuilder> = None;
             for c in rx {
-                pack.add(c.id, &c.sealed, c.raw_len);
-                if pack.len() >= PACK_TARGET {
-                    let full = std::mem::replace(
-                        &mut pack,
-                        PackBuilder::new(&place.point_id, PACK_TARGET + CHUNK_MAX as usize, 2),
-                    );
-                    flush(full, &mut res)?; // dropping rx on error stops the workers
+                let p = match &mut pack {
+                    Some(p) => p,
+                    None => pack.insert(new_pack()?),
+                };
+                p.add(c.id, &c.sealed, c.raw_len).map_err(pack_err)?;
+                pool.give(c.sealed);
+                if p.len() >= PACK_TARGET {
+                    flush(pack.take().expect("a pack"), &mut res)?;
                 }
             }
-            if !pack.is_empty() {
-                flush(pack, &mut res)?;
+            if let Some(p) = pack {
+                flush(p, &mut res)?;
             }
             repo.0.flush()?;
             Ok(res)
@@ -1017,11 +1069,14 @@ pub fn run(
     let workers = opts.workers.max(1);
     let (work_tx, work_rx) = bounded::<Work>(workers * 2);
     let (sealed_tx, sealed_rx) = bounded::<SealedChunk>(workers * 2);
+    // As many buffers as the queues and the threads between them hold at once.
+    let pool = Arc::new(BufPool::new(4 * workers + 2));
     let handles = run_workers(
         workers,
         work_rx,
         sealed_tx,
         sealers.chunks.clone(),
+        pool.clone(),
         place,
         opts.compression_level,
     );
@@ -1029,6 +1084,7 @@ pub fn run(
         Arc::new(RepoHandle(repo.try_clone()?)),
         sealed_rx,
         sealers.pack_headers.clone(),
+        pool.clone(),
         place,
     );
 
@@ -1045,6 +1101,7 @@ pub fn run(
         0
     };
     let (job_tx, job_rx) = bounded::<FileJob>(FILES_IN_FLIGHT);
+    let pool_ref: &BufPool = &pool;
     let (done_tx, done_rx) = bounded::<FileDone>(FILES_IN_FLIGHT);
     thread::scope(|s| {
         let reader_handles: Vec<_> = (0..readers)
@@ -1061,6 +1118,7 @@ pub fn run(
                             buf: Vec::new(),
                             known,
                             tx,
+                            pool: pool_ref,
                             stats: PointStats::default(),
                             progress,
                             status,
@@ -1082,6 +1140,7 @@ pub fn run(
             buf: Vec::new(),
             known: &known,
             tx: work_tx,
+            pool: pool_ref,
             stats: PointStats::default(),
             progress: &opts.progress,
             status: &opts.status,

@@ -506,7 +506,9 @@ fn repack_point(
         if b.is_empty() {
             return Ok(());
         }
-        let fin = b.finish_random_nonce(&ix.keys.pack_headers, &place);
+        let fin = b
+            .finish_random_nonce(&ix.keys.pack_headers, &place)
+            .map_err(|e| Error::io("build a repacked pack", e))?;
         repo.write_pack(&fin.id, &fin.bytes)?;
         fault::wrote("prune: repacked pack written");
         written += fin.bytes.len() as u64;
@@ -542,7 +544,9 @@ fn repack_point(
                         format!("{err}; prune stopped before changing anything of this point"),
                     )
                 })?;
-            builder.add(e.chunk_id, &sealed, e.raw_len);
+            builder
+                .add(e.chunk_id, &sealed, e.raw_len)
+                .map_err(|e| Error::io("build a repacked pack", e))?;
             if builder.len() >= super::backup::PACK_TARGET {
                 let full = std::mem::replace(
                     &mut builder,

@@ -1279,29 +1279,45 @@ pub fn encode_payload(data: &[u8], level: i32) -> Vec<u8> {
 
 /// [`encode_payload`] with a reusable compression context.
 pub fn encode_payload_with(z: &mut zstd::bulk::Compressor<'_>, data: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    encode_payload_into(z, data, &mut Vec::new(), &mut out);
+    out
+}
+
+/// [`encode_payload_with`] into `out` (cleared first), with `scratch` for the compressor's
+/// output: a backup reuses both, so encoding a chunk allocates nothing.
+pub fn encode_payload_into(
+    z: &mut zstd::bulk::Compressor<'_>,
+    data: &[u8],
+    scratch: &mut Vec<u8>,
+    out: &mut Vec<u8>,
+) {
+    out.clear();
     // A large chunk whose middle does not compress (media, archives, encrypted data) is
     // stored raw without compressing all of it: one 8 KiB probe instead of a full pass.
     const PROBE: usize = 8 * 1024;
+    let mut compress = |src: &[u8], scratch: &mut Vec<u8>| {
+        scratch.clear();
+        scratch.reserve_exact(zstd::zstd_safe::compress_bound(src.len()));
+        z.compress_to_buffer(src, scratch).is_ok()
+    };
     let incompressible = data.len() >= 16 * PROBE && {
         let mid = data.len() / 2;
-        z.compress(&data[mid..mid + PROBE])
-            .map(|c| c.len() + PROBE / 32 >= PROBE)
-            .unwrap_or(false)
+        compress(&data[mid..mid + PROBE], scratch) && scratch.len() + PROBE / 32 >= PROBE
     };
-    if data.len() >= 64 && !incompressible {
-        if let Ok(c) = z.compress(data) {
-            if c.len() + data.len() / 32 < data.len() {
-                let mut out = Vec::with_capacity(c.len() + 1);
-                out.push(PAYLOAD_ZSTD);
-                out.extend_from_slice(&c);
-                return out;
-            }
-        }
+    if data.len() >= 64
+        && !incompressible
+        && compress(data, scratch)
+        && scratch.len() + data.len() / 32 < data.len()
+    {
+        out.reserve_exact(scratch.len() + 1 + crate::crypto::TAG_LEN);
+        out.push(PAYLOAD_ZSTD);
+        out.extend_from_slice(scratch);
+        return;
     }
-    let mut out = Vec::with_capacity(data.len() + 1);
+    out.reserve_exact(data.len() + 1 + crate::crypto::TAG_LEN);
     out.push(PAYLOAD_RAW);
     out.extend_from_slice(data);
-    out
 }
 
 /// The largest plaintext a chunk may have (content chunks are at most 4 MiB).

@@ -29,7 +29,7 @@ use crate::error::{Error, Result};
 use format::*;
 use store::local::LocalStore;
 use store::s3::S3Store;
-use store::{Location, LockGuard, LockScope, RangeReader, Store};
+use store::{Location, LockGuard, LockScope, ObjectSink, RangeReader, Store};
 
 /// Size limits for objects read from a repository (checked before anything is allocated).
 pub mod limits {
@@ -851,6 +851,20 @@ impl Repository {
         let key = Self::pack_rel(id);
         self.store
             .put_background(key, data)
+            .map_err(|e| Error::io(format!("write pack {id} to {}", self.root.display()), e))
+    }
+
+    /// A sink to stream a pack into as it is built, when the store takes one (a local
+    /// repository); the pack is named by [`Repository::commit_pack`].
+    pub fn pack_sink(&self) -> Result<Option<Box<dyn ObjectSink>>> {
+        self.store
+            .put_stream()
+            .map_err(|e| Error::io(format!("start a pack in {}", self.root.display()), e))
+    }
+
+    /// Puts a pack streamed into `sink` in place under its id.
+    pub fn commit_pack(&self, sink: Box<dyn ObjectSink>, id: &Id32) -> Result<()> {
+        sink.commit(&Self::pack_rel(id))
             .map_err(|e| Error::io(format!("write pack {id} to {}", self.root.display()), e))
     }
 

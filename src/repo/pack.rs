@@ -3,48 +3,105 @@
 //! id), so nothing in a v2 pack marks where one chunk ends and the next begins.
 
 use super::format::*;
-use crate::crypto::{content_hash, Opener, Sealer, SecretKey};
+use crate::crypto::{content_hash, ContentHasher, Opener, Sealer, SecretKey};
 
-/// Collects sealed chunks of one recovery point into a pack.
+/// Collects sealed chunks of one recovery point into a pack: in memory, or streamed to a
+/// sink (a local repository's temporary file) so that only its header is held.
 pub struct PackBuilder {
     buf: Vec<u8>,
+    sink: Option<Sink>,
     entries: Vec<PackHeaderEntry>,
+}
+
+struct Sink {
+    out: Box<dyn crate::repo::store::ObjectSink>,
+    hash: ContentHasher,
+    len: usize,
 }
 
 /// A finished pack, ready to be written under `id`.
 pub struct FinishedPack {
     pub id: Id32,
+    /// The pack's bytes; empty when they went to `sink`.
     pub bytes: Vec<u8>,
+    /// The pack's length, in memory or streamed.
+    pub len: u64,
     pub entries: Vec<PackHeaderEntry>,
+    /// Where a streamed pack was written, to be committed under `id`.
+    pub sink: Option<Box<dyn crate::repo::store::ObjectSink>>,
+}
+
+fn prefix(point_id: &Id16, data_format: u32) -> [u8; PACK_PREFIX_LEN] {
+    let mut p = [0u8; PACK_PREFIX_LEN];
+    p[..8].copy_from_slice(if data_format >= 2 {
+        PACK_MAGIC2
+    } else {
+        PACK_MAGIC
+    });
+    p[8..].copy_from_slice(&point_id.0);
+    p
 }
 
 impl PackBuilder {
     pub fn new(point_id: &Id16, capacity: usize, data_format: u32) -> Self {
         let mut buf = Vec::with_capacity(capacity);
-        buf.extend_from_slice(if data_format >= 2 {
-            PACK_MAGIC2
-        } else {
-            PACK_MAGIC
-        });
-        buf.extend_from_slice(&point_id.0);
+        buf.extend_from_slice(&prefix(point_id, data_format));
         PackBuilder {
             buf,
+            sink: None,
             entries: Vec::new(),
         }
     }
 
-    pub fn add(&mut self, chunk_id: Id32, sealed: &[u8], raw_len: u32) {
+    /// A builder writing each chunk to `out` as it is added.
+    pub fn streaming(
+        point_id: &Id16,
+        mut out: Box<dyn crate::repo::store::ObjectSink>,
+        data_format: u32,
+    ) -> std::io::Result<Self> {
+        let p = prefix(point_id, data_format);
+        out.write(&p)?;
+        let mut hash = ContentHasher::new();
+        hash.update(&p);
+        Ok(PackBuilder {
+            buf: Vec::new(),
+            sink: Some(Sink {
+                out,
+                hash,
+                len: p.len(),
+            }),
+            entries: Vec::new(),
+        })
+    }
+
+    fn append(&mut self, b: &[u8]) -> std::io::Result<()> {
+        match &mut self.sink {
+            None => self.buf.extend_from_slice(b),
+            Some(s) => {
+                s.out.write(b)?;
+                s.hash.update(b);
+                s.len += b.len();
+            }
+        }
+        Ok(())
+    }
+
+    /// Adds a sealed chunk (an error only from a streaming builder's sink).
+    pub fn add(&mut self, chunk_id: Id32, sealed: &[u8], raw_len: u32) -> std::io::Result<()> {
         self.entries.push(PackHeaderEntry {
             chunk_id,
-            offset: self.buf.len() as u64,
+            offset: self.len() as u64,
             length: sealed.len() as u32,
             raw_len,
         });
-        self.buf.extend_from_slice(sealed);
+        self.append(sealed)
     }
 
     pub fn len(&self) -> usize {
-        self.buf.len()
+        match &self.sink {
+            None => self.buf.len(),
+            Some(s) => s.len,
+        }
     }
 
     pub fn is_empty(&self) -> bool {
@@ -52,7 +109,11 @@ impl PackBuilder {
     }
 
     /// Seals the header and names the pack by the BLAKE3 hash of all its bytes.
-    pub fn finish(self, header_sealer: &Sealer, place: &PointPlace) -> FinishedPack {
+    pub fn finish(
+        self,
+        header_sealer: &Sealer,
+        place: &PointPlace,
+    ) -> std::io::Result<FinishedPack> {
         let header =
             header_sealer.seal(&place.pack_header_aad(), &encode_pack_header(&self.entries));
         self.finish_sealed(header)
@@ -60,7 +121,11 @@ impl PackBuilder {
 
     /// [`PackBuilder::finish`] for a pack written after its point (by `arca prune`): the
     /// header is sealed with a random nonce, since the point's header counter is spent.
-    pub fn finish_random_nonce(self, header_key: &SecretKey, place: &PointPlace) -> FinishedPack {
+    pub fn finish_random_nonce(
+        self,
+        header_key: &SecretKey,
+        place: &PointPlace,
+    ) -> std::io::Result<FinishedPack> {
         let header = crate::crypto::seal_random_nonce(
             header_key,
             &place.pack_header_aad(),
@@ -69,15 +134,21 @@ impl PackBuilder {
         self.finish_sealed(header)
     }
 
-    fn finish_sealed(mut self, header: Vec<u8>) -> FinishedPack {
-        self.buf.extend_from_slice(&header);
-        self.buf
-            .extend_from_slice(&(header.len() as u32).to_le_bytes());
-        FinishedPack {
-            id: Id32(content_hash(&self.buf)),
+    fn finish_sealed(mut self, header: Vec<u8>) -> std::io::Result<FinishedPack> {
+        self.append(&header)?;
+        self.append(&(header.len() as u32).to_le_bytes())?;
+        let len = self.len() as u64;
+        let (id, sink) = match self.sink {
+            None => (content_hash(&self.buf), None),
+            Some(s) => (s.hash.finalize(), Some(s.out)),
+        };
+        Ok(FinishedPack {
+            id: Id32(id),
             bytes: self.buf,
+            len,
             entries: self.entries,
-        }
+            sink,
+        })
     }
 }
 
@@ -142,6 +213,48 @@ mod tests {
         }
     }
 
+    /// Collects what a streaming builder writes.
+    struct MemSink(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+
+    impl crate::repo::store::ObjectSink for MemSink {
+        fn write(&mut self, data: &[u8]) -> std::io::Result<()> {
+            self.0.lock().unwrap().extend_from_slice(data);
+            Ok(())
+        }
+        fn commit(self: Box<Self>, _key: &str) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    /// A pack streamed to a sink has the bytes, length, id and entries of the same pack
+    /// built in memory.
+    #[test]
+    fn streamed_pack_equals_pack_in_memory() {
+        let pl = place();
+        let hk = SecretKey::random();
+        let got = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let mut mem = PackBuilder::new(&pl.point_id, 64, 2);
+        let mut streamed =
+            PackBuilder::streaming(&pl.point_id, Box::new(MemSink(got.clone())), 2).unwrap();
+        for (i, n) in [10usize, 0, 70_000, 3].into_iter().enumerate() {
+            let sealed = vec![i as u8; n];
+            mem.add(Id32([i as u8; 32]), &sealed, n as u32 + 1).unwrap();
+            streamed
+                .add(Id32([i as u8; 32]), &sealed, n as u32 + 1)
+                .unwrap();
+            assert_eq!(mem.len(), streamed.len());
+        }
+        let hs = Sealer::new(&hk);
+        let a = mem.finish(&hs, &pl).unwrap();
+        // The same sealer state: a second sealer over the same key starts at the same nonce.
+        let b = streamed.finish(&Sealer::new(&hk), &pl).unwrap();
+        assert!(a.sink.is_none() && b.sink.is_some() && b.bytes.is_empty());
+        assert_eq!(*got.lock().unwrap(), a.bytes);
+        assert_eq!((a.id, a.len, &a.entries), (b.id, b.len, &b.entries));
+        assert_eq!(a.len as usize, a.bytes.len());
+        assert_eq!(a.id.0, content_hash(&a.bytes));
+    }
+
     proptest! {
         /// chunk → compress → encrypt → pack → parse → decrypt → decompress → same bytes.
         #[test]
@@ -162,10 +275,10 @@ mod tests {
                 for _ in 0..*rep { d.extend_from_slice(data); }
                 let id = Id32(idk.id(&d));
                 let sealed = cs.seal(&id.0, &pl.chunk_aad(&id), &encode_payload(&d, 3));
-                b.add(id, &sealed, d.len() as u32);
+                b.add(id, &sealed, d.len() as u32).unwrap();
                 plain.push((id, d));
             }
-            let fin = b.finish(&hs, &pl);
+            let fin = b.finish(&hs, &pl).unwrap();
             prop_assert_eq!(fin.id.0, content_hash(&fin.bytes));
             let frame = parse_frame(&fin.bytes).unwrap();
             prop_assert_eq!(frame.point_id, pl.point_id);

@@ -16,7 +16,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use super::{is_hex, split_key, LockGuard, LockScope, ObjectInfo, RangeReader, Store};
+use super::{is_hex, split_key, LockGuard, LockScope, ObjectInfo, ObjectSink, RangeReader, Store};
 use crate::repo::format::Id16;
 use crate::repo::fsx::{self, DirHandle};
 use crate::repo::{LockHolder, LockKind};
@@ -52,6 +52,49 @@ impl Drop for FlockGuard {
     fn drop(&mut self) {
         if let Some((d, name)) = &self.holder {
             let _ = d.unlink(name);
+        }
+    }
+}
+
+/// A pack being written to `tmp/`, renamed into place by [`ObjectSink::commit`].
+struct LocalSink {
+    tmp_dir: DirHandle,
+    tmp: String,
+    file: Option<io::BufWriter<File>>,
+    /// The repository root and modes, to create the destination directory.
+    root: DirHandle,
+    dir_mode: u32,
+}
+
+impl ObjectSink for LocalSink {
+    fn write(&mut self, data: &[u8]) -> io::Result<()> {
+        self.file
+            .as_mut()
+            .expect("open until commit")
+            .write_all(data)
+    }
+
+    fn commit(mut self: Box<Self>, key: &str) -> io::Result<()> {
+        let (dirs, name) = split_key(key)?;
+        let f = self.file.take().expect("open until commit");
+        f.into_inner().map_err(|e| e.into_error())?.sync_all()?;
+        let mut dest = self.root.try_clone()?;
+        for c in dirs {
+            dest = dest.create_dir(c, self.dir_mode).map_err(refusal)?;
+        }
+        self.tmp_dir
+            .rename_to(&self.tmp, &dest, name)
+            .map_err(refusal)?;
+        self.tmp.clear(); // renamed: nothing to remove
+        dest.fsync()
+    }
+}
+
+impl Drop for LocalSink {
+    fn drop(&mut self) {
+        if !self.tmp.is_empty() {
+            drop(self.file.take());
+            let _ = self.tmp_dir.unlink(&self.tmp);
         }
     }
 }
@@ -216,6 +259,22 @@ impl Store for LocalStore {
             let _ = tmp_dir.unlink(&tmp);
         }
         res.map_err(refusal)
+    }
+
+    fn put_stream(&self) -> io::Result<Option<Box<dyn ObjectSink>>> {
+        let tmp_dir = self.sub(&["tmp"], true)?;
+        let tmp = format!("{}.tmp", Id16::random().hex());
+        let file = tmp_dir
+            .create_excl(&tmp, self.file_mode())
+            .map_err(refusal)?;
+        Ok(Some(Box::new(LocalSink {
+            tmp_dir,
+            tmp,
+            // Small chunks (small files) are gathered into fewer writes.
+            file: Some(io::BufWriter::with_capacity(1 << 20, file)),
+            root: self.dir.try_clone()?,
+            dir_mode: self.dir_mode(),
+        })))
     }
 
     fn put_new(&self, key: &str, data: &[u8]) -> io::Result<()> {

@@ -96,6 +96,15 @@ pub trait RangeReader: Send {
     fn read_at(&mut self, offset: u64, len: u64) -> io::Result<Vec<u8>>;
 }
 
+/// An object written piece by piece and named when it is complete (a pack, named by the hash
+/// of its bytes). Dropped without [`ObjectSink::commit`], it leaves nothing behind.
+pub trait ObjectSink: Send {
+    fn write(&mut self, data: &[u8]) -> io::Result<()>;
+
+    /// Makes the object durable under `key` (atomically: readers never see part of it).
+    fn commit(self: Box<Self>, key: &str) -> io::Result<()>;
+}
+
 pub trait Store: Send + Sync {
     /// Where the store is, for messages (`/srv/backup`, `s3://bucket/prefix`).
     fn location(&self) -> &str;
@@ -126,6 +135,13 @@ pub trait Store: Send + Sync {
     /// write several at once (bounded). The default writes it now.
     fn put_background(&self, key: String, data: Vec<u8>) -> io::Result<()> {
         self.put(&key, &[&data])
+    }
+
+    /// A sink for an object written as it is produced, when this store takes one (a local
+    /// directory streams a pack to a temporary file instead of holding it in memory); `None`
+    /// when objects are written whole ([`Store::put_background`]).
+    fn put_stream(&self) -> io::Result<Option<Box<dyn ObjectSink>>> {
+        Ok(None)
     }
 
     /// Waits for the writes [`Store::put_background`] started; the first error, if any.
