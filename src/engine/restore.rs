@@ -313,6 +313,7 @@ pub fn run(
     // The file index is read twice, entry by entry, so memory does not grow with the number
     // of files. First pass: every path is validated before anything is written; directories,
     // links and special files are kept (few); regular files are only counted.
+    let t0 = std::time::Instant::now();
     let is_file = |e: &TreeEntry| e.kind == EntryType::File && e.hardlink.is_none();
     let mut dirs_planned: Vec<(PathBuf, TreeEntry)> = Vec::new();
     let mut others: Vec<(PathBuf, TreeEntry)> = Vec::new();
@@ -365,6 +366,7 @@ pub fn run(
         stats.dirs += 1;
     }
 
+    let t_plan = t0.elapsed();
     // Second pass: regular files go to the workers as they are read from the index.
     let first_err: Mutex<Option<Error>> = Mutex::new(None);
     let bytes = std::sync::atomic::AtomicU64::new(0);
@@ -521,7 +523,9 @@ pub fn run(
         "syncing, then putting {} file(s) in place",
         written.len()
     ));
+    let t_write = t0.elapsed();
     fsx::syncfs(root.fd()).map_err(|e| Error::io(format!("sync {}", opts.target.display()), e))?;
+    let t_sync = t0.elapsed();
     let per = written.len().div_ceil(workers).max(1);
     let rename_err: Mutex<Option<Error>> = Mutex::new(None);
     thread::scope(|s| {
@@ -557,6 +561,13 @@ pub fn run(
     if let Some(e) = rename_err.into_inner().unwrap() {
         return Err(e);
     }
+    tracing::debug!(
+        "restore phases: plan {:.2?}, write {:.2?}, sync {:.2?}, rename {:.2?}",
+        t_plan,
+        t_write - t_plan,
+        t_sync - t_write,
+        t0.elapsed() - t_sync
+    );
     stats.failed = failed.into_inner().unwrap();
     stats.failed.sort_by(|a, b| a.path.cmp(&b.path));
     stats.files = written.len() as u64;
