@@ -6,7 +6,8 @@
 #   bench/arca_bench.sh                 # uses /tmp/bench-data/src (generated if missing)
 #   SRC=/path/to/tree SIZE_MB=1024 RUNS=3 bench/arca_bench.sh
 #
-# Encryption: passphrase (Argon2id at the release defaults), zstd level 3, AES-256-GCM.
+# Encryption: passphrase (Argon2id at the release defaults), zstd level 1 (the default), AES-256-GCM.
+# The repository size is taken right after the full backup, as run_peers.sh does for the peers.
 set -euo pipefail
 HERE=$(cd "$(dirname "$0")" && pwd)
 ROOT=$(cd "$HERE/.." && pwd)
@@ -46,6 +47,8 @@ for run in $(seq 1 "$RUNS"); do
   "$ARCA" -q init "$WORK/r$run/repo"
   "$ARCA" -q job create bench --repo "$WORK/r$run/repo" --source "$SRC" --encryption passphrase
   timed "full$run" "$ARCA" -q backup bench; FULL=$WALL; RSS=$RSS_MB
+  # Measured where run_peers.sh measures the peers' repositories: right after the full backup.
+  REPO_MB=$(du -sb "$WORK/r$run/repo" | awk '{printf "%.1f", $1/1e6}')
   sleep 1.1 # as run_peers.sh: changes get an mtime after the backup's second
   $GEN mutate --out "$SRC" --state "$MSTATE" >/dev/null
   timed "incr$run" "$ARCA" -q backup bench; INCR=$WALL; [ "$RSS_MB" -gt "$RSS" ] && RSS=$RSS_MB
@@ -53,7 +56,6 @@ for run in $(seq 1 "$RUNS"); do
   if diff -r --no-dereference -q "$SRC" "$WORK/r$run/out" >"$WORK/diff$run.txt" 2>&1; then OK=yes; else
     OK=no; echo "restore differs from the source:" >&2; head -5 "$WORK/diff$run.txt" >&2; fi
   $GEN undo --state "$MSTATE" >/dev/null
-  REPO_MB=$(du -sb "$WORK/r$run/repo" | awk '{printf "%.1f", $1/1e6}')
   printf 'arca %s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$("$ARCA" --version | awk '{print $2}')" "$FULL" \
     "$(awk -v b="$BYTES" -v s="$FULL" 'BEGIN{printf "%.1f", b/1e6/s}')" "$INCR" "$REST" \
     "$(awk -v b="$BYTES" -v s="$REST" 'BEGIN{printf "%.1f", b/1e6/s}')" "$RSS" "$REPO_MB" "$OK" "$RRSS"
