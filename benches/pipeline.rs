@@ -6,7 +6,9 @@ use std::time::Instant;
 
 use arca::crypto::{ChunkIdKey, ChunkSealer, Sealer, SecretKey};
 use arca::engine::chunker::CdcParams;
-use arca::repo::format::{decode_payload_with, encode_payload_into, Id16, Id32, PointPlace};
+use arca::repo::format::{
+    chunk_compressor, decode_payload_with, encode_payload_into, Id16, Id32, PointPlace,
+};
 use arca::repo::pack::PackBuilder;
 
 fn data(len: usize) -> Vec<u8> {
@@ -49,7 +51,7 @@ fn main() {
 
     // As a backup's workers do: zstd at the default level into reused buffers, then AES-GCM
     // in place.
-    let mut z = zstd::bulk::Compressor::new(1).unwrap();
+    let mut z = chunk_compressor(1);
     let mut scratch = Vec::new();
     let t = Instant::now();
     let payloads: Vec<Vec<u8>> = chunks

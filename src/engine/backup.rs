@@ -25,6 +25,7 @@ use indicatif::ProgressBar;
 
 use super::chunker::{stream_chunks, CdcParams};
 use super::*;
+use crate::repo::format::chunk_compressor;
 use crate::repo::now_rfc3339;
 use crate::repo::pack::PackBuilder;
 
@@ -901,7 +902,7 @@ fn run_workers(
             thread::Builder::new()
                 .name(format!("arca-seal-{i}"))
                 .spawn(move || {
-                    let mut z = zstd::bulk::Compressor::new(level).expect("zstd context");
+                    let mut z = chunk_compressor(level);
                     let mut scratch = Vec::new();
                     for w in rx {
                         let mut sealed = pool.take();
