@@ -25,24 +25,37 @@ if [ ${#need[@]} -gt 0 ]; then
   apt-get update -qq && apt-get install -y -qq restic borgbackup time zstd
 fi
 
-# Medians: every tool runs RUNS times (default 3), the `tar | zstd -1 -T2` baseline as often;
-# one run's ratio against a 2-3 s baseline moves by 10% on this kind of shared machine.
+# Medians: every tool runs RUNS times (default 3), the baselines as often; one run's ratio
+# against a 2-3 s baseline moves by 10% on this kind of shared machine.
 export RUNS=${RUNS:-3}
 
-# tar_zstd SRC -> median wall seconds of RUNS runs of the baseline (output to /dev/null).
+# Baselines, one run each, taken right after each arca run so that both see the same machine
+# (a baseline measured minutes apart moved by 25% on this kind of shared machine):
+#   tar_zstd SRC        -> wall seconds of `tar | zstd -1 -T2` (output to /dev/null)
+#   untar_zstd ARCHIVE  -> wall seconds of `zstd -d | tar -x` into an empty directory, the
+#                          cost of decompressing and creating the files with nothing else
+secs() { awk -v a="$1" -v b="$2" 'BEGIN{printf "%.2f\n", (b-a)/1e9}'; }
 tar_zstd() {
-  local i t0 t1
-  for i in $(seq 1 "$RUNS"); do
-    sync
-    t0=$(date +%s%N)
-    tar -cf - -C "$1" . | zstd -1 -T2 -c >/dev/null
-    t1=$(date +%s%N)
-    awk -v a="$t0" -v b="$t1" 'BEGIN{printf "%.2f\n", (b-a)/1e9}'
-  done | sort -n | awk '{a[NR] = $1} END {print a[int((NR + 1) / 2)]}'
+  local t0 t1
+  sync
+  t0=$(date +%s%N)
+  tar -cf - -C "$1" . | zstd -1 -T2 -c >/dev/null
+  t1=$(date +%s%N)
+  secs "$t0" "$t1"
 }
+untar_zstd() {
+  local t0 t1 out=$DATA/baseline-out
+  rm -rf "$out" && mkdir -p "$out" && sync
+  t0=$(date +%s%N)
+  zstd -dc "$1" | tar -xf - -C "$out"
+  t1=$(date +%s%N)
+  rm -rf "$out"
+  secs "$t0" "$t1"
+}
+median() { sort -n | awk '{a[NR] = $1} END {print a[int((NR + 1) / 2)]}'; }
 
-ratios() { # ratios RESULTS.tsv ARCA.tsv TAR_ZSTD_SECONDS
-  awk -F'\t' -v tz="$3" '
+ratios() { # ratios RESULTS.tsv ARCA.tsv TAR_ZSTD_SECONDS UNTAR_SECONDS
+  awk -F'\t' -v tz="$3" -v ux="$4" '
     function med(list,   n, a, i, j, t) {
       n = split(list, a, " ")
       for (i = 2; i <= n; i++) for (j = i; j > 1 && a[j-1] + 0 > a[j] + 0; j--) { t = a[j]; a[j] = a[j-1]; a[j-1] = t }
@@ -55,12 +68,12 @@ ratios() { # ratios RESULTS.tsv ARCA.tsv TAR_ZSTD_SECONDS
     }
     FNR == 1 { file++; next }
     file == 1 && $1 ~ /^restic/ { rb = rb " " $3; ri = ri " " $4; rr = rr " " $6; rrss = rrss " " $7; rrepo = rrepo " " $8; rrr = rrr " " $10; rn++ }
-    file == 2 { ab = ab " " $3; as = as " " $2; ai = ai " " $4; ar = ar " " $6; arss = arss " " $7; arepo = arepo " " $8; arr = arr " " $10; ok = ok " " $9; an++ }
+    file == 2 { ab = ab " " $3; as = as " " $2; as_r = as_r " " $5; ai = ai " " $4; ar = ar " " $6; arss = arss " " $7; arepo = arepo " " $8; arr = arr " " $10; ok = ok " " $9; an++ }
     END {
-      printf "medians of %d restic and %d arca runs; tar|zstd -1 -T2 median %.2f s\n", rn, an, tz
+      printf "medians of %d restic and %d arca runs; tar|zstd -1 -T2 median %.2f s; zstd -d|tar -x median %.2f s\n", rn, an, tz, ux
       printf "full backup: %.2fx restic throughput (target >= 4), %.2fx tar|zstd -1 -T2 (target >= 0.9)\n", med(ab) / med(rb), (tz > 0 ? tz / med(as) : 0)
       printf "incremental: %.2fx restic time (target <= 0.5)\n", med(ai) / med(ri)
-      printf "restore: %.2fx restic throughput (target >= 4), verified%s\n", med(ar) / med(rr), ok
+      printf "restore: %.2fx restic throughput (target >= 4), %.2fx the throughput of zstd -d|tar -x, verified%s\n", med(ar) / med(rr), (ux > 0 ? ux / med(as_r) : 0), ok
       printf "peak RSS (highest of the runs): backup %s vs %s MB, restore %s vs %s MB (target <= restic)\n", max(arss), max(rrss), max(arr), max(rrr)
       printf "repository: %.3fx restic (target <= 1.05)\n", med(arepo) / med(rrepo)
     }' "$1" "$2"
@@ -72,14 +85,22 @@ run_set() { # run_set LABEL SRC
   local res
   res=$(ls -td "$DATA"/results/*/ | head -1)
   echo; echo "== peers ($res/results.tsv)"; cat "$res/results.tsv"
-  echo; echo "== arca"
-  SRC=$2 bash "$HERE/arca_bench.sh" | tee "$res/arca.tsv"
-  echo; echo "== tar | zstd -1 -T2, $RUNS runs"
-  local tz
-  tz=$(tar_zstd "$2")
-  echo "median $tz s"
+  echo; echo "== arca, each run followed by one run of each baseline"
+  local run tz ux archive=$DATA/baseline.tar.zst
+  tar -cf - -C "$2" . | zstd -q -1 -T2 -f -o "$archive"
+  : >"$res/tar_zstd.txt"; : >"$res/untar_zstd.txt"
+  for run in $(seq 1 "$RUNS"); do
+    SRC=$2 RUNS=1 bash "$HERE/arca_bench.sh" | { if [ "$run" = 1 ]; then cat; else tail -n +2; fi; } \
+      | tee -a "$res/arca.tsv"
+    tar_zstd "$2" >>"$res/tar_zstd.txt"
+    untar_zstd "$archive" >>"$res/untar_zstd.txt"
+  done
+  rm -f "$archive"
+  tz=$(median <"$res/tar_zstd.txt")
+  ux=$(median <"$res/untar_zstd.txt")
+  echo "tar | zstd -1 -T2: $(tr '\n' ' ' <"$res/tar_zstd.txt")s; zstd -d | tar -x: $(tr '\n' ' ' <"$res/untar_zstd.txt")s"
   echo; echo "== ratios ($1, $(date -u '+%Y-%m-%d %H:%M UTC'), $(nproc) CPUs, $(uname -r))"
-  ratios "$res/results.tsv" "$res/arca.tsv" "$tz" | tee "$res/ratios.txt"
+  ratios "$res/results.tsv" "$res/arca.tsv" "$tz" "$ux" | tee "$res/ratios.txt"
 }
 
 echo "== machine: $(nproc) CPUs, $(awk '/MemTotal/{printf "%.0f GiB", $2/1048576}' /proc/meminfo), \
