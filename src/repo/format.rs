@@ -1383,15 +1383,21 @@ mod tests {
         any::<[u8; 16]>().prop_map(Id16)
     }
 
+    /// `len` incompressible bytes, the same for the same seed.
+    fn noise(seed: &[u8], len: usize) -> Vec<u8> {
+        let mut v = vec![0u8; len];
+        blake3::Hasher::new()
+            .update(seed)
+            .finalize_xof()
+            .fill(&mut v);
+        v
+    }
+
     #[test]
     fn level_one_chunks_find_matches_a_mebibyte_back() {
         // 600 KiB of noise twice: the repeat is beyond zstd level 1's own 512 KiB window and
         // within the 1 MiB window a backup's level 1 uses.
-        let mut half = vec![0u8; 600 * 1024];
-        blake3::Hasher::new()
-            .update(b"window")
-            .finalize_xof()
-            .fill(&mut half);
+        let half = noise(b"window", 600 * 1024);
         let data = [half.clone(), half].concat();
         let plain = zstd::bulk::Compressor::new(1)
             .unwrap()
@@ -1417,11 +1423,7 @@ mod tests {
 
     #[test]
     fn incompressible_chunks_are_stored_raw_after_a_probe() {
-        let mut random = vec![0u8; 256 * 1024];
-        blake3::Hasher::new()
-            .update(b"seed")
-            .finalize_xof()
-            .fill(&mut random);
+        let random = noise(b"seed", 256 * 1024);
         let text = b"INSERT INTO t VALUES (1, 'arca');\n".repeat(8000);
         let p = encode_payload(&random, 1);
         assert_eq!(p[0], PAYLOAD_RAW);
