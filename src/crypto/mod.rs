@@ -15,8 +15,7 @@
 use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use aes_gcm::aead::rand_core::RngCore;
-use aes_gcm::aead::{Aead, AeadInPlace, KeyInit, OsRng, Payload};
+use aes_gcm::aead::{Aead, AeadInOut, KeyInit, Payload};
 use aes_gcm::{Aes256Gcm, Nonce};
 use secrecy::{ExposeSecret, SecretBox};
 use zeroize::Zeroize;
@@ -70,7 +69,7 @@ impl SecretKey {
     /// A fresh key from the operating system's CSPRNG.
     pub fn random() -> Self {
         SecretKey(SecretBox::init_with_mut(|k: &mut [u8; KEY_LEN]| {
-            OsRng.fill_bytes(k)
+            getrandom::fill(k).expect("the operating system's random number generator failed")
         }))
     }
 
@@ -237,7 +236,7 @@ impl KdfParams {
 /// Random bytes from the OS CSPRNG (salts, ids).
 pub fn random_bytes<const N: usize>() -> [u8; N] {
     let mut b = [0u8; N];
-    OsRng.fill_bytes(&mut b);
+    getrandom::fill(&mut b).expect("the operating system's random number generator failed");
     b
 }
 
@@ -302,7 +301,7 @@ pub fn wrap_key_with_nonce(
     let ciphertext = wk
         .cipher()
         .encrypt(
-            Nonce::from_slice(&nonce),
+            &Nonce::from(nonce),
             Payload {
                 msg: key.expose(),
                 aad,
@@ -357,7 +356,7 @@ pub fn unwrap_key_bound(
         .derive(context::WRAP)
         .cipher()
         .decrypt(
-            Nonce::from_slice(&w.nonce),
+            &Nonce::from(w.nonce),
             Payload {
                 msg: &w.ciphertext,
                 aad: &full,
@@ -440,7 +439,7 @@ impl ChunkSealer {
         self.sealed.fetch_add(1, Ordering::Relaxed);
         let n = self.nonce(chunk_id);
         self.cipher
-            .encrypt(Nonce::from_slice(&n), Payload { msg: pt, aad })
+            .encrypt(&Nonce::from(n), Payload { msg: pt, aad })
             .expect("AES-GCM encryption cannot fail for inputs below 64 GiB")
     }
 
@@ -450,7 +449,7 @@ impl ChunkSealer {
         let n = self.nonce(chunk_id);
         let tag = self
             .cipher
-            .encrypt_in_place_detached(Nonce::from_slice(&n), aad, buf)
+            .encrypt_inout_detached(&Nonce::from(n), aad, buf.as_mut_slice().into())
             .expect("AES-GCM encryption cannot fail for inputs below 64 GiB");
         buf.extend_from_slice(&tag);
     }
@@ -466,7 +465,7 @@ impl ChunkSealer {
         }
         let n = self.nonce(chunk_id);
         self.cipher
-            .decrypt(Nonce::from_slice(&n), Payload { msg: sealed, aad })
+            .decrypt(&Nonce::from(n), Payload { msg: sealed, aad })
             .map_err(|_| CryptoError::Tampered)
     }
 }
@@ -491,7 +490,7 @@ pub fn unwrap_key(kek: &SecretKey, w: &WrappedKey, aad: &[u8]) -> Result<SecretK
     let mut pt = wk
         .cipher()
         .decrypt(
-            Nonce::from_slice(&w.nonce),
+            &Nonce::from(w.nonce),
             Payload {
                 msg: &w.ciphertext,
                 aad,
@@ -545,7 +544,7 @@ impl Sealer {
         nonce[4..].copy_from_slice(&n.to_be_bytes());
         let tag = self
             .cipher
-            .encrypt_in_place_detached(Nonce::from_slice(&nonce), aad, &mut buf[NONCE_LEN..])
+            .encrypt_inout_detached(&Nonce::from(nonce), aad, (&mut buf[NONCE_LEN..]).into())
             .expect("AES-GCM encryption cannot fail for inputs below 64 GiB");
         buf[..NONCE_LEN].copy_from_slice(&nonce);
         buf.extend_from_slice(&tag);
@@ -557,7 +556,7 @@ fn seal_raw(cipher: &Aes256Gcm, nonce: [u8; NONCE_LEN], aad: &[u8], pt: &[u8]) -
     let mut out = Vec::with_capacity(NONCE_LEN + pt.len() + TAG_LEN);
     out.extend_from_slice(&nonce);
     let ct = cipher
-        .encrypt(Nonce::from_slice(&nonce), Payload { msg: pt, aad })
+        .encrypt(&Nonce::from(nonce), Payload { msg: pt, aad })
         .expect("AES-GCM encryption cannot fail for inputs below 64 GiB");
     out.extend_from_slice(&ct);
     out
@@ -635,7 +634,7 @@ impl Opener {
         }
         let (nonce, ct) = sealed.split_at(NONCE_LEN);
         self.cipher
-            .decrypt(Nonce::from_slice(nonce), Payload { msg: ct, aad })
+            .decrypt(&nonce_of(nonce)?, Payload { msg: ct, aad })
             .map_err(|_| CryptoError::Tampered)
     }
 }
@@ -656,16 +655,21 @@ pub fn open_in_place(
     let (head, tag) = sealed.split_at_mut(tag_at);
     let (nonce, ct) = head.split_at_mut(NONCE_LEN);
     key.cipher()
-        .decrypt_in_place_detached(
-            Nonce::from_slice(nonce),
+        .decrypt_inout_detached(
+            &nonce_of(nonce)?,
             aad,
-            ct,
-            aes_gcm::Tag::from_slice(tag),
+            ct.into(),
+            &aes_gcm::Tag::try_from(&tag[..]).map_err(|_| CryptoError::Malformed("tag length"))?,
         )
         .map_err(|_| CryptoError::Tampered)?;
     sealed.truncate(tag_at);
     sealed.drain(..NONCE_LEN);
     Ok(sealed)
+}
+
+fn nonce_of(b: &[u8]) -> Result<aes_gcm::aead::Nonce<Aes256Gcm>, CryptoError> {
+    aes_gcm::aead::Nonce::<Aes256Gcm>::try_from(b)
+        .map_err(|_| CryptoError::Malformed("nonce length"))
 }
 
 /// One-shot [`Opener::open`].
