@@ -635,6 +635,21 @@ fn flipped_byte_during_overwrite_keeps_the_good_file() {
     assert!(leftovers.is_empty(), "{leftovers:?}");
 }
 
+#[test]
+fn failed_restore_into_an_empty_target_leaves_it_empty() {
+    let (env, repo, _) = victim();
+    for p in packs(&repo) {
+        let mut b = fs::read(&p).unwrap();
+        let at = b.len() / 2;
+        b[at] ^= 0x40;
+        fs::write(&p, &b).unwrap();
+    }
+    let t = env.path("t");
+    let r = env.run(&["restore", "j", "--target", s(&t)]);
+    assert_eq!(r.code, INTEGRITY, "{}", r.stderr);
+    assert_eq!(walk_names(&t), Vec::<String>::new(), "{}", r.stderr);
+}
+
 fn walk_names(root: &Path) -> Vec<String> {
     let mut out = Vec::new();
     for e in fs::read_dir(root).unwrap() {
@@ -676,6 +691,70 @@ fn killed_restore_never_leaves_a_truncated_file_under_its_name() {
             "a killed restore left a partial file (delay {delay_ms} ms)"
         );
     }
+}
+
+/// Into an empty target, files are written below a staging directory and moved into place
+/// by their top-level entries after one flush: a kill at any moment leaves every file that
+/// is under its final name complete, and at most the stage beside them.
+#[test]
+fn killed_restore_into_an_empty_target_leaves_only_complete_files_and_its_stage() {
+    let env = Env::new();
+    let src = env.path("src");
+    for i in 0..4u64 {
+        write(
+            &src.join(format!("d{i}/big.bin")),
+            &pseudo_random(12 << 20, 10 + i, false),
+        );
+        write(&src.join(format!("d{i}/small.txt")), b"small");
+    }
+    write(&src.join("top.txt"), b"top");
+    env.passphrase_job("j", &src, PASS);
+    env.run(&["backup", "j"]).ok();
+    let want = snapshot(&src);
+    let is_stage = |n: &str| n.starts_with(".arca-restore-") && n.ends_with(".stage");
+    for (i, delay_ms) in [5u64, 30, 80, 200, 400, 800].into_iter().enumerate() {
+        let t = env.path(&format!("t{i}"));
+        let mut child = env
+            .cmd(&["restore", "j", "--target", s(&t)])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(delay_ms));
+        let _ = child.kill();
+        let _ = child.wait();
+        if !t.exists() {
+            continue; // killed before the target was created
+        }
+        for (path, desc) in snapshot(&t) {
+            if is_stage(path.split('/').next().unwrap()) {
+                continue;
+            }
+            // Directories get their modes and times last; files are complete when named.
+            if desc.starts_with("file") {
+                assert_eq!(
+                    Some(&desc),
+                    want.get(&path),
+                    "{path} under its final name after a kill at {delay_ms} ms"
+                );
+            }
+        }
+        let left: Vec<String> = fs::read_dir(&t)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .filter(|n| n.starts_with(".arca-restore-"))
+            .collect();
+        assert!(left.iter().all(|n| is_stage(n)), "{left:?}");
+        if !left.is_empty() {
+            // The next restore there says what the leftover is instead of restoring over it.
+            let r = env.run(&["restore", "j", "--target", s(&t)]);
+            assert_eq!(r.code, 2, "{}", r.stderr);
+            assert!(r.stderr.contains("interrupted restore"), "{}", r.stderr);
+        }
+    }
+    let t = env.path("whole");
+    env.run(&["restore", "j", "--target", s(&t)]).ok();
+    assert_eq!(snapshot(&t), want);
 }
 
 #[test]

@@ -1,8 +1,9 @@
 //! Restore a recovery point into a target directory.
 //!
-//! Order: directories, then regular files (in parallel, each written to a temporary name and
-//! renamed when all its chunks verified), then symlinks, then directory metadata deepest
-//! first. Every path is resolved below a handle on the target without following symlinks,
+//! Order: directories, then regular files (in parallel, every chunk verified; into an empty
+//! target below a staging directory whose top-level entries move into place after one flush,
+//! otherwise each under a temporary name renamed over its own after that flush), then
+//! symlinks, hard links and special files, then directory metadata deepest first. Every path is resolved below a handle on the target without following symlinks,
 //! so neither restored links nor links already in the target are ever written through.
 
 use std::ffi::OsStr;
@@ -144,6 +145,23 @@ pub fn check_target(opts: &RestoreOptions) -> Result<()> {
         )));
     }
     if !opts.overwrite && !target_is_empty(&opts.target)? {
+        let leftovers: Vec<String> = fs::read_dir(&opts.target)
+            .map(|d| {
+                d.filter_map(|e| e.ok())
+                    .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .filter(|n| n.starts_with(".arca-restore-"))
+                    .collect()
+            })
+            .unwrap_or_default();
+        if !leftovers.is_empty() {
+            return Err(Error::Usage(format!(
+                "restore target {} holds {} left by an interrupted restore (a killed process cannot clean up; \
+                 nothing under a final name there is incomplete); remove {} and run the restore again, or choose an empty directory",
+                opts.target.display(),
+                leftovers.join(", "),
+                if leftovers.len() == 1 { "it" } else { "them" }
+            )));
+        }
         return Err(Error::Usage(format!(
             "restore target {} is not empty; choose an empty directory or pass --overwrite to replace files in it",
             opts.target.display()
@@ -236,6 +254,61 @@ impl<'a> DirCache<'a> {
         }
         m.insert(rel.to_path_buf(), d.clone());
         Ok(d)
+    }
+}
+
+/// The staging directory of a restore into an empty target: `.arca-restore-<random>.stage`
+/// in the target, mode 0700, created by this restore (never one that was there).
+struct Stage {
+    name: String,
+    dir: DirHandle,
+}
+
+impl Stage {
+    fn create(root: &DirHandle) -> Result<Stage> {
+        let name = format!(".arca-restore-{}.stage", tmp_prefix());
+        let dir = root
+            .create_dir_excl(&name, 0o700)
+            .map_err(|e| Error::io(format!("create {}", root.path().join(&name).display()), e))?;
+        Ok(Stage { name, dir })
+    }
+
+    /// Moves every top-level entry into `root` (never over an entry there), then removes the
+    /// empty stage.
+    fn move_into(&self, root: &DirHandle, target: &Path) -> Result<()> {
+        let shown = || root.path().join(&self.name).display().to_string();
+        let names = self
+            .dir
+            .list()
+            .map_err(|e| Error::io(format!("read {}", shown()), e))?;
+        for (name, _) in names {
+            self.dir.rename_noreplace(&name, root, &name).map_err(|e| {
+                Error::io(
+                    format!(
+                        "move {} into place (the restored tree is complete in {}; what moved already is in place)",
+                        target.join(&name).display(),
+                        shown()
+                    ),
+                    e,
+                )
+            })?;
+        }
+        root.rmdir(&self.name)
+            .map_err(|e| Error::io(format!("remove {}", shown()), e))
+    }
+
+    /// After a failure: removes the stage and all that was written in it.
+    fn remove(&self, root: &DirHandle) {
+        if let Err(e) = self
+            .dir
+            .remove_contents()
+            .and_then(|()| root.rmdir(&self.name))
+        {
+            tracing::warn!(
+                "could not remove {}: {e}",
+                root.path().join(&self.name).display()
+            );
+        }
     }
 }
 
@@ -352,6 +425,14 @@ pub fn run(
         .map_err(|e| Error::io(format!("create {}", opts.target.display()), e))?;
     let root = DirHandle::open_root(&opts.target)
         .map_err(|e| Error::io(format!("open {}", opts.target.display()), e))?;
+    // An empty target: the files are written at their own names below a staging directory
+    // in it, and after one flush its top-level entries move into the target (a few renames
+    // instead of one per file). Otherwise each file gets a temporary name in its directory.
+    let stage = if target_is_empty(&opts.target)? {
+        Some(Stage::create(&root)?)
+    } else {
+        None
+    };
     let chown = fsx::is_root();
     let names = Owners {
         body: &point.body,
@@ -360,7 +441,9 @@ pub fn run(
     let notes: Mutex<Vec<SourceError>> = Mutex::new(Vec::new());
     let mut stats = RestoreStats::default();
 
-    let dirs_cache = DirCache::new(&root, opts.overwrite);
+    let staged = stage.is_some();
+    let write_root = stage.as_ref().map_or(&root, |st| &st.dir);
+    let dirs_cache = DirCache::new(write_root, opts.overwrite);
     for (rel, _) in &dirs_planned {
         dirs_cache.get(rel)?;
         stats.dirs += 1;
@@ -404,11 +487,16 @@ pub fn run(
                     let res = (|| -> Result<u64> {
                         let parent = dirs_cache.get(rel.parent().unwrap_or(Path::new("")))?;
                         let name = rel.file_name().expect("a normal last component");
+                        let tmp = if staged {
+                            name.to_os_string()
+                        } else {
+                            tmp_name_for(seq).into()
+                        };
                         write_file(
                             &mut reader,
                             &parent,
                             name,
-                            &tmp_name_for(seq),
+                            &tmp,
                             &e,
                             Meta {
                                 chown,
@@ -416,7 +504,7 @@ pub fn run(
                                 names,
                                 notes,
                             },
-                            opts.overwrite,
+                            opts.overwrite && !staged,
                             &opts.progress,
                         )
                     })();
@@ -508,6 +596,11 @@ pub fn run(
     let rel_of = |w: &(u64, Box<[u8]>)| PathBuf::from(OsStr::from_bytes(&w.1));
     if let Some(e) = first_err.into_inner().unwrap() {
         // Nothing was renamed yet: remove what was written; existing files are untouched.
+        if let Some(st) = &stage {
+            drop(dirs_cache);
+            st.remove(&root);
+            return Err(e);
+        }
         for w in &written {
             let rel = rel_of(w);
             if let Ok(parent) = dirs_cache.get(rel.parent().unwrap_or(Path::new(""))) {
@@ -524,8 +617,25 @@ pub fn run(
         written.len()
     ));
     let t_write = t0.elapsed();
-    fsx::syncfs(root.fd()).map_err(|e| Error::io(format!("sync {}", opts.target.display()), e))?;
+    if let Err(e) = fsx::syncfs(root.fd()) {
+        if let Some(st) = &stage {
+            st.remove(&root);
+        }
+        return Err(Error::io(format!("sync {}", opts.target.display()), e));
+    }
     let t_sync = t0.elapsed();
+    // Staged: the top-level entries move into the target, and the directories are reached
+    // from the target from now on (the handles opened below the stage stay valid, but
+    // their paths in messages would not).
+    let dirs_cache = match &stage {
+        Some(st) => {
+            drop(dirs_cache);
+            st.move_into(&root, &opts.target)?;
+            written.clear();
+            DirCache::new(&root, opts.overwrite)
+        }
+        None => dirs_cache,
+    };
     let per = written.len().div_ceil(workers).max(1);
     let rename_err: Mutex<Option<Error>> = Mutex::new(None);
     thread::scope(|s| {
@@ -570,7 +680,7 @@ pub fn run(
     );
     stats.failed = failed.into_inner().unwrap();
     stats.failed.sort_by(|a, b| a.path.cmp(&b.path));
-    stats.files = written.len() as u64;
+    stats.files = files_done.into_inner() as u64;
     stats.total_bytes = bytes.into_inner();
     drop(written);
     let planned = others;
@@ -714,17 +824,18 @@ struct Meta<'a> {
     notes: &'a Mutex<Vec<SourceError>>,
 }
 
-/// Writes one file under a new `O_EXCL` temporary name in its directory (0600), every chunk
-/// verified, then sets its owner, mode and times on the handle. Returns the bytes written and
-/// the temporary name; the caller renames it over the final name once every file is written
-/// and flushed. A failed or killed restore never truncates an existing file and leaves
-/// nothing incomplete under a final name.
+/// Writes one file under a new `O_EXCL` name `tmp` in its directory (0600), every chunk
+/// verified, then sets its owner, mode and times on the handle, and returns the bytes
+/// written. `tmp` is a temporary name the caller renames over the final name once every
+/// file is written and flushed, or (restoring into an empty target) the file's own name
+/// below the stage that moves into the target then. A failed or killed restore never
+/// truncates an existing file and leaves nothing incomplete under a final name.
 #[allow(clippy::too_many_arguments)]
 fn write_file(
     reader: &mut ChunkReader<'_>,
     parent: &DirHandle,
     name: &OsStr,
-    tmp: &str,
+    tmp: &OsStr,
     e: &TreeEntry,
     meta: Meta<'_>,
     overwrite: bool,

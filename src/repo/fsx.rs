@@ -95,6 +95,14 @@ impl DirHandle {
         self.open_dir(name)
     }
 
+    /// Creates a subdirectory with `mode` and opens it; an entry already there is an error.
+    pub fn create_dir_excl(&self, name: impl AsRef<OsStr>, mode: u32) -> io::Result<DirHandle> {
+        let name = name.as_ref();
+        check_name(name)?;
+        rfs::mkdirat(&self.fd, name, Mode::from_raw_mode(mode))?;
+        self.open_dir(name)
+    }
+
     /// Walks `rel` (relative, '/'-separated) one component at a time, creating missing
     /// directories with `mode` when `create`.
     pub fn walk(&self, rel: &Path, create: Option<u32>) -> io::Result<DirHandle> {
@@ -186,6 +194,48 @@ impl DirHandle {
         check_name(from.as_ref())?;
         check_name(to.as_ref())?;
         rfs::renameat(&self.fd, from.as_ref(), &dest.fd, to.as_ref())?;
+        Ok(())
+    }
+
+    /// Renames `from` (in this directory) to `to` in `dest`; an entry already at `to` is an
+    /// error (`EEXIST`), never replaced. Where the filesystem cannot promise that
+    /// (`renameat2` without `RENAME_NOREPLACE`), `to` is checked first.
+    pub fn rename_noreplace(
+        &self,
+        from: impl AsRef<OsStr>,
+        dest: &DirHandle,
+        to: impl AsRef<OsStr>,
+    ) -> io::Result<()> {
+        let (from, to) = (from.as_ref(), to.as_ref());
+        check_name(from)?;
+        check_name(to)?;
+        match rfs::renameat_with(&self.fd, from, &dest.fd, to, rfs::RenameFlags::NOREPLACE) {
+            Ok(()) => Ok(()),
+            Err(e) if e == rustix::io::Errno::INVAL || e == rustix::io::Errno::NOSYS => {
+                if dest.entry_type(to)?.is_some() {
+                    return Err(rustix::io::Errno::EXIST.into());
+                }
+                self.rename_to(from, dest, to)
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Removes everything below this directory (entries themselves, never what a symlink
+    /// points to), leaving it empty.
+    pub fn remove_contents(&self) -> io::Result<()> {
+        for (name, ft) in self.list()? {
+            let ft = match ft {
+                FileType::Unknown => self.entry_type(&name)?.unwrap_or(ft),
+                ft => ft,
+            };
+            if ft == FileType::Directory {
+                self.open_dir(&name)?.remove_contents()?;
+                self.rmdir(&name)?;
+            } else {
+                self.unlink(&name)?;
+            }
+        }
         Ok(())
     }
 
