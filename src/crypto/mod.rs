@@ -468,6 +468,27 @@ impl ChunkSealer {
             .decrypt(&Nonce::from(n), Payload { msg: sealed, aad })
             .map_err(|_| CryptoError::Tampered)
     }
+
+    /// [`ChunkSealer::open`] where the sealed chunk lies: `sealed` becomes the plaintext.
+    pub fn open_in_place(
+        &self,
+        chunk_id: &[u8; 32],
+        aad: &[u8],
+        mut sealed: Vec<u8>,
+    ) -> Result<Vec<u8>, CryptoError> {
+        let Some(tag_at) = sealed.len().checked_sub(TAG_LEN) else {
+            return Err(CryptoError::Malformed("sealed chunk shorter than its tag"));
+        };
+        let n = self.nonce(chunk_id);
+        let (ct, tag) = sealed.split_at_mut(tag_at);
+        let tag =
+            aes_gcm::Tag::try_from(&tag[..]).map_err(|_| CryptoError::Malformed("tag length"))?;
+        self.cipher
+            .decrypt_inout_detached(&Nonce::from(n), aad, ct.into(), &tag)
+            .map_err(|_| CryptoError::Tampered)?;
+        sealed.truncate(tag_at);
+        Ok(sealed)
+    }
 }
 
 impl Drop for ChunkSealer {
@@ -890,6 +911,25 @@ mod tests {
         assert_eq!(s.open(&[1; 32], b"aad", &c).unwrap(), b"hello");
         assert!(s.open(&[2; 32], b"aad", &c).is_err());
         assert!(s.open(&[1; 32], b"other", &c).is_err());
+        // In place: the same plaintext, the same refusals.
+        assert_eq!(
+            s.open_in_place(&[1; 32], b"aad", c.clone()).unwrap(),
+            b"hello"
+        );
+        assert!(matches!(
+            s.open_in_place(&[2; 32], b"aad", c.clone()),
+            Err(CryptoError::Tampered)
+        ));
+        let mut flipped = c.clone();
+        flipped[0] ^= 1;
+        assert!(matches!(
+            s.open_in_place(&[1; 32], b"aad", flipped),
+            Err(CryptoError::Tampered)
+        ));
+        assert!(matches!(
+            s.open_in_place(&[1; 32], b"aad", c[..TAG_LEN - 1].to_vec()),
+            Err(CryptoError::Malformed(_))
+        ));
         assert_ne!(s.nonce(&[1; 32]), s.nonce(&[2; 32]));
         assert_ne!(
             s.nonce(&[1; 32]),

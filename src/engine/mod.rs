@@ -292,6 +292,19 @@ impl ChunkOpener {
             ChunkOpener::V2(s) => s.open(&id.0, aad, sealed),
         }
     }
+
+    /// [`ChunkOpener::open`] without a second buffer (format 2; format 1 copies).
+    pub fn open_in_place(
+        &self,
+        id: &Id32,
+        aad: &[u8],
+        sealed: Vec<u8>,
+    ) -> std::result::Result<Vec<u8>, crypto::CryptoError> {
+        match self {
+            ChunkOpener::V1(o) => o.open(aad, &sealed),
+            ChunkOpener::V2(s) => s.open_in_place(&id.0, aad, sealed),
+        }
+    }
 }
 
 /// Where a chunk lives, compactly.
@@ -513,7 +526,7 @@ impl<'a> ChunkReader<'a> {
         let (place, opener, _) = &self.idx.points[loc.point as usize];
         let obj = || format!("chunk {id} in pack {pack_id}");
         let payload = opener
-            .open(id, &place.chunk_aad(id), &sealed)
+            .open_in_place(id, &place.chunk_aad(id), sealed)
             .map_err(|e| Error::integrity(obj(), e))?;
         let data = decode_payload_with(&mut self.zstd, &payload, loc.raw_len as usize)
             .map_err(|e| Error::integrity(obj(), e))?;

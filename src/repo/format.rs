@@ -1321,15 +1321,18 @@ pub fn encode_payload_into(
         let mid = data.len() / 2;
         compress(&data[mid..mid + PROBE], scratch) && scratch.len() + PROBE / 32 >= PROBE
     };
-    if data.len() >= 64
-        && !incompressible
-        && compress(data, scratch)
-        && scratch.len() + data.len() / 32 < data.len()
-    {
-        out.reserve_exact(scratch.len() + 1 + crate::crypto::TAG_LEN);
+    if data.len() >= 64 && !incompressible {
+        // Compressed straight after the type byte (no copy of the compressed chunk).
+        out.reserve_exact(1 + zstd::zstd_safe::compress_bound(data.len()) + crate::crypto::TAG_LEN);
         out.push(PAYLOAD_ZSTD);
-        out.extend_from_slice(scratch);
-        return;
+        let mut at = std::io::Cursor::new(&mut *out);
+        at.set_position(1);
+        if z.compress_to_buffer(data, &mut at).is_ok()
+            && out.len() - 1 + data.len() / 32 < data.len()
+        {
+            return;
+        }
+        out.clear();
     }
     out.reserve_exact(data.len() + 1 + crate::crypto::TAG_LEN);
     out.push(PAYLOAD_RAW);
@@ -1432,6 +1435,20 @@ mod tests {
         assert_eq!(p[0], PAYLOAD_ZSTD);
         assert!(p.len() < text.len() / 10);
         assert_eq!(decode_payload(&p, text.len()).unwrap(), text);
+    }
+
+    #[test]
+    fn reused_payload_buffers_encode_as_fresh_ones() {
+        let text = b"INSERT INTO t VALUES (1, 'arca');\n".repeat(8000);
+        let random = noise(b"seed", 256 * 1024);
+        let small = b"hello hello hello hello hello hello hello hello hello".to_vec();
+        let mut z = chunk_compressor(1);
+        let (mut scratch, mut out) = (Vec::new(), Vec::new());
+        for d in [&random, &text, &small, &random, &text] {
+            encode_payload_into(&mut z, d, &mut scratch, &mut out);
+            assert_eq!(out, encode_payload(d, 1));
+            assert_eq!(decode_payload(&out, d.len()).unwrap(), *d);
+        }
     }
 
     proptest! {
