@@ -650,6 +650,38 @@ fn failed_restore_into_an_empty_target_leaves_it_empty() {
     assert_eq!(walk_names(&t), Vec::<String>::new(), "{}", r.stderr);
 }
 
+/// Read once into an empty target, the index is found to select nothing only at its end:
+/// what was staged by then is removed, and the error is the same as with two passes.
+#[test]
+fn include_matching_nothing_leaves_an_empty_target_empty() {
+    let (env, _, _) = victim();
+    let t = env.path("t");
+    let r = env.run(&[
+        "restore",
+        "j",
+        "--target",
+        s(&t),
+        "--include",
+        "no/such/path",
+    ]);
+    assert_eq!(r.code, 1, "{}", r.stderr);
+    assert!(r.stderr.contains("matches --include"), "{}", r.stderr);
+    assert_eq!(walk_names(&t), Vec::<String>::new());
+    // Into a non-empty target (two passes) nothing is created either.
+    fs::create_dir_all(t.join("keep")).unwrap();
+    let r = env.run(&[
+        "restore",
+        "j",
+        "--target",
+        s(&t),
+        "--overwrite",
+        "--include",
+        "no/such/path",
+    ]);
+    assert_eq!(r.code, 1, "{}", r.stderr);
+    assert_eq!(walk_names(&t), vec!["keep".to_string()]);
+}
+
 fn walk_names(root: &Path) -> Vec<String> {
     let mut out = Vec::new();
     for e in fs::read_dir(root).unwrap() {

@@ -312,6 +312,13 @@ impl Stage {
     }
 }
 
+fn nothing_matches(point: &OpenPoint, opts: &RestoreOptions) -> Error {
+    Error::NotFound(format!(
+        "nothing in recovery point {} matches --include {:?}; `arca ls` shows its paths",
+        point.record.point_id, opts.include
+    ))
+}
+
 /// A restore stopped by a signal before any file was renamed into place.
 fn interrupted(signal: i32, target: &Path) -> Error {
     Error::Interrupted {
@@ -383,9 +390,12 @@ pub fn run(
     point: &OpenPoint,
     opts: &RestoreOptions,
 ) -> Result<RestoreStats> {
-    // The file index is read twice, entry by entry, so memory does not grow with the number
-    // of files. First pass: every path is validated before anything is written; directories,
-    // links and special files are kept (few); regular files are only counted.
+    // The file index is read entry by entry, so memory does not grow with the number of
+    // files. Into an empty target it is read once: the files go below a stage that reaches
+    // the target only when everything was written, so an entry refused halfway (an unsafe
+    // path) leaves nothing behind. Into a non-empty target it is read twice: first every
+    // path is validated (and directories, links and special files kept: few) before
+    // anything there is touched, then the files go to the workers.
     let t0 = std::time::Instant::now();
     let is_file = |e: &TreeEntry| e.kind == EntryType::File && e.hardlink.is_none();
     let mut dirs_planned: Vec<(PathBuf, TreeEntry)> = Vec::new();
@@ -393,31 +403,31 @@ pub fn run(
     let mut link_targets: std::collections::HashSet<Vec<u8>> = Default::default();
     let mut file_count = 0usize;
     let mut selected = 0usize;
-    for e in point.tree_stream(repo, oc) {
-        let e = e?;
-        if !matches_include(&e.display_path(), &opts.include) {
-            continue;
-        }
-        selected += 1;
-        let rel = safe_rel_path(&e.path_bytes())?;
-        if is_file(&e) {
-            file_count += 1;
-        } else if e.kind == EntryType::Dir {
-            dirs_planned.push((rel, e));
-        } else {
-            if let Some(first) = &e.hardlink {
-                link_targets.insert(first.clone());
-            }
-            others.push((rel, e));
-        }
-    }
-    if !opts.include.is_empty() && selected == 0 {
-        return Err(Error::NotFound(format!(
-            "nothing in recovery point {} matches --include {:?}; `arca ls` shows its paths",
-            point.record.point_id, opts.include
-        )));
-    }
     check_target(opts)?;
+    let staged = target_is_empty(&opts.target)?;
+    if !staged {
+        for e in point.tree_stream(repo, oc) {
+            let e = e?;
+            if !matches_include(&e.display_path(), &opts.include) {
+                continue;
+            }
+            selected += 1;
+            let rel = safe_rel_path(&e.path_bytes())?;
+            if is_file(&e) {
+                file_count += 1;
+            } else if e.kind == EntryType::Dir {
+                dirs_planned.push((rel, e));
+            } else {
+                if let Some(first) = &e.hardlink {
+                    link_targets.insert(first.clone());
+                }
+                others.push((rel, e));
+            }
+        }
+        if !opts.include.is_empty() && selected == 0 {
+            return Err(nothing_matches(point, opts));
+        }
+    }
     std::fs::DirBuilder::new()
         .recursive(true)
         .mode(0o700)
@@ -428,8 +438,16 @@ pub fn run(
     // An empty target: the files are written at their own names below a staging directory
     // in it, and after one flush its top-level entries move into the target (a few renames
     // instead of one per file). Otherwise each file gets a temporary name in its directory.
-    let stage = if target_is_empty(&opts.target)? {
+    let stage = if staged {
         Some(Stage::create(&root)?)
+    } else {
+        None
+    };
+    // The progress bar's count of files (the point's own count when read once).
+    let files_total = if !staged {
+        Some(file_count as u64)
+    } else if opts.include.is_empty() {
+        Some(point.body.stats.files)
     } else {
         None
     };
@@ -441,12 +459,10 @@ pub fn run(
     let notes: Mutex<Vec<SourceError>> = Mutex::new(Vec::new());
     let mut stats = RestoreStats::default();
 
-    let staged = stage.is_some();
     let write_root = stage.as_ref().map_or(&root, |st| &st.dir);
     let dirs_cache = DirCache::new(write_root, opts.overwrite);
     for (rel, _) in &dirs_planned {
         dirs_cache.get(rel)?;
-        stats.dirs += 1;
     }
 
     let t_plan = t0.elapsed();
@@ -513,10 +529,9 @@ pub fn run(
                             bytes.fetch_add(n, Ordering::Relaxed);
                             let done = files_done.fetch_add(1, Ordering::Relaxed) + 1;
                             if !opts.progress.is_hidden() {
-                                opts.progress.set_message(format!(
-                                    "{done}/{file_count} files {}",
-                                    e.display_path()
-                                ));
+                                let of = files_total.map(|n| format!("/{n}")).unwrap_or_default();
+                                opts.progress
+                                    .set_message(format!("{done}{of} files {}", e.display_path()));
                             }
                             if !link_targets.is_empty() {
                                 let p = e.path_bytes();
@@ -567,8 +582,13 @@ pub fn run(
                     break;
                 }
             };
-            if !is_file(&e) || !matches_include(&e.display_path(), &opts.include) {
+            if !matches_include(&e.display_path(), &opts.include) {
                 continue;
+            }
+            if staged {
+                selected += 1;
+            } else if !is_file(&e) {
+                continue; // kept by the first pass
             }
             let rel = match safe_rel_path(&e.path_bytes()) {
                 Ok(r) => r,
@@ -577,6 +597,20 @@ pub fn run(
                     break;
                 }
             };
+            if !is_file(&e) {
+                // Read once (staged): directories are made now (0700, metadata at the
+                // end), links and special files after the files.
+                if e.kind == EntryType::Dir {
+                    if let Err(err) = dirs_cache.get(&rel) {
+                        set_err(err);
+                        break;
+                    }
+                    dirs_planned.push((rel, e));
+                } else {
+                    others.push((rel, e));
+                }
+                continue;
+            }
             batch_bytes += e.size;
             batch.push((seq, rel, e));
             seq += 1;
@@ -594,7 +628,10 @@ pub fn run(
     let mut written = written.into_inner().unwrap();
     written.sort_unstable_by_key(|w| w.0);
     let rel_of = |w: &(u64, Box<[u8]>)| PathBuf::from(OsStr::from_bytes(&w.1));
-    if let Some(e) = first_err.into_inner().unwrap() {
+    let first_err = first_err.into_inner().unwrap().or_else(|| {
+        (staged && !opts.include.is_empty() && selected == 0).then(|| nothing_matches(point, opts))
+    });
+    if let Some(e) = first_err {
         // Nothing was renamed yet: remove what was written; existing files are untouched.
         if let Some(st) = &stage {
             drop(dirs_cache);
@@ -681,6 +718,7 @@ pub fn run(
     stats.failed = failed.into_inner().unwrap();
     stats.failed.sort_by(|a, b| a.path.cmp(&b.path));
     stats.files = files_done.into_inner() as u64;
+    stats.dirs = dirs_planned.len() as u64;
     stats.total_bytes = bytes.into_inner();
     drop(written);
     let planned = others;
@@ -713,8 +751,17 @@ pub fn run(
     let restored = restored_targets.into_inner().unwrap();
     for (rel, e) in planned.iter().filter(|(_, e)| e.hardlink.is_some()) {
         let first = e.hardlink.as_deref().unwrap_or_default();
+        // Read once, into an empty target: a regular file there is one this restore wrote.
+        let restored_here = |r: &Path| {
+            staged
+                && r.file_name().is_some_and(|name| {
+                    root.walk(r.parent().unwrap_or(Path::new("")), None)
+                        .and_then(|d| d.entry_type(name))
+                        .is_ok_and(|t| t == Some(rustix::fs::FileType::RegularFile))
+                })
+        };
         let first_rel = match safe_rel_path(first) {
-            Ok(r) if restored.contains(first) => r,
+            Ok(r) if restored.contains(first) || restored_here(&r) => r,
             _ => {
                 stats.failed.push(SourceError {
                     path: e.display_path(),
