@@ -162,6 +162,7 @@ async fn main() -> Res<()> {
         allowed_kms: vec![info.arn.clone()],
         allowed_kmip: None,
         explicit: true,
+        defer_passphrase_check: false,
     })
     .await
     .map_err(|f| f.error)?;

@@ -280,6 +280,62 @@ pub struct Resolution {
     pub chain: OpenChain,
     pub tier: &'static str,
     pub attempts: Vec<Attempt>,
+    /// The check of a given passphrase still running (see [`Request::defer_passphrase_check`]).
+    pub pending: Option<PassphraseCheck>,
+}
+
+/// A given passphrase being checked on another thread, while the chain it must open is
+/// already open with the catalog's stored hash of the same password (same salt and
+/// parameters). [`PassphraseCheck::wait`] must be called before anything the command does
+/// becomes visible; a wrong passphrase is then [`Error::WrongPassphrase`], exactly as if it
+/// had been checked first. Dropped without `wait`, it still waits, and a wrong passphrase
+/// stops the process rather than being ignored.
+#[must_use = "a given passphrase must be checked before anything becomes visible"]
+pub struct PassphraseCheck {
+    handle: Option<std::thread::JoinHandle<std::result::Result<bool, KeyError>>>,
+    job: String,
+    password: String,
+}
+
+impl PassphraseCheck {
+    /// Whether the check has finished (so that [`PassphraseCheck::wait`] will not block).
+    pub fn is_finished(&self) -> bool {
+        self.handle.as_ref().is_none_or(|h| h.is_finished())
+    }
+
+    /// Waits for the check: `Ok` if the passphrase is the password's.
+    pub fn wait(mut self) -> Result<()> {
+        self.join()
+    }
+
+    fn join(&mut self) -> Result<()> {
+        let Some(h) = self.handle.take() else {
+            return Ok(());
+        };
+        match h.join() {
+            Ok(Ok(true)) => Ok(()),
+            Ok(Ok(false)) => Err(Error::WrongPassphrase {
+                job: self.job.clone(),
+                password: self.password.clone(),
+            }),
+            Ok(Err(e)) => Err(Error::KeysUnavailable {
+                job: self.job.clone(),
+                detail: format!("checking the given passphrase: {e}"),
+            }),
+            Err(_) => Err(Error::Other("the passphrase check failed".into())),
+        }
+    }
+}
+
+impl Drop for PassphraseCheck {
+    fn drop(&mut self) {
+        if let Err(e) = self.join() {
+            // Only a caller that forgot to wait gets here: never carry on past a secret the
+            // user gave that does not open the chain.
+            eprintln!("arca: {e}");
+            std::process::exit(e.exit_code());
+        }
+    }
 }
 
 pub struct ResolveFailure {
@@ -329,6 +385,10 @@ pub struct Request<'a> {
     /// Whether a passphrase or key the user gave must open this chain (false only where the
     /// secret given is meant for something else, e.g. a password being added).
     pub explicit: bool,
+    /// When a passphrase was given and the catalog's stored hash of that very password
+    /// opens the chain: open it with the stored hash and check the passphrase (one Argon2id
+    /// evaluation) on another thread, returned in [`Resolution::pending`].
+    pub defer_passphrase_check: bool,
 }
 
 fn passphrase_slots(chain: &ChainRecord) -> Vec<(&Keyslot, &KdfRecord)> {
@@ -348,6 +408,7 @@ struct State<'a> {
     attempts: Vec<Attempt>,
     wrong_passphrase: Option<String>,
     wrong_key: Option<String>,
+    pending: Option<PassphraseCheck>,
 }
 
 impl State<'_> {
@@ -412,6 +473,7 @@ pub async fn resolve(req: Request<'_>) -> std::result::Result<Resolution, Resolv
         attempts: Vec::new(),
         wrong_passphrase: None,
         wrong_key: None,
+        pending: None,
     };
     let found = match explicit_secrets(&mut st).await {
         Ok(Some(found)) => Some(found),
@@ -427,6 +489,7 @@ pub async fn resolve(req: Request<'_>) -> std::result::Result<Resolution, Resolv
         attempts,
         wrong_passphrase,
         wrong_key,
+        pending,
         ..
     } = st;
     let job = req.job_name.to_string();
@@ -438,6 +501,7 @@ pub async fn resolve(req: Request<'_>) -> std::result::Result<Resolution, Resolv
                 chain,
                 tier,
                 attempts,
+                pending,
             }),
             Err(error) => Err(ResolveFailure { attempts, error }),
         },
@@ -508,6 +572,11 @@ async fn explicit_secrets(st: &mut State<'_>) -> Result<Option<(SecretKey, &'sta
             .point_label
             .clone()
             .unwrap_or_else(|| format!("chain {}", req.chain.chain_id));
+        if req.defer_passphrase_check && !(req.tiers.key && req.creds.explicit_key()) {
+            if let Some(k) = deferred_passphrase(st, &pslots).await {
+                return Ok(Some((k, "passphrase")));
+            }
+        }
         return match tier_passphrase(st, &pslots).await {
             Some(k) => {
                 // A key given as well must open the chain too: no secret is ignored.
@@ -845,6 +914,67 @@ async fn tier_kms(
         }
     }
     None
+}
+
+/// The chain opened by the catalog's stored hash of the password whose salt the passphrase
+/// would be tried with, and the passphrase's own check started on another thread. `None`
+/// (nothing recorded) whenever that is not exactly the case: the caller then checks the
+/// passphrase first, as always.
+async fn deferred_passphrase(
+    st: &mut State<'_>,
+    pslots: &[(&Keyslot, &KdfRecord)],
+) -> Option<SecretKey> {
+    let req = st.req;
+    let retired = req
+        .point_generation
+        .is_some_and(|g| g < req.chain.current_generation());
+    let rec: &KdfRecord = match req.point_kdf {
+        Some(Some(k)) if !retired => k,
+        None if pslots.len() == 1 => pslots[0].1,
+        _ => return None,
+    };
+    let (_, slot_kdf) = pslots.iter().find(|(_, k)| k.salt == rec.salt)?;
+    if *slot_kdf != rec {
+        return None;
+    }
+    let (stored, hash) = req.catalog?.password_hash(&rec.password).ok()??;
+    if stored != *rec {
+        return None;
+    }
+    let provider = req.creds.passphrase_provider(req.job_name).ok()??;
+    let opener = PasswordHashProvider::new(stored, hash.duplicate());
+    let key = match unwrap_any(&opener, &req.chain.keyslots, &st.ctx).await {
+        Some(Ok(k)) => k,
+        _ => return None,
+    };
+    let (rec_owned, expected) = (rec.clone(), hash);
+    let handle = std::thread::Builder::new()
+        .name("arca-passphrase".into())
+        .spawn(move || {
+            provider.hash_for(&rec_owned).map(|h| {
+                // blake3::Hash compares in constant time.
+                blake3::Hash::from_bytes(*h.expose())
+                    == blake3::Hash::from_bytes(*expected.expose())
+            })
+        })
+        .ok()?;
+    tracing::debug!(
+        "password '{}': chain opened with the catalog's stored hash; the given passphrase is checked while the work starts",
+        rec.password
+    );
+    st.ok(
+        "passphrase",
+        format!(
+            "passphrase for password '{}', checked against the catalog's stored hash while the work starts",
+            rec.password
+        ),
+    );
+    st.pending = Some(PassphraseCheck {
+        handle: Some(handle),
+        job: req.job_name.to_string(),
+        password: rec.password.clone(),
+    });
+    Some(key)
 }
 
 async fn tier_passphrase(

@@ -181,6 +181,81 @@ fn stdin_backup_roundtrip() {
     assert_eq!(fs::read(t.join("db.sql")).unwrap(), dump);
 }
 
+/// With the catalog holding the password's hash, a restore opens the chain with it and
+/// checks the given passphrase on another thread meanwhile: a wrong one is still exit 12,
+/// and nothing reaches the target, empty or not.
+#[test]
+fn wrong_passphrase_checked_during_the_restore_still_exits_12_and_writes_nothing() {
+    let env = Env::new();
+    let src = env.path("src");
+    rich_tree(&src, 2);
+    env.passphrase_job("nightly", &src, PASS);
+    env.run(&["backup", "nightly"]).ok();
+    let wrong = [
+        ("ARCA_PASSPHRASE", "not the passphrase"),
+        ("ARCA_LOG", "arca=debug"),
+    ];
+    let target = env.path("target");
+    let r = env.run_env(
+        &["restore", "nightly", "--target", target.to_str().unwrap()],
+        &wrong,
+    );
+    assert_eq!(r.code, 12, "{}", r.stderr);
+    assert!(
+        r.stderr.contains("checked while the work starts"),
+        "{}",
+        r.stderr
+    );
+    assert!(
+        r.stderr.contains("wrong passphrase for job 'nightly'"),
+        "{}",
+        r.stderr
+    );
+    assert!(is_empty_or_missing(&target), "{}", r.stderr);
+    // A non-empty target: a file changed there stays as it is, no temporary file is left.
+    let full = env.path("full");
+    let ok = env.run_env(
+        &["restore", "nightly", "--target", full.to_str().unwrap()],
+        &[("ARCA_PASSPHRASE", PASS), ("ARCA_LOG", "arca=debug")],
+    );
+    assert_eq!(ok.code, 0, "{}", ok.stderr);
+    assert!(
+        ok.stderr.contains("checked while the work starts"),
+        "{}",
+        ok.stderr
+    );
+    assert_eq!(snapshot(&full), snapshot(&src));
+    let mine = full.join("docs/readme.txt");
+    fs::write(&mine, b"edited after the restore").unwrap();
+    let before = snapshot(&full);
+    let r = env.run_env(
+        &[
+            "restore",
+            "nightly",
+            "--overwrite",
+            "--target",
+            full.to_str().unwrap(),
+        ],
+        &wrong,
+    );
+    assert_eq!(r.code, 12, "{}", r.stderr);
+    assert_eq!(snapshot(&full), before);
+    // The right passphrase, with --json: restored, exit 0.
+    let t3 = env.path("t3");
+    let r = env.run_env(
+        &[
+            "--json",
+            "restore",
+            "nightly",
+            "--target",
+            t3.to_str().unwrap(),
+        ],
+        &[("ARCA_PASSPHRASE", PASS)],
+    );
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert_eq!(snapshot(&t3), snapshot(&src));
+}
+
 #[test]
 fn wrong_passphrase_exits_12_and_writes_nothing() {
     let env = Env::new();

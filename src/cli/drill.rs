@@ -127,6 +127,7 @@ async fn drill_point(
             allowed_kms: allowed_kms.to_vec(),
             allowed_kmip: None,
             explicit: true,
+            defer_passphrase_check: false,
         };
         let r = match crate::resolve::resolve(req).await {
             Ok(res) => match open_point(&res.chain, p) {

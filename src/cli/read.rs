@@ -423,7 +423,24 @@ async fn open_selected(
     sel: Option<&str>,
     stream: Option<&str>,
     explain: bool,
-) -> Result<(OpenChain, OpenPoint, &'static str)> {
+    defer: bool,
+) -> Result<(
+    OpenChain,
+    OpenPoint,
+    &'static str,
+    Vec<crate::resolve::PassphraseCheck>,
+)> {
+    let mut checks = Vec::new();
+    let mut open =
+        async |p: &crate::repo::format::PointRecord| -> Result<(OpenChain, &'static str)> {
+            if !defer {
+                return open_chain(ctx, cat, h, &p.chain_id, Some(p), explain).await;
+            }
+            let (oc, tier, check) =
+                crate::ops::open_chain_deferred(ctx, cat, h, &p.chain_id, Some(p), explain).await?;
+            checks.extend(check);
+            Ok((oc, tier))
+        };
     let (recs, _) = job_points(cat, h)?;
     if matches!(sel, None | Some("latest")) {
         check_latest(h, &recs)?;
@@ -442,7 +459,7 @@ async fn open_selected(
         let mut last_err = None;
         for p in candidates {
             if let std::collections::hash_map::Entry::Vacant(v) = chains.entry(p.chain_id) {
-                v.insert(open_chain(ctx, cat, h, &p.chain_id, Some(p), explain).await?);
+                v.insert(open(p).await?);
             }
             let (oc, tier) = &chains[&p.chain_id];
             let verified = oc.verified_data_key(p).and_then(|_| match stream {
@@ -458,7 +475,7 @@ async fn open_selected(
                     let (oc, tier) = chains.remove(&p.chain_id).expect("present");
                     let _ = tier;
                     let op = OpenPoint::open(&h.repo, &oc, p.clone())?;
-                    return Ok((oc, op, tier));
+                    return Ok((oc, op, tier, checks));
                 }
                 Err(e) => {
                     let _ = tier;
@@ -481,9 +498,9 @@ async fn open_selected(
         }));
     }
     let p = select_point(&recs, sel, &h.job.name)?.clone();
-    let (oc, tier) = open_chain(ctx, cat, h, &p.chain_id, Some(&p), explain).await?;
+    let (oc, tier) = open(&p).await?;
     let op = OpenPoint::open(&h.repo, &oc, p)?;
-    Ok((oc, op, tier))
+    Ok((oc, op, tier, checks))
 }
 
 #[derive(Serialize)]
@@ -521,12 +538,13 @@ fn fmt_mtime(ns: i128) -> String {
 pub async fn ls(ctx: &Ctx, a: LsArgs) -> Result<i32> {
     let cat = ctx.catalog()?;
     let h = locate_job(&cat, &a.name, a.repo.as_deref())?;
-    let (oc, op, _) = open_selected(
+    let (oc, op, _, _) = open_selected(
         ctx,
         &cat,
         &h,
         a.point.as_deref(),
         a.stream.as_deref(),
+        false,
         false,
     )
     .await?;
@@ -599,13 +617,16 @@ pub async fn restore(ctx: &Ctx, a: RestoreArgs) -> Result<i32> {
     };
     // Refuse a non-empty target before asking for any passphrase.
     restore::check_target(&opts)?;
-    let (oc, op, tier) = open_selected(
+    // A given passphrase is checked while the restore starts (before anything reaches the
+    // target), when the catalog's stored hash of its password opens the chain.
+    let (oc, op, tier, checks) = open_selected(
         ctx,
         &cat,
         &h,
         a.point.as_deref(),
         a.stream.as_deref(),
         a.explain,
+        true,
     )
     .await?;
     ctx.note(format!(
@@ -618,7 +639,7 @@ pub async fn restore(ctx: &Ctx, a: RestoreArgs) -> Result<i32> {
         "restore",
     );
     crate::signals::install();
-    let stats = restore::run(&h.repo, &oc, &op, &opts)?;
+    let stats = restore::run_checked(&h.repo, &oc, &op, &opts, checks)?;
     opts.progress.finish_and_clear();
     if ctx.json {
         #[derive(Serialize)]

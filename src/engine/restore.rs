@@ -390,6 +390,59 @@ pub fn run(
     point: &OpenPoint,
     opts: &RestoreOptions,
 ) -> Result<RestoreStats> {
+    run_checked(repo, oc, point, opts, Vec::new())
+}
+
+/// [`run`] with a given passphrase still being checked (see
+/// [`crate::ops::open_chain_deferred`]): the check overlaps the restore's start and is
+/// waited for before anything reaches the target. A wrong passphrase is the restore's error
+/// whatever else happened, as if it had been checked first, and leaves the target as it was.
+pub fn run_checked(
+    repo: &Repository,
+    oc: &OpenChain,
+    point: &OpenPoint,
+    opts: &RestoreOptions,
+    checks: Vec<crate::resolve::PassphraseCheck>,
+) -> Result<RestoreStats> {
+    let gate = Gate(Mutex::new(checks));
+    let res = run_gated(repo, oc, point, opts, &gate);
+    gate.wait()?;
+    res
+}
+
+/// The passphrase checks a restore waits for before anything reaches its target.
+struct Gate(Mutex<Vec<crate::resolve::PassphraseCheck>>);
+
+impl Gate {
+    fn wait(&self) -> Result<()> {
+        let checks = std::mem::take(&mut *self.0.lock().unwrap());
+        let mut res = Ok(());
+        for c in checks {
+            let r = c.wait();
+            if res.is_ok() {
+                res = r;
+            }
+        }
+        res
+    }
+
+    /// Waits only if every check has finished.
+    fn poll(&self) -> Result<()> {
+        if self.0.lock().unwrap().iter().all(|c| c.is_finished()) {
+            self.wait()
+        } else {
+            Ok(())
+        }
+    }
+}
+
+fn run_gated(
+    repo: &Repository,
+    oc: &OpenChain,
+    point: &OpenPoint,
+    opts: &RestoreOptions,
+    gate: &Gate,
+) -> Result<RestoreStats> {
     // The file index is read entry by entry, so memory does not grow with the number of
     // files. Into an empty target it is read once: the files go below a stage that reaches
     // the target only when everything was written, so an entry refused halfway (an unsafe
@@ -427,6 +480,8 @@ pub fn run(
         if !opts.include.is_empty() && selected == 0 {
             return Err(nothing_matches(point, opts));
         }
+        // Nothing in a non-empty target is touched before the passphrase is known good.
+        gate.wait()?;
     }
     std::fs::DirBuilder::new()
         .recursive(true)
@@ -619,10 +674,20 @@ pub fn run(
                 if tx.send(std::mem::take(&mut batch)).is_err() {
                     break; // every worker stopped (an error is recorded)
                 }
+                if let Err(err) = gate.poll() {
+                    // A wrong passphrase is the error, whatever else failed meanwhile.
+                    *first_err.lock().unwrap() = Some(err);
+                    break;
+                }
             }
         }
         if !batch.is_empty() {
             let _ = tx.send(batch);
+        }
+        // Staged: the files go to the stage while the passphrase is checked; it must be
+        // good before the stage moves into the target (after this scope).
+        if let Err(err) = gate.wait() {
+            *first_err.lock().unwrap() = Some(err);
         }
     });
     let mut written = written.into_inner().unwrap();

@@ -231,6 +231,41 @@ pub async fn open_chain_with(
     explain: bool,
     explicit: bool,
 ) -> Result<(OpenChain, &'static str)> {
+    let (oc, tier, pending) =
+        open_chain_inner(ctx, cat, h, chain_id, point, explain, explicit, false).await?;
+    debug_assert!(pending.is_none());
+    if let Some(p) = pending {
+        p.wait()?;
+    }
+    Ok((oc, tier))
+}
+
+/// [`open_chain`], except that a given passphrase whose password's hash the catalog holds
+/// may still be under check when it returns (not with `explain`, which shows every step in
+/// order): the caller must [`resolve::PassphraseCheck::wait`] before anything it does
+/// becomes visible (a restore: before anything reaches its target).
+pub async fn open_chain_deferred(
+    ctx: &Session,
+    cat: &Catalog,
+    h: &JobHandle,
+    chain_id: &Id16,
+    point: Option<&PointRecord>,
+    explain: bool,
+) -> Result<(OpenChain, &'static str, Option<resolve::PassphraseCheck>)> {
+    open_chain_inner(ctx, cat, h, chain_id, point, explain, true, !explain).await
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn open_chain_inner(
+    ctx: &Session,
+    cat: &Catalog,
+    h: &JobHandle,
+    chain_id: &Id16,
+    point: Option<&PointRecord>,
+    explain: bool,
+    explicit: bool,
+    defer: bool,
+) -> Result<(OpenChain, &'static str, Option<resolve::PassphraseCheck>)> {
     let chain = h.repo.read_chain(chain_id)?;
     let name = &h.job.name;
     let pins = match &h.row {
@@ -318,6 +353,7 @@ pub async fn open_chain_with(
         }),
         allowed_kms: allowed,
         explicit,
+        defer_passphrase_check: defer,
     };
     let print = |attempts: &[resolve::Attempt]| {
         if explain {
@@ -335,10 +371,10 @@ pub async fn open_chain_with(
     if explain {
         eprintln!("resolving keys of job '{}' chain {}:", h.job.name, chain_id);
     }
-    let (oc, tier) = match resolve::resolve(req).await {
+    let (oc, tier, pending) = match resolve::resolve(req).await {
         Ok(r) => {
             print(&r.attempts);
-            (r.chain, r.tier)
+            (r.chain, r.tier, r.pending)
         }
         Err(f) => {
             print(&f.attempts);
@@ -389,7 +425,7 @@ pub async fn open_chain_with(
             "its MAC does not verify: it was changed by someone without the job's keys",
         ));
     }
-    Ok((oc, tier))
+    Ok((oc, tier, pending))
 }
 
 /// A job's recovery points that belong to its trusted chains, oldest first, and the ones
