@@ -694,6 +694,19 @@ fn walk_names(root: &Path) -> Vec<String> {
     out
 }
 
+/// Runs arca with `args` and kills it (SIGKILL) after `delay_ms`.
+fn run_killed(env: &Env, args: &[&str], delay_ms: u64) {
+    let mut child = env
+        .cmd(args)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(delay_ms));
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
 #[test]
 fn killed_restore_never_leaves_a_truncated_file_under_its_name() {
     let env = Env::new();
@@ -708,15 +721,11 @@ fn killed_restore_never_leaves_a_truncated_file_under_its_name() {
     env.run(&["backup", "j"]).ok();
     let v2 = fs::read(src.join("big.bin")).unwrap();
     for delay_ms in [5u64, 40, 150] {
-        let mut child = env
-            .cmd(&["restore", "j", "--overwrite", "--target", s(&t)])
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .unwrap();
-        std::thread::sleep(std::time::Duration::from_millis(delay_ms));
-        let _ = child.kill();
-        let _ = child.wait();
+        run_killed(
+            &env,
+            &["restore", "j", "--overwrite", "--target", s(&t)],
+            delay_ms,
+        );
         let now = fs::read(t.join("big.bin")).unwrap();
         assert!(
             now == v1 || now == v2,
@@ -746,15 +755,7 @@ fn killed_restore_into_an_empty_target_leaves_only_complete_files_and_its_stage(
     let is_stage = |n: &str| n.starts_with(".arca-restore-") && n.ends_with(".stage");
     for (i, delay_ms) in [5u64, 30, 80, 200, 400, 800].into_iter().enumerate() {
         let t = env.path(&format!("t{i}"));
-        let mut child = env
-            .cmd(&["restore", "j", "--target", s(&t)])
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .unwrap();
-        std::thread::sleep(std::time::Duration::from_millis(delay_ms));
-        let _ = child.kill();
-        let _ = child.wait();
+        run_killed(&env, &["restore", "j", "--target", s(&t)], delay_ms);
         if !t.exists() {
             continue; // killed before the target was created
         }
