@@ -476,6 +476,18 @@ impl ChunkSealer {
         aad: &[u8],
         mut sealed: Vec<u8>,
     ) -> Result<Vec<u8>, CryptoError> {
+        self.open_in_buf(chunk_id, aad, &mut sealed)?;
+        Ok(sealed)
+    }
+
+    /// [`ChunkSealer::open_in_place`] in a buffer the caller keeps: on success `sealed` holds
+    /// the plaintext; on failure its contents are unspecified (never to be used).
+    pub fn open_in_buf(
+        &self,
+        chunk_id: &[u8; 32],
+        aad: &[u8],
+        sealed: &mut Vec<u8>,
+    ) -> Result<(), CryptoError> {
         let Some(tag_at) = sealed.len().checked_sub(TAG_LEN) else {
             return Err(CryptoError::Malformed("sealed chunk shorter than its tag"));
         };
@@ -487,7 +499,7 @@ impl ChunkSealer {
             .decrypt_inout_detached(&Nonce::from(n), aad, ct.into(), &tag)
             .map_err(|_| CryptoError::Tampered)?;
         sealed.truncate(tag_at);
-        Ok(sealed)
+        Ok(())
     }
 }
 

@@ -293,16 +293,20 @@ impl ChunkOpener {
         }
     }
 
-    /// [`ChunkOpener::open`] without a second buffer (format 2; format 1 copies).
-    pub fn open_in_place(
+    /// [`ChunkOpener::open`] in the caller's buffer: `sealed` becomes the plaintext (in
+    /// place in format 2; format 1 copies).
+    pub fn open_in_buf(
         &self,
         id: &Id32,
         aad: &[u8],
-        sealed: Vec<u8>,
-    ) -> std::result::Result<Vec<u8>, crypto::CryptoError> {
+        sealed: &mut Vec<u8>,
+    ) -> std::result::Result<(), crypto::CryptoError> {
         match self {
-            ChunkOpener::V1(o) => o.open(aad, &sealed),
-            ChunkOpener::V2(s) => s.open_in_place(&id.0, aad, sealed),
+            ChunkOpener::V1(o) => {
+                *sealed = o.open(aad, sealed)?;
+                Ok(())
+            }
+            ChunkOpener::V2(s) => s.open_in_buf(&id.0, aad, sealed),
         }
     }
 }
@@ -473,6 +477,10 @@ pub struct ChunkReader<'a> {
     /// Recently used packs, most recent last (a few, so interleaved reads do not reopen).
     open: Vec<(u32, crate::repo::PackReader)>,
     zstd: zstd::bulk::Decompressor<'static>,
+    /// The last chunk read, sealed then opened in place, and decompressed: kept to be
+    /// reused (at most a chunk's length each, 4 MiB for content).
+    sealed: Vec<u8>,
+    plain: Vec<u8>,
     /// Reads file-index chunks: a remote store may keep them in its local cache.
     metadata: bool,
 }
@@ -487,6 +495,8 @@ impl<'a> ChunkReader<'a> {
             idk,
             open: Vec::with_capacity(OPEN_PACKS),
             zstd: zstd::bulk::Decompressor::new().expect("zstd decompression context"),
+            sealed: Vec::new(),
+            plain: Vec::new(),
             metadata: false,
         }
     }
@@ -497,6 +507,12 @@ impl<'a> ChunkReader<'a> {
     }
 
     pub fn read(&mut self, id: &Id32) -> Result<Vec<u8>> {
+        self.read_ref(id).map(<[u8]>::to_vec)
+    }
+
+    /// [`ChunkReader::read`] into the reader's own buffers, valid until the next read: no
+    /// allocation per chunk once the buffers have grown.
+    pub fn read_ref(&mut self, id: &Id32) -> Result<&[u8]> {
         let loc = *self.idx.get(id).ok_or_else(|| {
             Error::integrity(
                 format!("chunk {id}"),
@@ -522,15 +538,20 @@ impl<'a> ChunkReader<'a> {
             }
         }
         let f = &mut self.open.last_mut().expect("just pushed").1;
-        let sealed = Repository::read_pack_range(f, &pack_id, loc.offset, loc.length)?;
+        Repository::read_pack_range_into(f, &pack_id, loc.offset, loc.length, &mut self.sealed)?;
         let (place, opener, _) = &self.idx.points[loc.point as usize];
         let obj = || format!("chunk {id} in pack {pack_id}");
-        let payload = opener
-            .open_in_place(id, &place.chunk_aad(id), sealed)
+        opener
+            .open_in_buf(id, &place.chunk_aad(id), &mut self.sealed)
             .map_err(|e| Error::integrity(obj(), e))?;
-        let data = decode_payload_with(&mut self.zstd, &payload, loc.raw_len as usize)
-            .map_err(|e| Error::integrity(obj(), e))?;
-        if self.idk.id(&data) != id.0 {
+        let data = decode_payload_into(
+            &mut self.zstd,
+            &self.sealed,
+            loc.raw_len as usize,
+            &mut self.plain,
+        )
+        .map_err(|e| Error::integrity(obj(), e))?;
+        if self.idk.id(data) != id.0 {
             return Err(Error::integrity(obj(), "content does not match its id"));
         }
         Ok(data)
@@ -609,7 +630,7 @@ impl Iterator for TreeStream<'_> {
             }
             match self.ids.next() {
                 Some(id) => {
-                    let data = match self.reader.read(&id) {
+                    let data = match self.reader.read_ref(&id) {
                         Ok(d) => d,
                         Err(e) => {
                             self.done = true;
@@ -622,7 +643,7 @@ impl Iterator for TreeStream<'_> {
                     }
                     self.buf.drain(..self.pos);
                     self.pos = 0;
-                    self.buf.extend_from_slice(&data);
+                    self.buf.extend_from_slice(data);
                 }
                 None => {
                     self.done = true;

@@ -975,8 +975,8 @@ fn write_file(
             if let Some(signal) = crate::signals::requested() {
                 return Err(interrupted(signal, Path::new("the target")));
             }
-            let data = reader.read(id)?;
-            end = write_sparse(&f, &data, n)
+            let data = reader.read_ref(id)?;
+            end = write_sparse(&f, data, n)
                 .map_err(|err| Error::io(format!("write {}", dest.display()), err))?
                 .unwrap_or(end);
             n += data.len() as u64;

@@ -1344,25 +1344,29 @@ pub const MAX_CHUNK_RAW: usize = 16 * 1024 * 1024;
 
 pub fn decode_payload(p: &[u8], raw_len: usize) -> Result<Vec<u8>, ParseError> {
     let mut z = zstd::bulk::Decompressor::new().map_err(|e| ParseError(format!("zstd: {e}")))?;
-    decode_payload_with(&mut z, p, raw_len)
+    let mut out = Vec::new();
+    Ok(decode_payload_into(&mut z, p, raw_len, &mut out)?.to_vec())
 }
 
 /// [`decode_payload`] with a reusable decompression context (creating one per chunk was a
-/// tenth of a restore's CPU time).
-pub fn decode_payload_with(
+/// tenth of a restore's CPU time) and output buffer: a compressed payload decompresses into
+/// `out`, a stored one is returned where it lies in `p`.
+pub fn decode_payload_into<'a>(
     z: &mut zstd::bulk::Decompressor<'_>,
-    p: &[u8],
+    p: &'a [u8],
     raw_len: usize,
-) -> Result<Vec<u8>, ParseError> {
+    out: &'a mut Vec<u8>,
+) -> Result<&'a [u8], ParseError> {
     if raw_len > MAX_CHUNK_RAW {
         return perr("chunk length beyond the format's limit");
     }
     match p.split_first() {
-        Some((&PAYLOAD_RAW, rest)) if rest.len() == raw_len => Ok(rest.to_vec()),
+        Some((&PAYLOAD_RAW, rest)) if rest.len() == raw_len => Ok(rest),
         Some((&PAYLOAD_RAW, _)) => perr("stored length differs from the index"),
         Some((&PAYLOAD_ZSTD, rest)) => {
-            let out = z
-                .decompress(rest, raw_len)
+            out.clear();
+            out.reserve_exact(raw_len);
+            z.decompress_to_buffer(rest, out)
                 .map_err(|e| ParseError(format!("zstd: {e}")))?;
             if out.len() != raw_len {
                 return perr("decompressed length differs from the index");

@@ -923,13 +923,26 @@ impl Repository {
         offset: u64,
         len: u32,
     ) -> Result<Vec<u8>> {
+        let mut buf = Vec::new();
+        Self::read_pack_range_into(f, id, offset, len, &mut buf)?;
+        Ok(buf)
+    }
+
+    /// [`Repository::read_pack_range`] into a buffer the caller reuses.
+    pub fn read_pack_range_into(
+        f: &mut PackReader,
+        id: &Id32,
+        offset: u64,
+        len: u32,
+        buf: &mut Vec<u8>,
+    ) -> Result<()> {
         if len > limits::SEALED_CHUNK {
             return Err(Error::integrity(
                 format!("pack {id}"),
                 "a chunk length beyond the format's limit",
             ));
         }
-        f.r.read_at(offset, u64::from(len))
+        f.r.read_into(offset, u64::from(len), buf)
             .map_err(|e| match e.kind() {
                 std::io::ErrorKind::UnexpectedEof => Error::integrity(
                     format!("pack {id}"),

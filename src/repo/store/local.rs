@@ -103,9 +103,17 @@ struct FileReader(File);
 
 impl RangeReader for FileReader {
     fn read_at(&mut self, offset: u64, len: u64) -> io::Result<Vec<u8>> {
-        let mut buf = vec![0u8; len as usize];
-        self.0.read_exact_at(&mut buf, offset)?;
+        let mut buf = Vec::new();
+        self.read_into(offset, len, &mut buf)?;
         Ok(buf)
+    }
+
+    fn read_into(&mut self, offset: u64, len: u64, buf: &mut Vec<u8>) -> io::Result<()> {
+        let len = usize::try_from(len)
+            .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "range beyond memory"))?;
+        // Only what the buffer grows by is zeroed.
+        buf.resize(len, 0);
+        self.0.read_exact_at(buf, offset)
     }
 }
 

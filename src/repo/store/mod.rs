@@ -94,6 +94,13 @@ impl std::str::FromStr for LockMode {
 pub trait RangeReader: Send {
     /// `len` bytes at `offset`; `UnexpectedEof` if the object is shorter.
     fn read_at(&mut self, offset: u64, len: u64) -> io::Result<Vec<u8>>;
+
+    /// [`RangeReader::read_at`] into `buf` (replacing its contents), for a caller that
+    /// reuses one buffer; `len` is bounded by the caller.
+    fn read_into(&mut self, offset: u64, len: u64, buf: &mut Vec<u8>) -> io::Result<()> {
+        *buf = self.read_at(offset, len)?;
+        Ok(())
+    }
 }
 
 /// An object written piece by piece and named when it is complete (a pack, named by the hash
