@@ -17,6 +17,22 @@ struct Sink {
     out: Box<dyn crate::repo::store::ObjectSink>,
     hash: ContentHasher,
     len: usize,
+    /// Bytes not yet hashed nor written: hashed and written a mebibyte at a time, since
+    /// BLAKE3 hashes a long input many chunks at once (16 with AVX-512) but the start of
+    /// each input a chunk at a time (most sealed chunks are a few KiB).
+    pending: Vec<u8>,
+}
+
+/// What a streaming builder gathers before it hashes and writes.
+const SINK_STAGE: usize = 1 << 20;
+
+impl Sink {
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.out.write(&self.pending)?;
+        self.hash.update(&self.pending);
+        self.pending.clear();
+        Ok(())
+    }
 }
 
 /// A finished pack, ready to be written under `id`.
@@ -56,19 +72,19 @@ impl PackBuilder {
     /// A builder writing each chunk to `out` as it is added.
     pub fn streaming(
         point_id: &Id16,
-        mut out: Box<dyn crate::repo::store::ObjectSink>,
+        out: Box<dyn crate::repo::store::ObjectSink>,
         data_format: u32,
     ) -> std::io::Result<Self> {
         let p = prefix(point_id, data_format);
-        out.write(&p)?;
-        let mut hash = ContentHasher::new();
-        hash.update(&p);
+        let mut pending = Vec::with_capacity(2 * SINK_STAGE);
+        pending.extend_from_slice(&p);
         Ok(PackBuilder {
             buf: Vec::new(),
             sink: Some(Sink {
                 out,
-                hash,
+                hash: ContentHasher::new(),
                 len: p.len(),
+                pending,
             }),
             entries: Vec::new(),
         })
@@ -78,9 +94,11 @@ impl PackBuilder {
         match &mut self.sink {
             None => self.buf.extend_from_slice(b),
             Some(s) => {
-                s.out.write(b)?;
-                s.hash.update(b);
+                s.pending.extend_from_slice(b);
                 s.len += b.len();
+                if s.pending.len() >= SINK_STAGE {
+                    s.flush()?;
+                }
             }
         }
         Ok(())
@@ -140,7 +158,10 @@ impl PackBuilder {
         let len = self.len() as u64;
         let (id, sink) = match self.sink {
             None => (content_hash(&self.buf), None),
-            Some(s) => (s.hash.finalize(), Some(s.out)),
+            Some(mut s) => {
+                s.flush()?;
+                (s.hash.finalize(), Some(s.out))
+            }
         };
         Ok(FinishedPack {
             id: Id32(id),
