@@ -467,9 +467,63 @@ fn json_backup_streams_status_lines_then_one_summary() {
         .map(|s| s["done_bytes"].as_u64().unwrap())
         .collect();
     assert!(done.windows(2).all(|w| w[0] <= w[1]), "{done:?}");
-    // A tree backup reports the pre-scan's totals.
     let r = env.run(&["--json", "backup", "j"]).ok();
     assert_eq!(r.json()["message_type"], "summary");
+}
+
+/// A tree backup's totals (for the progress bar's ETA and `--json` status lines) come from
+/// a pre-scan of the tree, run only when someone shows them.
+#[tokio::test]
+async fn the_pre_scan_counts_totals_only_when_they_are_shown() {
+    use arca::engine::backup::Status;
+    use arca::ops::backup::{backup_job, JobSource};
+    use std::sync::atomic::Ordering::Relaxed;
+    let env = Env::new();
+    let src = env.path("src");
+    for (i, n) in [10usize, 2000, 30_000].iter().enumerate() {
+        write(
+            &src.join(format!("d{i}/f.bin")),
+            &pseudo_random(*n, i as u64, false),
+        );
+    }
+    env.passphrase_job("j", &src, PASS);
+    // The catalog's stored hash opens the chain: no passphrase needed.
+    let s = arca::ops::Session::new(
+        env.catalog.clone(),
+        arca::resolve::Credentials::new(None, None),
+    );
+    for totals in [true, false] {
+        let st = std::sync::Arc::new(Status {
+            totals,
+            ..Default::default()
+        });
+        let hidden = indicatif::ProgressBar::hidden();
+        backup_job(
+            &s,
+            "j",
+            JobSource::Tree,
+            1,
+            &Default::default(),
+            hidden,
+            st.clone(),
+        )
+        .await
+        .unwrap();
+        if totals {
+            // The pre-scan runs beside the backup and may finish after it.
+            let t0 = Instant::now();
+            while !st.scanned.load(Relaxed) && t0.elapsed() < Duration::from_secs(30) {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            assert!(st.scanned.load(Relaxed), "pre-scan never finished");
+            assert_eq!(st.total_files.load(Relaxed), 3);
+            assert_eq!(st.total_bytes.load(Relaxed), 32_010);
+        } else {
+            assert!(!st.scanned.load(Relaxed));
+            assert_eq!(st.total_files.load(Relaxed), 0);
+        }
+        assert_eq!(st.files_done.load(Relaxed), 3);
+    }
 }
 
 /// Every `arca ...` command a message suggests (in backticks) names an existing command,

@@ -36,25 +36,29 @@ pub struct BackupArgs {
 /// Progress while a backup runs: on a terminal, the bar gets the pre-scan's totals (bytes
 /// done/total, rate, ETA), files done/total and the current file; under `--json`, one
 /// NDJSON status line per second on stdout (`message_type: "status"`, docs/json.md).
+/// The reporter stops as soon as `done` is dropped (not at its next tick: a backup waited
+/// for it, 50 ms on average).
 fn report_progress(
     json: bool,
     bar: indicatif::ProgressBar,
     st: std::sync::Arc<crate::engine::backup::Status>,
-    done: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    done: std::sync::mpsc::Receiver<()>,
 ) -> std::thread::JoinHandle<()> {
     use std::sync::atomic::Ordering::Relaxed;
+    use std::sync::mpsc::RecvTimeoutError;
     std::thread::spawn(move || {
         let t0 = Instant::now();
         let mut styled = false;
         let mut last_json = Instant::now();
-        while !done.load(Relaxed) {
-            std::thread::sleep(std::time::Duration::from_millis(100));
+        while let Err(RecvTimeoutError::Timeout) =
+            done.recv_timeout(std::time::Duration::from_millis(100))
+        {
             let (files, bytes) = (st.files_done.load(Relaxed), st.bytes_done.load(Relaxed));
             let (tf, tb) = (st.total_files.load(Relaxed), st.total_bytes.load(Relaxed));
             let scanned = st.scanned.load(Relaxed);
             let current = st.current.lock().map(|c| c.clone()).unwrap_or_default();
             if json {
-                if last_json.elapsed().as_secs_f64() < 1.0 || done.load(Relaxed) {
+                if last_json.elapsed().as_secs_f64() < 1.0 {
                     continue;
                 }
                 last_json = Instant::now();
@@ -144,9 +148,15 @@ pub async fn run(ctx: &Ctx, a: BackupArgs) -> Result<i32> {
     };
     let started = Instant::now();
     let progress = crate::ui::progress(None, ctx.quiet || ctx.json, &format!("backup {}", a.name));
-    let status = std::sync::Arc::new(crate::engine::backup::Status::default());
-    let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let reporter = report_progress(ctx.json, progress.clone(), status.clone(), done.clone());
+    let status = std::sync::Arc::new(crate::engine::backup::Status {
+        totals: ctx.json || !progress.is_hidden(),
+        ..Default::default()
+    });
+    let (done, stop) = std::sync::mpsc::channel();
+    // Nothing to report under -q without --json (or with stderr not a terminal).
+    let reporter = status
+        .totals
+        .then(|| report_progress(ctx.json, progress.clone(), status.clone(), stop));
     let run = crate::ops::backup::backup_job(
         ctx,
         &a.name,
@@ -157,8 +167,10 @@ pub async fn run(ctx: &Ctx, a: BackupArgs) -> Result<i32> {
         status,
     )
     .await;
-    done.store(true, std::sync::atomic::Ordering::Relaxed);
-    let _ = reporter.join();
+    drop(done);
+    if let Some(r) = reporter {
+        let _ = r.join();
+    }
     progress.finish_and_clear();
     let BackupRun {
         outcome: out,

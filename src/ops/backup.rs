@@ -84,12 +84,14 @@ pub async fn backup_job(
                 .merged(run_filters)
                 .compile(std::path::Path::new(&h.job.source))?;
             // Totals for progress and ETA, counted alongside the backup.
-            let (st, root) = (status.clone(), std::path::PathBuf::from(&h.job.source));
-            let f2 = filter.clone();
-            std::thread::Builder::new()
-                .name("arca-prescan".into())
-                .spawn(move || st.prescan(&root, &f2))
-                .map_err(|e| Error::Other(format!("start the pre-scan: {e}")))?;
+            if status.totals {
+                let (st, root) = (status.clone(), std::path::PathBuf::from(&h.job.source));
+                let f2 = filter.clone();
+                std::thread::Builder::new()
+                    .name("arca-prescan".into())
+                    .spawn(move || st.prescan(&root, &f2))
+                    .map_err(|e| Error::Other(format!("start the pre-scan: {e}")))?;
+            }
             Source::Tree(std::path::PathBuf::from(&h.job.source))
         }
         JobSource::Stream { name, reader } => Source::Stdin { name, reader },
