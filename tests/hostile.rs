@@ -1124,3 +1124,43 @@ fn attackers_own_catalog_cannot_switch_the_job_to_plaintext() {
         .iter()
         .all(|p| p["status"] == "ok" && p["chain_id"] == pts[0]["chain_id"]));
 }
+
+/// An incremental reads its parent's file index (on a thread of its own, along with the
+/// walk) from packs anyone may have written: damaged, it fails the backup with an integrity
+/// error naming the file index; it is never taken for a parent with no files.
+#[test]
+fn a_damaged_parent_file_index_fails_the_incremental() {
+    let env = Env::new();
+    let src = env.path("src");
+    for i in 0..2000 {
+        write(
+            &src.join(format!("d{}/f{i}", i % 7)),
+            format!("file {i}\n").repeat(i % 50 + 1).as_bytes(),
+        );
+    }
+    let repo = env.passphrase_job("j", &src, "pw");
+    env.run(&["backup", "j"]).ok();
+    let points_before = fs::read_dir(repo.join("points")).unwrap().count();
+    // Every pack damaged every 61 bytes after its prefix: the file index's chunks too.
+    let mut packs = 0;
+    for d in fs::read_dir(repo.join("packs")).unwrap() {
+        for p in fs::read_dir(d.unwrap().path()).unwrap() {
+            let p = p.unwrap().path();
+            let mut b = fs::read(&p).unwrap();
+            for i in (24..b.len()).step_by(61) {
+                b[i] ^= 0x5a;
+            }
+            fs::write(&p, b).unwrap();
+            packs += 1;
+        }
+    }
+    assert!(packs > 0);
+    let r = env.run(&["backup", "j"]);
+    assert_eq!(r.code, INTEGRITY, "{}", r.stderr);
+    assert!(r.stderr.contains("file index"), "{}", r.stderr);
+    // No point was added.
+    assert_eq!(
+        fs::read_dir(repo.join("points")).unwrap().count(),
+        points_before
+    );
+}

@@ -265,11 +265,43 @@ impl Known<'_> {
 
 /// The parent point's file index, read along with the walk: both are in the same order
 /// (depth first, names sorted bytewise), so one pass over it finds each file's earlier
-/// entry and memory does not grow with the number of files.
-struct ParentCursor<'a> {
-    stream: Option<TreeStream<'a>>,
+/// entry and memory does not grow with the number of files. Another thread reads it
+/// (decrypts, decompresses and parses it: a third of an unchanged incremental's walk) and
+/// hands it over in batches through a short queue.
+struct ParentCursor {
+    rx: Option<Receiver<Vec<Result<TreeEntry>>>>,
+    batch: std::vec::IntoIter<Result<TreeEntry>>,
     next: Option<TreeEntry>,
     error: Option<Error>,
+}
+
+/// Parent entries per batch, and batches queued.
+const PARENT_BATCH: usize = 256;
+const PARENT_BATCHES: usize = 4;
+
+/// Reads `stream` into `tx` in batches until its end, its first error, or until the cursor
+/// is dropped.
+fn read_parent(stream: TreeStream<'_>, tx: Sender<Vec<Result<TreeEntry>>>) {
+    let mut batch = Vec::with_capacity(PARENT_BATCH);
+    for r in stream {
+        let failed = r.is_err();
+        batch.push(r.map_err(|e| match e {
+            Error::Integrity { object, detail } => Error::Integrity {
+                object: format!("the parent point's file index ({object})"),
+                detail,
+            },
+            other => other,
+        }));
+        if batch.len() == PARENT_BATCH || failed {
+            let full = std::mem::replace(&mut batch, Vec::with_capacity(PARENT_BATCH));
+            if tx.send(full).is_err() || failed {
+                return;
+            }
+        }
+    }
+    if !batch.is_empty() {
+        let _ = tx.send(batch);
+    }
 }
 
 /// The order of the walk: path components compared one by one (so `a/x` comes before
@@ -278,20 +310,30 @@ fn walk_order(a: &[u8], b: &[u8]) -> std::cmp::Ordering {
     a.split(|c| *c == b'/').cmp(b.split(|c| *c == b'/'))
 }
 
-impl ParentCursor<'_> {
+impl ParentCursor {
     /// The parent's entry of `rel`; `rel` must come after every path asked before.
     fn find(&mut self, rel: &[u8]) -> Option<TreeEntry> {
         loop {
             if self.next.is_none() {
-                match self.stream.as_mut()?.next() {
+                let item = match self.batch.next() {
+                    Some(item) => Some(item),
+                    None => match self.rx.as_ref()?.recv() {
+                        Ok(b) => {
+                            self.batch = b.into_iter();
+                            self.batch.next()
+                        }
+                        Err(_) => None,
+                    },
+                };
+                match item {
                     Some(Ok(e)) => self.next = Some(e),
                     Some(Err(e)) => {
                         self.error = Some(e);
-                        self.stream = None;
+                        self.rx = None;
                         return None;
                     }
                     None => {
-                        self.stream = None;
+                        self.rx = None;
                         return None;
                     }
                 }
@@ -656,7 +698,7 @@ struct Walker<'a, 'b> {
     /// (device, inode) of files with more than one link → the path first recorded.
     links: HashMap<(u64, u64), Vec<u8>>,
     skipped: Vec<SourceError>,
-    parent: ParentCursor<'a>,
+    parent: ParentCursor,
     tree: TreeOut,
     /// Files go to the reader threads here (none: read on this thread).
     jobs: Option<Sender<FileJob>>,
@@ -1118,10 +1160,13 @@ pub fn run(
         (Some(p), Source::Tree(_)) => Some(open_point(oc, p)?.1),
         _ => None,
     };
+    let parent_stream = parent_body
+        .as_ref()
+        .map(|b| TreeStream::new(ChunkReader::new(&repo, &index, &oc.idk), b));
+    let (parent_tx, parent_rx) = bounded(PARENT_BATCHES);
     let parent = ParentCursor {
-        stream: parent_body
-            .as_ref()
-            .map(|b| TreeStream::new(ChunkReader::new(&repo, &index, &oc.idk), b)),
+        rx: parent_stream.is_some().then_some(parent_rx),
+        batch: Vec::new().into_iter(),
         next: None,
         error: None,
     };
@@ -1175,6 +1220,12 @@ pub fn run(
     let pool_ref: &BufPool = &pool;
     let (done_tx, done_rx) = bounded::<FileDone>(FILES_IN_FLIGHT);
     thread::scope(|s| {
+        if let Some(stream) = parent_stream {
+            thread::Builder::new()
+                .name("arca-parent".into())
+                .spawn_scoped(s, move || read_parent(stream, parent_tx))
+                .expect("spawn parent reader");
+        }
         let reader_handles: Vec<_> = (0..readers)
             .map(|i| {
                 let (job_rx, done_tx, tx) = (job_rx.clone(), done_tx.clone(), work_tx.clone());
