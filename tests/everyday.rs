@@ -794,3 +794,27 @@ fn backups_of_four_jobs_run_at_once_and_locks_say_who_holds_them() {
     drop(input);
     assert!(hold.wait().unwrap().success());
 }
+
+/// The walk stats entries through their directory's descriptor for the first levels and by
+/// path below (so a deep tree does not hold a descriptor per level): a tree 80 levels deep
+/// comes back whole, at every depth.
+#[test]
+fn a_tree_deeper_than_the_open_directories_the_walk_keeps_is_backed_up_whole() {
+    let env = Env::new();
+    let src = env.path("src");
+    let mut d = src.clone();
+    for level in 0..80 {
+        d = d.join(format!("l{level}"));
+        write(&d.join("f.txt"), format!("level {level}\n").as_bytes());
+    }
+    std::os::unix::fs::symlink("../../l0", d.join("link")).unwrap();
+    env.passphrase_job("j", &src, PASS);
+    let r = env.run(&["--json", "backup", "j"]).ok();
+    assert_eq!(r.json()["files"], 80, "{}", r.stdout);
+    let t = env.path("t");
+    env.run(&["restore", "j", "--target", s(&t)]).ok();
+    assert_eq!(snapshot(&src), snapshot(&t));
+    // And an unchanged incremental finds every file unchanged, deep ones too.
+    let r = env.run(&["--json", "backup", "j"]).ok();
+    assert_eq!(r.json()["files_unchanged"], 80, "{}", r.stdout);
+}
