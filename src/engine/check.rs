@@ -141,6 +141,9 @@ fn read_packs(
     for (id, loc) in idx.iter() {
         by_pack.entry(loc.pack).or_default().push((*id, *loc));
     }
+    // One decompression context and output buffer for every chunk.
+    let mut z = zstd::bulk::Decompressor::new().expect("zstd decompression context");
+    let mut plain = Vec::new();
     for (pack_no, chunks) in by_pack {
         let pack_id = idx.packs[pack_no as usize];
         let obj = format!("pack {pack_id}");
@@ -186,9 +189,10 @@ fn read_packs(
             let ok = opener
                 .open(&id, &place.chunk_aad(&id), sealed)
                 .map_err(|e| e.to_string())
-                .and_then(|p| decode_payload(&p, loc.raw_len as usize).map_err(|e| e.0))
-                .and_then(|d| {
-                    if oc.idk.id(&d) == id.0 {
+                .and_then(|p| {
+                    let d = decode_payload_into(&mut z, &p, loc.raw_len as usize, &mut plain)
+                        .map_err(|e| e.0)?;
+                    if oc.idk.id(d) == id.0 {
                         Ok(())
                     } else {
                         Err("content does not match its id".into())
