@@ -283,6 +283,83 @@ fn metadata_round_trips_links_xattrs_acls_fifos_devices_owners_and_the_root() {
     }
 }
 
+/// A default ACL in the kernel's xattr form: owner rwx, group r-x, other nothing.
+fn default_acl_owner_and_group() -> Vec<u8> {
+    let mut v = 2u32.to_le_bytes().to_vec();
+    for (tag, perm) in [(0x01u16, 7u16), (0x04, 5), (0x20, 0)] {
+        v.extend_from_slice(&tag.to_le_bytes());
+        v.extend_from_slice(&perm.to_le_bytes());
+        v.extend_from_slice(&u32::MAX.to_le_bytes());
+    }
+    v
+}
+
+#[test]
+fn restored_files_keep_their_modes_whatever_the_umask_or_a_default_acl_of_the_target() {
+    use std::os::unix::process::CommandExt;
+    let j = Job::new();
+    // A restore into an empty target creates most files with their own mode (no chmod):
+    // that must never let the umask or an inherited default ACL change a mode.
+    let modes = [0o644, 0o755, 0o600, 0o444, 0o666, 0o777, 0o640, 0o604, 0o4755, 0o1644];
+    for m in modes {
+        let p = j.src.join(format!("m{m:o}"));
+        write(&p, format!("mode {m:o}").as_bytes());
+        fs::set_permissions(&p, fs::Permissions::from_mode(m)).unwrap();
+    }
+    j.backup();
+    let expect = |m: u32| if is_root() { m } else { m & !0o6000 };
+    let restore = |name: &str, umask: u32| {
+        let t = j.env.path(name);
+        let mut c = j.env.cmd(&[
+            "--key-file",
+            &j.key,
+            "restore",
+            "j",
+            "--target",
+            t.to_str().unwrap(),
+        ]);
+        // SAFETY: umask(2) is async-signal-safe; nothing else runs between fork and exec.
+        unsafe {
+            c.pre_exec(move || {
+                rustix::process::umask(rustix::fs::Mode::from_raw_mode(umask));
+                Ok(())
+            });
+        }
+        let r: Run = c.output().unwrap().into();
+        assert_eq!(r.code, 0, "{}", r.stderr);
+        t
+    };
+    let check = |t: &std::path::Path, how: &str| {
+        for m in modes {
+            let got = fs::metadata(t.join(format!("m{m:o}"))).unwrap().mode() & 0o7777;
+            assert_eq!(got, expect(m), "mode {m:o} restored as {got:o} ({how})");
+        }
+    };
+    check(&restore("umask-022", 0o022), "umask 022");
+    check(&restore("umask-077", 0o077), "umask 077");
+    check(&restore("umask-000", 0o000), "umask 000");
+    // An empty target with a default ACL: files created in it would get the ACL's
+    // permissions, not their mode less the umask.
+    let t = j.env.path("acl");
+    fs::create_dir(&t).unwrap();
+    rustix::fs::setxattr(
+        t.as_path(),
+        "system.posix_acl_default",
+        &default_acl_owner_and_group(),
+        rustix::fs::XattrFlags::empty(),
+    )
+    .unwrap();
+    let probe = t.join("probe");
+    fs::write(&probe, b"x").unwrap();
+    assert_eq!(
+        fs::metadata(&probe).unwrap().mode() & 0o077,
+        0o040,
+        "the default ACL applies to new files here"
+    );
+    fs::remove_file(&probe).unwrap();
+    check(&restore("acl", 0o022), "default ACL on the target");
+}
+
 #[test]
 fn a_file_changing_while_read_is_reported_not_stored_silently() {
     let j = Job::new();

@@ -515,6 +515,13 @@ fn run_gated(
     let mut stats = RestoreStats::default();
 
     let write_root = stage.as_ref().map_or(&root, |st| &st.dir);
+    // Below the stage (0700, this restore's own) nobody else sees a file while it is
+    // written: a file is created with its own mode when the umask leaves that mode whole
+    // and no default ACL changes it, and needs no chmod then.
+    let umask = stage
+        .as_ref()
+        .filter(|st| !fsx::default_acl_may_apply(&st.dir))
+        .and_then(|_| fsx::process_umask());
     let dirs_cache = DirCache::new(write_root, opts.overwrite);
     for (rel, _) in &dirs_planned {
         dirs_cache.get(rel)?;
@@ -574,6 +581,7 @@ fn run_gated(
                                 owner,
                                 names,
                                 notes,
+                                umask,
                             },
                             opts.overwrite && !staged,
                             &opts.progress,
@@ -934,11 +942,22 @@ struct Meta<'a> {
     owner: (u32, u32),
     names: &'a Owners<'a>,
     notes: &'a Mutex<Vec<SourceError>>,
+    /// The umask, when a file may be created with its final mode (see [`direct_mode`]).
+    umask: Option<u32>,
 }
 
-/// Writes one file under a new `O_EXCL` name `tmp` in its directory (0600), every chunk
-/// verified, then sets its owner, mode and times on the handle, and returns the bytes
-/// written. `tmp` is a temporary name the caller renames over the final name once every
+/// The mode to create a file with when that is the mode it ends with (no chmod needed):
+/// writing below the stage with `umask` known, a mode without setuid, setgid or sticky
+/// bits that the umask leaves whole, and no extended attributes (an ACL changes the mode).
+fn direct_mode(e: &TreeEntry, umask: Option<u32>) -> Option<u32> {
+    let m = e.mode & 0o7777;
+    let umask = umask?;
+    (m & (0o7000 | umask) == 0 && e.xattrs.is_empty()).then_some(m)
+}
+
+/// Writes one file under a new `O_EXCL` name `tmp` in its directory (0600, or its own mode
+/// when [`direct_mode`] allows), every chunk verified, then sets its owner, mode and times
+/// on the handle, and returns the bytes written. `tmp` is a temporary name the caller renames over the final name once every
 /// file is written and flushed, or (restoring into an empty target) the file's own name
 /// below the stage that moves into the target then. A failed or killed restore never
 /// truncates an existing file and leaves nothing incomplete under a final name.
@@ -958,14 +977,16 @@ fn write_file(
         owner,
         names,
         notes,
+        umask,
     } = meta;
     if overwrite {
         // The target was empty otherwise: nothing can be in the way but what we restore.
         check_dest(parent, name, overwrite)?;
     }
     let dest = parent.path().join(name);
+    let direct = direct_mode(e, umask);
     let f = parent
-        .create_excl(tmp, 0o600)
+        .create_excl(tmp, direct.unwrap_or(0o600))
         .map_err(|err| Error::io(format!("create {}", dest.display()), err))?;
     let res = (|| -> Result<u64> {
         let mut n = 0u64;
@@ -996,8 +1017,11 @@ fn write_file(
         // New files already belong to this process: only root changes owners.
         let want = owner_of(names, e);
         let owner_set = chown && (want == owner || fsx::fchown(&f, want.0, want.1).is_ok());
-        fsx::fchmod(&f, final_mode(e, owner_set))
-            .map_err(|err| Error::io(format!("set mode of {}", dest.display()), err))?;
+        // A direct mode has no setuid or setgid bits for a chown to clear.
+        if direct.is_none() {
+            fsx::fchmod(&f, final_mode(e, owner_set))
+                .map_err(|err| Error::io(format!("set mode of {}", dest.display()), err))?;
+        }
         set_xattrs(&f, e, chown, notes);
         fsx::futimens(&f, e.mtime_ns)
             .map_err(|err| Error::io(format!("set times of {}", dest.display()), err))?;

@@ -518,6 +518,26 @@ pub fn read_xattrs(src: XattrSource<'_>) -> io::Result<Xattrs> {
     Ok((out, odd))
 }
 
+/// This process's file mode creation mask, read from `/proc/self/status` (reading it with
+/// `umask(2)` would set it, racing other threads); `None` where the kernel does not say.
+pub fn process_umask() -> Option<u32> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find_map(|l| l.strip_prefix("Umask:"))?;
+    u32::from_str_radix(line.trim(), 8)
+        .ok()
+        .filter(|m| *m <= 0o777)
+}
+
+/// Whether files created in this directory may get other permissions than their mode less
+/// the umask: true when it has a default ACL (which then replaces the umask), or when that
+/// cannot be told.
+pub fn default_acl_may_apply(dir: &DirHandle) -> bool {
+    match rfs::fgetxattr(&dir.fd, "system.posix_acl_default", &mut [0u8; 0][..]) {
+        Ok(_) => true,
+        Err(e) => !matches!(e, rustix::io::Errno::NODATA | rustix::io::Errno::NOTSUP),
+    }
+}
+
 /// Sets an extended attribute on an open file or directory.
 pub fn set_xattr(fd: impl AsFd, name: &str, value: &[u8]) -> io::Result<()> {
     rfs::fsetxattr(fd, name, value, rfs::XattrFlags::empty())?;
