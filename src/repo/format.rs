@@ -98,7 +98,7 @@ impl Id16 {
         Id16(crypto::random_bytes())
     }
     pub fn hex(&self) -> String {
-        hex::encode(self.0)
+        hex_string(&self.0)
     }
     pub fn parse(s: &str) -> Result<Self, ParseError> {
         let mut b = [0u8; 16];
@@ -122,16 +122,44 @@ impl fmt::Display for Id16 {
     }
 }
 
+/// Lower-case hex of `b`, written into `buf` (twice as long): ids are encoded and parsed
+/// millions of times in a file index, without an allocation each.
+fn hex_into<'a>(b: &[u8], buf: &'a mut [u8]) -> &'a str {
+    let out = &mut buf[..2 * b.len()];
+    hex::encode_to_slice(b, out).expect("buffer twice as long");
+    std::str::from_utf8(out).expect("hex is ASCII")
+}
+
+fn hex_string(b: &[u8]) -> String {
+    hex_into(b, &mut [0u8; 64]).to_string()
+}
+
+/// Parses exactly `2 * N` hex digits (either case), as a string field of a document.
+struct HexId<const N: usize>;
+
+impl<const N: usize> serde::de::Visitor<'_> for HexId<N> {
+    type Value = [u8; N];
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "an id of {} hex digits", 2 * N)
+    }
+
+    fn visit_str<E: serde::de::Error>(self, s: &str) -> Result<[u8; N], E> {
+        let mut b = [0u8; N];
+        hex::decode_to_slice(s, &mut b).map_err(|_| E::custom(format!("bad id {s:?}")))?;
+        Ok(b)
+    }
+}
+
 impl Serialize for Id16 {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str(&self.hex())
+        s.serialize_str(hex_into(&self.0, &mut [0u8; 32]))
     }
 }
 
 impl<'de> Deserialize<'de> for Id16 {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let s = String::deserialize(d)?;
-        Id16::parse(&s).map_err(serde::de::Error::custom)
+        d.deserialize_str(HexId::<16>).map(Id16)
     }
 }
 
@@ -141,7 +169,7 @@ pub struct Id32(pub [u8; 32]);
 
 impl Id32 {
     pub fn hex(&self) -> String {
-        hex::encode(self.0)
+        hex_string(&self.0)
     }
     pub fn parse(s: &str) -> Result<Self, ParseError> {
         let mut b = [0u8; 32];
@@ -164,14 +192,13 @@ impl fmt::Display for Id32 {
 
 impl Serialize for Id32 {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str(&self.hex())
+        s.serialize_str(hex_into(&self.0, &mut [0u8; 64]))
     }
 }
 
 impl<'de> Deserialize<'de> for Id32 {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let s = String::deserialize(d)?;
-        Id32::parse(&s).map_err(serde::de::Error::custom)
+        d.deserialize_str(HexId::<32>).map(Id32)
     }
 }
 
