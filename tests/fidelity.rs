@@ -300,7 +300,9 @@ fn restored_files_keep_their_modes_whatever_the_umask_or_a_default_acl_of_the_ta
     let j = Job::new();
     // A restore into an empty target creates most files with their own mode (no chmod):
     // that must never let the umask or an inherited default ACL change a mode.
-    let modes = [0o644, 0o755, 0o600, 0o444, 0o666, 0o777, 0o640, 0o604, 0o4755, 0o1644];
+    let modes = [
+        0o644, 0o755, 0o600, 0o444, 0o666, 0o777, 0o640, 0o604, 0o4755, 0o1644,
+    ];
     for m in modes {
         let p = j.src.join(format!("m{m:o}"));
         write(&p, format!("mode {m:o}").as_bytes());

@@ -269,9 +269,9 @@ impl Known<'_> {
 /// (decrypts, decompresses and parses it: a third of an unchanged incremental's walk) and
 /// hands it over in batches through a short queue.
 struct ParentCursor {
-    rx: Option<Receiver<Vec<Result<TreeEntry>>>>,
-    batch: std::vec::IntoIter<Result<TreeEntry>>,
-    next: Option<TreeEntry>,
+    rx: Option<Receiver<Vec<Result<ParentEntry>>>>,
+    batch: std::vec::IntoIter<Result<ParentEntry>>,
+    next: Option<ParentEntry>,
     error: Option<Error>,
 }
 
@@ -284,28 +284,64 @@ const PATH_MAX: usize = 4096;
 const PARENT_BATCH: usize = 256;
 const PARENT_BATCHES: usize = 4;
 
+/// An entry of the parent point's file index.
+struct ParentEntry {
+    entry: TreeEntry,
+    /// A file whose every chunk the chain's index lists (looked up on the parent reader's
+    /// thread, off the walk's); false says nothing (the chunk may have been stored by this
+    /// backup: the walk looks again).
+    chunks_indexed: bool,
+}
+
 /// Reads `stream` into `tx` in batches until its end, its first error, or until the cursor
 /// is dropped.
-fn read_parent(stream: TreeStream<'_>, tx: Sender<Vec<Result<TreeEntry>>>) {
+fn read_parent(stream: TreeStream<'_>, index: &ChainIndex, tx: Sender<Vec<Result<ParentEntry>>>) {
     let mut batch = Vec::with_capacity(PARENT_BATCH);
-    for r in stream {
-        let failed = r.is_err();
-        batch.push(r.map_err(|e| match e {
-            Error::Integrity { object, detail } => Error::Integrity {
-                object: format!("the parent point's file index ({object})"),
-                detail,
-            },
-            other => other,
-        }));
-        if batch.len() == PARENT_BATCH || failed {
-            let full = std::mem::replace(&mut batch, Vec::with_capacity(PARENT_BATCH));
-            if tx.send(full).is_err() || failed {
-                return;
+    let mut stream = stream.peekable();
+    while stream.peek().is_some() {
+        let mut failed = false;
+        for r in stream.by_ref().take(PARENT_BATCH) {
+            failed = r.is_err();
+            batch.push(r.map(|entry| ParentEntry {
+                chunks_indexed: entry.kind == EntryType::File && entry.hardlink.is_none(),
+                entry,
+            }));
+            if failed {
+                break;
             }
         }
-    }
-    if !batch.is_empty() {
-        let _ = tx.send(batch);
+        let files = || {
+            batch
+                .iter()
+                .filter_map(|r| r.as_ref().ok())
+                .filter(|p| p.chunks_indexed)
+        };
+        // Every look-up's first cache misses at once, then the look-ups.
+        let mut touched = 0u64;
+        for p in files() {
+            for c in &p.entry.chunks {
+                touched ^= index.touch(c);
+            }
+        }
+        std::hint::black_box(touched);
+        for p in batch.iter_mut().filter_map(|r| r.as_mut().ok()) {
+            p.chunks_indexed = p.chunks_indexed && p.entry.chunks.iter().all(|c| index.contains(c));
+        }
+        let full = std::mem::replace(&mut batch, Vec::with_capacity(PARENT_BATCH))
+            .into_iter()
+            .map(|r| {
+                r.map_err(|e| match e {
+                    Error::Integrity { object, detail } => Error::Integrity {
+                        object: format!("the parent point's file index ({object})"),
+                        detail,
+                    },
+                    other => other,
+                })
+            })
+            .collect();
+        if tx.send(full).is_err() || failed {
+            return;
+        }
     }
 }
 
@@ -317,7 +353,7 @@ fn walk_order(a: &[u8], b: &[u8]) -> std::cmp::Ordering {
 
 impl ParentCursor {
     /// The parent's entry of `rel`; `rel` must come after every path asked before.
-    fn find(&mut self, rel: &[u8]) -> Option<TreeEntry> {
+    fn find(&mut self, rel: &[u8]) -> Option<ParentEntry> {
         loop {
             if self.next.is_none() {
                 let item = match self.batch.next() {
@@ -344,7 +380,7 @@ impl ParentCursor {
                 }
             }
             let p = self.next.as_ref().expect("just read");
-            match walk_order(&p.path_bytes(), rel) {
+            match walk_order(&p.entry.path_bytes(), rel) {
                 std::cmp::Ordering::Less => self.next = None,
                 std::cmp::Ordering::Equal => return self.next.take(),
                 std::cmp::Ordering::Greater => return None,
@@ -388,6 +424,63 @@ impl TreeOut {
             Chunker::put(c.idk, c.known, &c.tx, c.pool, &mut c.stats, chunk, ids)
         })
     }
+}
+
+/// Entries handed from the walk to the thread that writes the file index, in batches.
+const INDEX_BATCH: usize = 256;
+const INDEX_BATCHES: usize = 4;
+
+/// The walk's end of the file index: entries go in walk order to the `arca-index` thread
+/// (encoding, cutting and hashing the index took a fifth of an unchanged incremental's walk).
+struct IndexFeed {
+    batch: Vec<TreeEntry>,
+    tx: Option<Sender<Vec<TreeEntry>>>,
+}
+
+impl IndexFeed {
+    /// False once the index thread has stopped (the pipeline failed).
+    fn push(&mut self, e: TreeEntry) -> bool {
+        self.batch.push(e);
+        self.batch.len() < INDEX_BATCH || self.send()
+    }
+
+    fn send(&mut self) -> bool {
+        if self.batch.is_empty() {
+            return true;
+        }
+        let full = std::mem::replace(&mut self.batch, Vec::with_capacity(INDEX_BATCH));
+        self.tx.as_ref().is_some_and(|tx| tx.send(full).is_ok())
+    }
+
+    /// Sends what is left and lets the index thread finish.
+    fn close(&mut self) -> bool {
+        let ok = self.send();
+        self.tx = None;
+        ok
+    }
+}
+
+/// The `arca-index` thread: encodes the entries into `tree` and cuts the index into chunks
+/// for the data pipeline, the last ones once the walk has ended. Returns the index, the
+/// chunk statistics, and false if the pipeline stopped.
+fn write_index(
+    rx: Receiver<Vec<TreeEntry>>,
+    mut tree: TreeOut,
+    mut ch: Chunker<'_>,
+) -> (TreeOut, PointStats, bool) {
+    let mut alive = true;
+    'batches: for batch in rx.iter() {
+        for e in &batch {
+            if !tree.push(e, &mut ch) {
+                alive = false;
+                break 'batches;
+            }
+        }
+    }
+    // The walk ends by closing the channel: only then is the rest of the index cut.
+    drop(rx);
+    alive = alive && tree.cut(&mut ch, true);
+    (tree, ch.stats, alive)
 }
 
 /// Hands `emit` the chunks of `pending` that later bytes cannot change (those that start at
@@ -704,7 +797,7 @@ struct Walker<'a, 'b> {
     links: HashMap<(u64, u64), Vec<u8>>,
     skipped: Vec<SourceError>,
     parent: ParentCursor,
-    tree: TreeOut,
+    index: IndexFeed,
     /// Files go to the reader threads here (none: read on this thread).
     jobs: Option<Sender<FileJob>>,
     done: Receiver<FileDone>,
@@ -737,7 +830,7 @@ impl Walker<'_, '_> {
         if self.stopped || self.interrupted {
             return;
         }
-        if !self.tree.push(&e, &mut self.chunker) {
+        if !self.index.push(e) {
             self.stopped = true;
         }
     }
@@ -975,17 +1068,21 @@ impl Walker<'_, '_> {
 
     fn file(&mut self, abs: &Path, rel: &[u8], m: &fs::Metadata) {
         let mut e = entry_from_meta(rel, EntryType::File, m);
-        if let Some(p) = self.parent.find(rel) {
+        if let Some(ParentEntry {
+            entry: p,
+            chunks_indexed,
+        }) = self.parent.find(rel)
+        {
             let unchanged = p.kind == EntryType::File
                 && p.hardlink.is_none()
                 && p.size == m.size()
                 && p.mtime_ns == e.mtime_ns
                 && p.ctime_ns == e.ctime_ns
                 && p.inode == e.inode
-                && {
+                && (chunks_indexed || {
                     let known = self.chunker.known.lock().expect("known chunks");
                     p.chunks.iter().all(|c| known.contains(c))
-                };
+                });
             if unchanged {
                 e.size = p.size;
                 e.chunks = p.chunks;
@@ -1243,9 +1340,10 @@ pub fn run(
     let (done_tx, done_rx) = bounded::<FileDone>(FILES_IN_FLIGHT);
     thread::scope(|s| {
         if let Some(stream) = parent_stream {
+            let index_ref = &index;
             thread::Builder::new()
                 .name("arca-parent".into())
-                .spawn_scoped(s, move || read_parent(stream, parent_tx))
+                .spawn_scoped(s, move || read_parent(stream, index_ref, parent_tx))
                 .expect("spawn parent reader");
         }
         let reader_handles: Vec<_> = (0..readers)
@@ -1278,6 +1376,34 @@ pub fn run(
             })
             .collect();
         drop((job_rx, done_tx));
+        let (index_tx, index_rx) = bounded::<Vec<TreeEntry>>(INDEX_BATCHES);
+        let index_writer = {
+            let tree = TreeOut {
+                cdc: CdcParams::new(TREE_CHUNK_MIN, TREE_CHUNK_AVG, TREE_CHUNK_MAX)
+                    .with_gear(oc.gear.clone()),
+                pending: Vec::new(),
+                ids: Vec::new(),
+                bytes: 0,
+                entries: 0,
+                uids: Default::default(),
+                gids: Default::default(),
+            };
+            let ch = Chunker {
+                idk: &oc.idk,
+                cdc: cdc.clone(),
+                buf: Vec::new(),
+                known: &known,
+                tx: work_tx.clone(),
+                pool: pool_ref,
+                stats: PointStats::default(),
+                progress: &opts.progress,
+                status: &opts.status,
+            };
+            thread::Builder::new()
+                .name("arca-index".into())
+                .spawn_scoped(s, move || write_index(index_rx, tree, ch))
+                .expect("spawn index writer")
+        };
         let chunker = Chunker {
             idk: &oc.idk,
             cdc: cdc.clone(),
@@ -1295,15 +1421,9 @@ pub fn run(
             links: HashMap::new(),
             skipped: Vec::new(),
             parent,
-            tree: TreeOut {
-                cdc: CdcParams::new(TREE_CHUNK_MIN, TREE_CHUNK_AVG, TREE_CHUNK_MAX)
-                    .with_gear(oc.gear.clone()),
-                pending: Vec::new(),
-                ids: Vec::new(),
-                bytes: 0,
-                entries: 0,
-                uids: Default::default(),
-                gids: Default::default(),
+            index: IndexFeed {
+                batch: Vec::with_capacity(INDEX_BATCH),
+                tx: Some(index_tx),
             },
             jobs: (readers > 0).then_some(job_tx),
             done: done_rx,
@@ -1370,8 +1490,15 @@ pub fn run(
         }
 
         w.finish_files();
-        // The rest of the file index goes through the same pipeline.
-        if !w.stopped && !w.tree.cut(&mut w.chunker, true) {
+        // The rest of the file index goes through the same pipeline (the entries walked
+        // before a stop or an interruption, and no others).
+        if !w.index.close() {
+            w.stopped = true;
+        }
+        let (tree, index_stats, index_alive) = index_writer
+            .join()
+            .map_err(|_| Error::Other("the file index writer panicked".into()))?;
+        if !index_alive {
             w.stopped = true;
         }
         if let Some(e) = w.parent.error.take() {
@@ -1382,11 +1509,10 @@ pub fn run(
             std::collections::BTreeMap::new(),
             std::collections::BTreeMap::new(),
         );
-        if w.tree.entries > 0 {
+        if tree.entries > 0 {
             let names = super::owners::Names::load();
             let root_ids = root_entry.iter().map(|r| (r.uid, r.gid));
-            for uid in w
-                .tree
+            for uid in tree
                 .uids
                 .iter()
                 .copied()
@@ -1396,7 +1522,7 @@ pub fn run(
                     users.insert(uid, n);
                 }
             }
-            for gid in w.tree.gids.iter().copied().chain(root_ids.map(|x| x.1)) {
+            for gid in tree.gids.iter().copied().chain(root_ids.map(|x| x.1)) {
                 if let Some(n) = names.group(gid) {
                     groups.insert(gid, n);
                 }
@@ -1414,13 +1540,13 @@ pub fn run(
             chunker,
             errors,
             skipped,
-            tree,
             parent,
             ..
         } = w;
         drop(parent);
         let Chunker { tx, mut stats, .. } = chunker;
         drop(tx);
+        add_stats(&mut stats, &index_stats);
         for h in reader_handles {
             let st = h
                 .join()
