@@ -9,7 +9,9 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
 
-log() { printf '\n== %s\n' "$*"; }
+START=$(date +%s)
+# Each step with the time since the start, so a slow CI run shows where its time went.
+log() { printf '\n== [%s +%ds] %s\n' "$(date -u +%T)" "$(($(date +%s) - START))" "$*"; }
 
 # Debian packages the tests use.
 need_apt=()
@@ -119,7 +121,10 @@ log "example: examples/key_lifecycle.rs (rotation, rekey, configuration bundle t
 ARCA_INSECURE_TEST_KDF=1 cargo run --quiet --example key_lifecycle
 
 log "cargo test"
-cargo test --lib --bins --tests --no-fail-fast 2>&1 | tee target/test-output.txt
-# One closing line for the whole run.
+status=0
+cargo test --lib --bins --tests --no-fail-fast 2>&1 | tee target/test-output.txt || status=$?
+# One closing line for the whole run (after a failure too).
 awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($i ~ /^passed/) p += $(i-1); if ($i ~ /^failed/) f += $(i-1) } }
-     END { printf "arca tests: %d passed, %d failed\n", p, f; exit (f > 0) }' target/test-output.txt
+     END { printf "arca tests: %d passed, %d failed\n", p, f; exit (f > 0) }' target/test-output.txt || { [ "$status" -ne 0 ] || status=1; }
+log "done"
+exit "$status"
