@@ -54,6 +54,28 @@ untar_zstd() {
 }
 median() { sort -n | awk '{a[NR] = $1} END {print a[int((NR + 1) / 2)]}'; }
 
+# What the second CPU adds on this machine right now: one single-threaded `zstd -1` of 128 MiB
+# alone, then two at once. On a shared VM two vCPUs may give far less than twice one, and
+# arca's backup and restore (both CPUs busy throughout) lose more from that than tools that
+# run mostly one thread at a time: printed at the start and at the end of each run.
+cpu_probe() {
+  local in=$DATA/cpu-probe.bin t0 t1 t2 alone pair
+  if [ ! -s "$in" ]; then
+    # Bytes from the machine's own files (binaries and libraries compress like real data).
+    find /usr/lib /usr/bin -type f -size +1M 2>/dev/null | sort | xargs cat 2>/dev/null |
+      head -c $((128 << 20)) >"$in" || true
+  fi
+  cat "$in" >/dev/null
+  t0=$(date +%s%N)
+  zstd -1 -T1 -q -c "$in" >/dev/null
+  t1=$(date +%s%N)
+  zstd -1 -T1 -q -c "$in" >/dev/null & zstd -1 -T1 -q -c "$in" >/dev/null; wait
+  t2=$(date +%s%N)
+  alone=$(secs "$t0" "$t1"); pair=$(secs "$t1" "$t2")
+  echo "== cpu probe ($(date -u +%H:%M:%S) UTC): one zstd -1 -T1 of 128 MiB alone ${alone} s, two at once ${pair} s:" \
+    "the second CPU adds $(awk -v a="$alone" -v p="$pair" 'BEGIN{printf "%.2f", (p > 0 ? 2 * a / p - 1 : 0)}') of one"
+}
+
 ratios() { # ratios RESULTS.tsv ARCA.tsv TAR_ZSTD_SECONDS UNTAR_SECONDS
   awk -F'\t' -v tz="$3" -v ux="$4" '
     function med(list,   n, a, i, j, t) {
@@ -106,6 +128,8 @@ run_set() { # run_set LABEL SRC
 echo "== machine: $(nproc) CPUs, $(awk '/MemTotal/{printf "%.0f GiB", $2/1048576}' /proc/meminfo), \
 $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //')"
 echo "== versions: $(restic version | head -1); $(borg --version); $(zstd --version)"
+cpu_probe
+trap cpu_probe EXIT
 [ -n "${REAL_ONLY:-}" ] || run_set generated "${SRC:-$DATA/src}"
 if [ -n "${REAL:-}" ]; then
   if [ ! -d "$DATA/real" ]; then
