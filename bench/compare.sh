@@ -72,7 +72,7 @@ cpu_probe() {
   zstd -1 -T1 -q -c "$in" >/dev/null & zstd -1 -T1 -q -c "$in" >/dev/null; wait
   t2=$(date +%s%N)
   alone=$(secs "$t0" "$t1"); pair=$(secs "$t1" "$t2")
-  echo "== cpu probe ($(date -u +%H:%M:%S) UTC): one zstd -1 -T1 of 128 MiB alone ${alone} s, two at once ${pair} s:" \
+  echo "== cpu probe ($(date -u +%H:%M:%S) UTC): one zstd -1 -T1 of $(($(stat -c %s "$in") >> 20)) MiB alone ${alone} s, two at once ${pair} s:" \
     "the second CPU adds $(awk -v a="$alone" -v p="$pair" 'BEGIN{printf "%.2f", (p > 0 ? 2 * a / p - 1 : 0)}') of one"
 }
 
