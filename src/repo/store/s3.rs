@@ -1369,24 +1369,28 @@ impl Store for S3Store {
                 };
                 let g = self.guard(key, etag, holder, true);
                 let now = unix_now();
-                let mut expired = Vec::new();
+                let mut dead = Vec::new();
                 for o in self.list("locks")? {
                     if o.key == EXCLUSIVE_REPO {
                         continue;
                     }
                     if let Some((l, etag)) = self.read_lease(&o.key)? {
-                        if l.expires >= now {
-                            if o.key.starts_with("locks/repository.shared.") {
-                                return Ok(None);
-                            }
-                        } else {
-                            expired.push((o.key, etag));
+                        let shared = o.key.starts_with("locks/repository.shared.");
+                        if shared && l.expires >= now {
+                            return Ok(None);
+                        }
+                        // Every chain lease is taken under a shared repository lease
+                        // (`ops::lifecycle::lock_chain`, copy): with none of those live, a
+                        // chain lease is the leftover of a holder that died, even if its own
+                        // timer (renewed apart from the shared one) has not run out yet.
+                        if !shared || l.expires < now {
+                            dead.push((o.key, etag));
                         }
                     }
                 }
                 // Holding the repository alone, tidy up the leases of holders that died
                 // (unless one was renewed meanwhile: the delete is conditional).
-                for (k, etag) in expired {
+                for (k, etag) in dead {
                     let _ =
                         self.run(move |i| Box::pin(async move { i.delete(&k, Some(etag)).await }));
                 }
