@@ -19,7 +19,7 @@ command -v python3 >/dev/null || need_apt+=(python3)
 python3 -c 'import venv, ensurepip' 2>/dev/null || need_apt+=(python3-venv)
 command -v curl >/dev/null || need_apt+=(curl)
 command -v openssl >/dev/null || need_apt+=(openssl)
-# unshare (tests/disk_full.rs mounts tiny tmpfs file systems in a private namespace).
+# unshare (tests/suite/disk_full.rs mounts tiny tmpfs file systems in a private namespace).
 command -v unshare >/dev/null || need_apt+=(util-linux)
 if [ ${#need_apt[@]} -gt 0 ]; then
   log "installing ${need_apt[*]}"
@@ -28,20 +28,48 @@ if [ ${#need_apt[@]} -gt 0 ]; then
 fi
 mkdir -p target
 
-# moto: a KMS-compatible server, in its own venv.
-MOTO_VENV=$ROOT/target/venv-moto
-if [ ! -x "$MOTO_VENV/bin/moto_server" ]; then
-  log "installing moto[server] into $MOTO_VENV"
-  python3 -m venv "$MOTO_VENV"
-  "$MOTO_VENV/bin/pip" install -q --upgrade pip >/dev/null
-  "$MOTO_VENV/bin/pip" install -q "moto[server]==5.2.5"
-fi
-
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1]); s.close()'; }
-
 PIDS=()
 cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; }
 trap cleanup EXIT
+
+# moto (a KMS- and S3-compatible server) and PyKMIP (a KMIP server), each in its own venv.
+# They install in the background while fmt and clippy run: pip waits on the network, clippy
+# on the CPU.
+MOTO_VENV=$ROOT/target/venv-moto
+KMIP_VENV=$ROOT/target/venv-kmip
+install_venvs() {
+  if [ ! -x "$MOTO_VENV/bin/moto_server" ]; then
+    echo "installing moto[server] into $MOTO_VENV"
+    python3 -m venv "$MOTO_VENV"
+    "$MOTO_VENV/bin/pip" install -q --upgrade pip >/dev/null
+    "$MOTO_VENV/bin/pip" install -q "moto[server]==5.2.5"
+  fi
+  if [ ! -x "$KMIP_VENV/bin/pykmip-server" ]; then
+    echo "installing pykmip==0.11.0 into $KMIP_VENV"
+    python3 -m venv "$KMIP_VENV"
+    "$KMIP_VENV/bin/pip" install -q --upgrade pip >/dev/null
+    "$KMIP_VENV/bin/pip" install -q "pykmip==0.11.0"
+  fi
+}
+log "installing the Python test servers in the background (log: target/venv-install.log)"
+install_venvs >target/venv-install.log 2>&1 &
+VENV_PID=$!
+PIDS+=("$VENV_PID")
+
+# A clean build gains nothing from incremental compilation's bookkeeping, only its cost.
+[ -d target/debug ] || export CARGO_INCREMENTAL=0
+
+log "cargo fmt --check"
+cargo fmt --all -- --check
+
+log "cargo clippy"
+cargo clippy --all-targets --quiet -- -D warnings
+
+log "waiting for the Python test servers to be installed"
+wait "$VENV_PID" || { cat target/venv-install.log; echo "installing moto or PyKMIP failed"; exit 1; }
+cat target/venv-install.log
+
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1]); s.close()'; }
 
 MOTO_PORT=$(free_port)
 log "starting moto_server on 127.0.0.1:$MOTO_PORT"
@@ -56,14 +84,7 @@ export ARCA_TEST_KMS_ENDPOINT="http://127.0.0.1:$MOTO_PORT"
 # The same server answers S3 (buckets are made per test).
 export ARCA_TEST_S3_ENDPOINT="http://127.0.0.1:$MOTO_PORT"
 
-# PyKMIP: a real KMIP server with mutual TLS, in its own venv; certificates made here.
-KMIP_VENV=$ROOT/target/venv-kmip
-if [ ! -x "$KMIP_VENV/bin/pykmip-server" ]; then
-  log "installing pykmip==0.11.0 into $KMIP_VENV"
-  python3 -m venv "$KMIP_VENV"
-  "$KMIP_VENV/bin/pip" install -q --upgrade pip >/dev/null
-  "$KMIP_VENV/bin/pip" install -q "pykmip==0.11.0"
-fi
+# PyKMIP with mutual TLS: certificates made here.
 KMIP_DIR=$ROOT/target/kmip-test
 rm -rf "$KMIP_DIR" && mkdir -p "$KMIP_DIR/policies"
 (
@@ -102,12 +123,6 @@ for _ in $(seq 1 150); do
 done
 grep -q "Starting connection service" "$KMIP_DIR/server.log" || { cat "$KMIP_DIR/stdout.log"; echo "pykmip-server did not start"; exit 1; }
 export ARCA_TEST_KMIP_DIR=$KMIP_DIR ARCA_TEST_KMIP_PORT=$KMIP_PORT
-
-log "cargo fmt --check"
-cargo fmt --all -- --check
-
-log "cargo clippy"
-cargo clippy --all-targets --quiet -- -D warnings
 
 log "example: examples/kms_escrow.rs against the KMS server"
 EXAMPLE_KEY=$(AWS_ACCESS_KEY_ID=testing AWS_SECRET_ACCESS_KEY=testing "$MOTO_VENV/bin/python" -c "

@@ -1,7 +1,7 @@
 //! Every command's `--json` output (and error object) validated against the JSON Schema in
 //! docs/json-schema.json: one document per command, the same names for the same things.
 
-mod common;
+use crate::common;
 
 use common::*;
 use serde_json::Value;

@@ -2,7 +2,7 @@
 //! ./scripts/test.sh): KMS jobs, keyslots, escrow, the reinstall scenario, the resolver's
 //! tiers, the recovery drill and the number of KMS requests.
 
-mod common;
+use crate::common;
 
 use std::fs;
 
@@ -775,8 +775,7 @@ async fn shared_provider_suite_aws_kms() {
         trusted_keys: Vec::new(),
     };
     // Credentials for the in-process client (children get theirs from Env::cmd).
-    std::env::set_var("AWS_ACCESS_KEY_ID", "testing");
-    std::env::set_var("AWS_SECRET_ACCESS_KEY", "testing");
+    crate::common::in_process_aws_credentials();
     std::env::set_var("AWS_EC2_METADATA_DISABLED", "true");
     let good = KmsProvider::new(
         std::sync::Arc::new(KmsClient::new(&settings("us-east-1")).await.unwrap()),
@@ -844,8 +843,7 @@ async fn kms_redirect_to_an_attackers_key_is_refused() {
         retired: Vec::new(),
         mac: None,
     };
-    std::env::set_var("AWS_ACCESS_KEY_ID", "testing");
-    std::env::set_var("AWS_SECRET_ACCESS_KEY", "testing");
+    crate::common::in_process_aws_credentials();
     let client = KmsClient::new(&KmsSettings {
         region: Some("us-east-1".into()),
         endpoint: Some(kms_endpoint()),

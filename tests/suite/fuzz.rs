@@ -12,7 +12,7 @@
 //! `ARCA_FUZZ_ITERS=300000 ARCA_FUZZ_REPO_ITERS=1500 ARCA_FUZZ_SEED=7 cargo test --test fuzz`
 //! (a seed other than the default explores other mutations).
 
-mod common;
+use crate::common;
 
 use std::collections::BTreeMap;
 use std::panic::catch_unwind;

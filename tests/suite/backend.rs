@@ -1,7 +1,7 @@
 //! One suite, every backend: the same contract checked on a local directory and on the
 //! loopback S3 server (moto) that ./scripts/test.sh starts.
 
-mod common;
+use crate::common;
 
 use std::io::ErrorKind;
 use std::time::Duration;
@@ -36,8 +36,7 @@ fn s3_settings() -> S3Settings {
 
 fn s3_store() -> S3Store {
     // The SDK takes credentials from the environment; the moto server accepts any.
-    std::env::set_var("AWS_ACCESS_KEY_ID", "testing");
-    std::env::set_var("AWS_SECRET_ACCESS_KEY", "testing");
+    crate::common::in_process_aws_credentials();
     let bucket = common::s3_bucket(false);
     S3Store::open_with(&bucket, "some/prefix", s3_settings()).unwrap()
 }

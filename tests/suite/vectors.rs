@@ -2,7 +2,7 @@
 //! pinned in tests/vectors/v1.json. A change here is a format change: update docs/FORMAT.md
 //! and the vectors in the same commit (regenerate with ARCA_UPDATE_VECTORS=1).
 
-mod common;
+use crate::common;
 
 use std::collections::BTreeMap;
 use std::path::Path;

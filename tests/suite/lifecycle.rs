@@ -2,7 +2,7 @@
 //! interrupted rotations, rotation under a running backup, rekey, and the attacks an old
 //! passphrase holder could try after a rotation.
 
-mod common;
+use crate::common;
 
 use std::collections::BTreeMap;
 use std::fs;

@@ -5,7 +5,7 @@
 //! repository checks clean and takes the next backup; a restore that runs out of space
 //! leaves no file under a final name.
 
-mod common;
+use crate::common;
 
 use std::process::Command;
 

@@ -1,7 +1,7 @@
 //! Excludes: every option, stored with the job (`job create`, `job set`, `job show`) and
 //! given per run, and `job set --source`.
 
-mod common;
+use crate::common;
 
 use std::fs;
 use std::os::unix::fs::MetadataExt;

@@ -1,7 +1,7 @@
 //! Everyday use through the real binary: signals, pipes, JSON, help, completions, secrets
 //! from a command, diff and stats, quickstart, error hints.
 
-mod common;
+use crate::common;
 
 use std::fs;
 use std::path::{Path, PathBuf};

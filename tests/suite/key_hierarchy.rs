@@ -1,7 +1,7 @@
 //! Key-hierarchy properties checked on a repository written by the real binary, read back
 //! through the library (docs/FORMAT.md; DESIGN properties 2, 3, 4).
 
-mod common;
+use crate::common;
 
 use std::collections::{HashMap, HashSet};
 use std::fs;

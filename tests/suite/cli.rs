@@ -1,6 +1,6 @@
 //! End-to-end tests of the `arca` binary on real files, a real repository and a real catalog.
 
-mod common;
+use crate::common;
 
 use std::fs;
 use std::os::unix::fs::{symlink, PermissionsExt};

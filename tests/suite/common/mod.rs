@@ -625,3 +625,15 @@ pub fn validate_json(def: &str, v: &serde_json::Value) {
         .collect();
     assert!(errors.is_empty(), "{def}: {}\n{v:#}", errors.join("; "));
 }
+
+/// Credentials for AWS clients built inside the test process (children get theirs from
+/// `Env::cmd`); moto accepts any. Set once per process: the suite is one multithreaded
+/// binary, and `setenv` racing a C library's `getenv` in another thread is undefined.
+pub fn in_process_aws_credentials() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        std::env::set_var("AWS_ACCESS_KEY_ID", "testing");
+        std::env::set_var("AWS_SECRET_ACCESS_KEY", "testing");
+        std::env::set_var("AWS_EC2_METADATA_DISABLED", "true");
+    });
+}

@@ -2,7 +2,7 @@
 //! leftovers of killed backups, prune killed at seeded moments, prune against a concurrent
 //! backup, and damaged points that are forgotten so the job goes on.
 
-mod common;
+use crate::common;
 
 use std::collections::BTreeMap;
 use std::fs;

@@ -4,7 +4,7 @@
 //! against the real moto server; only the restore's (or backup's) KMS traffic goes to the mock.
 //! Each test checks the message, the exit code, and that nothing was written.
 
-mod common;
+use crate::common;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};

@@ -2,7 +2,7 @@
 //! Object Lock) that ./scripts/test.sh starts: backup and restore, what an incremental
 //! downloads, the metadata cache, concurrent hosts, interrupted uploads, Object Lock.
 
-mod common;
+use crate::common;
 
 use std::path::Path;
 use std::process::Stdio;

@@ -3,7 +3,7 @@
 //! sockets (listed, skipped), owners by name, files changing while read, long paths, the
 //! source root's own metadata, and `restore --partial`.
 
-mod common;
+use crate::common;
 
 use std::fs;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};

@@ -2,7 +2,7 @@
 //! certificates made at test time: KMIP jobs, escrow to KMIP, a revoked key, a wrong client
 //! certificate, an unreachable server, and the shared key-provider suite.
 
-mod common;
+use crate::common;
 
 use std::fs;
 use std::path::PathBuf;

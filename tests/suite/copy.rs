@@ -2,7 +2,7 @@
 //! S3 and back) and re-encrypting copies under another job's keys; copying again copies
 //! only what is new. The S3 side is the loopback server ./scripts/test.sh starts.
 
-mod common;
+use crate::common;
 
 use std::path::Path;
 

@@ -14,8 +14,7 @@ use wiremock::matchers::{method, path};
 use wiremock::{Mock, MockServer, ResponseTemplate};
 
 fn store(endpoint: &str, attempts: u32, timeout: u64) -> S3Store {
-    std::env::set_var("AWS_ACCESS_KEY_ID", "testing");
-    std::env::set_var("AWS_SECRET_ACCESS_KEY", "testing");
+    crate::common::in_process_aws_credentials();
     S3Store::open_with(
         "bucket",
         "p",

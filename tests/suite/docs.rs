@@ -43,7 +43,7 @@ fn every_test_security_md_names_exists() {
             continue;
         }
         if test == "*" {
-            let f = root.join(format!("tests/{module}.rs"));
+            let f = root.join(format!("tests/suite/{module}.rs"));
             assert!(
                 f.exists(),
                 "SECURITY.md names {part}, but {} does not exist",

@@ -4,7 +4,7 @@
 //! nothing written, or the attack having no effect. Never wrong plaintext, never a file
 //! outside the target.
 
-mod common;
+use crate::common;
 
 use std::fs;
 use std::os::unix::fs::{symlink, MetadataExt, PermissionsExt};
