@@ -325,3 +325,69 @@ fn s3_leases_are_renewed_while_held() {
         .unwrap()
         .is_some());
 }
+
+#[test]
+fn s3_exclusive_taker_clears_the_chain_lease_of_a_holder_whose_shared_lease_ran_out() {
+    // A backup holds a shared repository lease and its chain's lease, each renewed on its own
+    // timer; killed, the chain lease may outlive the shared one by a renewal period. Leases
+    // are written here as the dead holder left them.
+    let s = s3_store();
+    let bucket = s.location()["s3://".len()..]
+        .split('/')
+        .next()
+        .unwrap()
+        .to_string();
+    let admin = common::s3_admin();
+    let put = |key: &str, expires: u64| {
+        let body =
+            serde_json::to_vec(&serde_json::json!({"holder": holder(31), "expires": expires}))
+                .unwrap();
+        common::s3_block(
+            admin
+                .put_object()
+                .bucket(&bucket)
+                .key(format!("some/prefix/locks/{key}"))
+                .body(body.into())
+                .send(),
+        )
+        .unwrap();
+    };
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let shared = "repository.shared.00112233445566778899aabbccddeeff.json";
+    let chain_id = Id16::parse("ffeeddccbbaa99887766554433221100").unwrap();
+    let chain = &format!("chain.{}.json", chain_id.hex());
+    let has = |name: &str| {
+        common::s3_keys(&bucket)
+            .iter()
+            .any(|k| k.ends_with(&format!("/locks/{name}")))
+    };
+
+    // While its shared lease is live the holder counts as alive: the exclusive taker backs
+    // off and removes nothing.
+    put(shared, now + 60);
+    put(chain, now + 60);
+    assert!(s
+        .lock(LockScope::Repository, LockKind::Exclusive, &holder(32))
+        .unwrap()
+        .is_none());
+    assert!(has(shared) && has(chain));
+
+    // The shared lease ran out, the chain lease not yet: the holder is gone, and taking the
+    // repository clears both.
+    put(shared, now - 1);
+    let g = s
+        .lock(LockScope::Repository, LockKind::Exclusive, &holder(32))
+        .unwrap()
+        .expect("no live shared lease");
+    assert!(!has(shared), "{:?}", common::s3_keys(&bucket));
+    assert!(!has(chain), "{:?}", common::s3_keys(&bucket));
+    drop(g);
+    // And the chain is free again for a live holder.
+    assert!(s
+        .lock(LockScope::Chain(chain_id), LockKind::Exclusive, &holder(33))
+        .unwrap()
+        .is_some());
+}
