@@ -126,6 +126,8 @@ struct Summary<'a> {
     new_bytes: u64,
     stored_bytes: u64,
     chunks_new: u64,
+    /// Chunks holding several small files this run made, new or not.
+    bundles: u64,
     seconds: f64,
     /// KMS requests this run made (retries included).
     kms_requests: u64,
@@ -200,6 +202,7 @@ pub async fn run(ctx: &Ctx, a: BackupArgs) -> Result<i32> {
                 new_bytes: s.bytes_new,
                 stored_bytes: s.bytes_stored,
                 chunks_new: s.chunks_new,
+                bundles: s.bundles,
                 seconds: secs,
                 kms_requests: crate::keys::aws_kms::process_requests(),
                 s3_requests: crate::repo::store::s3::requests_made(),

@@ -546,6 +546,25 @@ impl Chunker<'_> {
         true
     }
 
+    /// Reads a small file whole, for a bundle (a file grown past [`SMALL_FILE`] meanwhile is
+    /// read no further: its changed size makes the caller read it again).
+    #[allow(clippy::type_complexity)]
+    fn read_small(
+        &mut self,
+        f: &fs::File,
+    ) -> std::result::Result<(Vec<Id32>, u64, Option<Vec<u8>>), String> {
+        let mut data = Vec::new();
+        let n = f
+            .take(SMALL_FILE)
+            .read_to_end(&mut data)
+            .map_err(|e| e.to_string())? as u64;
+        self.stats.bytes_read += n;
+        self.progress.inc(n);
+        self.status.add(0, n);
+        let data = (n > 0).then_some(data);
+        Ok((Vec::new(), n, data))
+    }
+
     /// Chunks a stream; returns ids and bytes read, or the read error.
     fn stream(&mut self, r: impl Read) -> std::result::Result<(Vec<Id32>, u64), String> {
         let mut ids = Vec::new();
@@ -635,6 +654,8 @@ struct FileJob {
 struct FileDone {
     seq: u64,
     entry: Option<TreeEntry>,
+    /// A small file's content, for the walker to bundle (its entry has no chunks yet).
+    small: Option<Vec<u8>>,
     errors: Vec<SourceError>,
     skipped: Vec<SourceError>,
     stop: Option<Stop>,
@@ -650,6 +671,36 @@ enum Stop {
 
 /// Files being read at once, at most (their entries wait in walk order).
 const FILES_IN_FLIGHT: usize = 32;
+
+/// Files shorter than this (and not empty) are stored in bundles: chunks holding several
+/// small files one after the other, in walk order. One chunk per small file compressed each
+/// file alone (tens of thousands of short compressions, each with its own tables) and gave
+/// restores as many decompressions; a bundle compresses like a stretch of a tar stream.
+const SMALL_FILE: u64 = 128 << 10;
+/// A bundle ends after a file that takes it to at least this length and whose last bytes
+/// hash (keyed) to a cut, so that the same files in the same order make the same bundles
+/// (and dedup) wherever they are in the walk...
+const BUNDLE_MIN: usize = 512 << 10;
+/// ... and before a file that would take it beyond this.
+const BUNDLE_MAX: usize = 1 << 20;
+/// Entries held behind an open bundle at most (entries after a bundled file wait for the
+/// bundle's id to keep the file index in walk order).
+const BUNDLE_HELD: usize = 4096;
+
+/// The bundle being filled by the walker, and the entries waiting for it.
+#[derive(Default)]
+struct Bundle {
+    data: Vec<u8>,
+    /// In walk order, each with whether it is in this bundle (`at` set, no chunks yet);
+    /// the others include unchanged files of earlier bundles.
+    held: Vec<(TreeEntry, bool)>,
+}
+
+/// Whether a bundle ends after a small file: a keyed hash of its last bytes, one in eight.
+fn bundle_cut_after(idk: &ChunkIdKey, file: &[u8]) -> bool {
+    let tail = &file[file.len().saturating_sub(64)..];
+    idk.id(tail)[0] & 7 == 0
+}
 
 /// An entry of the file index waiting for its turn: ready, or a file still being read.
 enum Slot {
@@ -715,6 +766,7 @@ fn read_file(ch: &mut Chunker<'_>, job: FileJob) -> FileDone {
     let mut done = FileDone {
         seq,
         entry: None,
+        small: None,
         errors: Vec::new(),
         skipped: Vec::new(),
         stop: None,
@@ -733,8 +785,14 @@ fn read_file(ch: &mut Chunker<'_>, job: FileJob) -> FileDone {
                 return done;
             }
         };
-        match ch.stream(&f) {
-            Ok((ids, n)) => {
+        let small = meta.len() > 0 && meta.len() < SMALL_FILE;
+        let read = if small {
+            ch.read_small(&f)
+        } else {
+            ch.stream(&f).map(|(ids, n)| (ids, n, None))
+        };
+        match read {
+            Ok((ids, n, content)) => {
                 let after = match f.metadata() {
                     Ok(a) => a,
                     Err(err) => {
@@ -766,6 +824,7 @@ fn read_file(ch: &mut Chunker<'_>, job: FileJob) -> FileDone {
                 ch.stats.files += 1;
                 ch.stats.bytes_total += n;
                 done.entry = Some(e);
+                done.small = content;
                 return done;
             }
             Err(err) if err == "pipeline stopped" => done.stop = Some(Stop::Pipeline),
@@ -788,6 +847,7 @@ fn add_stats(a: &mut PointStats, b: &PointStats) {
     a.bytes_stored += b.bytes_stored;
     a.files_unchanged += b.files_unchanged;
     a.excluded += b.excluded;
+    a.bundles += b.bundles;
 }
 
 struct Walker<'a, 'b> {
@@ -811,6 +871,7 @@ struct Walker<'a, 'b> {
     stopped: bool,
     /// A signal asked to stop: the files finished so far become a checkpoint.
     interrupted: bool,
+    bundle: Bundle,
     _p: std::marker::PhantomData<&'b ()>,
 }
 
@@ -825,13 +886,79 @@ impl Walker<'_, '_> {
     }
 
     fn emit(&mut self, e: TreeEntry) {
+        self.emit_with(e, None);
+    }
+
+    /// Records an entry in walk order; a small file's content goes into the open bundle,
+    /// and its entry (with those after it) waits for the bundle's id.
+    fn emit_with(&mut self, mut e: TreeEntry, small: Option<Vec<u8>>) {
         // After a stop, later entries are left out: a checkpoint holds whole files, each
         // one walked before the stop.
         if self.stopped || self.interrupted {
             return;
         }
-        if !self.index.push(e) {
-            self.stopped = true;
+        match small {
+            Some(data) => {
+                if self.bundle.data.len() + data.len() > BUNDLE_MAX {
+                    self.cut_bundle();
+                }
+                e.at = Some(self.bundle.data.len() as u64);
+                self.bundle.data.extend_from_slice(&data);
+                self.bundle.held.push((e, true));
+                if (self.bundle.data.len() >= BUNDLE_MIN
+                    && bundle_cut_after(self.chunker.idk, &data))
+                    || self.bundle.held.len() >= BUNDLE_HELD
+                {
+                    self.cut_bundle();
+                }
+            }
+            None if self.bundle.held.is_empty() => {
+                if !self.index.push(e) {
+                    self.stopped = true;
+                }
+            }
+            None => {
+                self.bundle.held.push((e, false));
+                if self.bundle.held.len() >= BUNDLE_HELD {
+                    self.cut_bundle();
+                }
+            }
+        }
+    }
+
+    /// Stores the open bundle and records the entries that waited for it.
+    fn cut_bundle(&mut self) {
+        let held = std::mem::take(&mut self.bundle.held);
+        let mut id = None;
+        if !self.bundle.data.is_empty() {
+            let mut ids = Vec::with_capacity(1);
+            let c = &mut self.chunker;
+            if !Chunker::put(
+                c.idk,
+                c.known,
+                &c.tx,
+                c.pool,
+                &mut c.stats,
+                &self.bundle.data,
+                &mut ids,
+            ) {
+                self.stopped = true;
+            }
+            self.chunker.stats.bundles += 1;
+            self.bundle.data.clear();
+            id = ids.pop();
+        }
+        if self.stopped {
+            return;
+        }
+        for (mut e, bundled) in held {
+            if bundled {
+                e.chunks = id.into_iter().collect();
+            }
+            if !self.index.push(e) {
+                self.stopped = true;
+                return;
+            }
         }
     }
 
@@ -900,19 +1027,21 @@ impl Walker<'_, '_> {
             Some(Stop::Interrupted) => self.interrupted = true,
             None => {
                 if let Some(e) = d.entry {
-                    self.emit(e);
+                    self.emit_with(e, d.small);
                 }
             }
         }
     }
 
-    /// Waits for every file handed out and records the rest of the entries.
+    /// Waits for every file handed out and records the rest of the entries (those held
+    /// behind the last bundle too, after an interruption as well: they were walked before).
     fn finish_files(&mut self) {
         while self.in_flight > 0 {
             self.wait_one();
         }
         self.flush();
         self.jobs = None;
+        self.cut_bundle();
     }
 
     fn error(&mut self, path: &Path, e: impl std::fmt::Display) {
@@ -1086,6 +1215,7 @@ impl Walker<'_, '_> {
             if unchanged {
                 e.size = p.size;
                 e.chunks = p.chunks;
+                e.at = p.at;
                 // Setting an attribute changes ctime: an unchanged ctime means the recorded
                 // attributes still hold (no syscalls needed).
                 e.xattrs = p.xattrs;
@@ -1434,6 +1564,7 @@ pub fn run(
             errors: Vec::new(),
             stopped: false,
             interrupted: false,
+            bundle: Bundle::default(),
             _p: std::marker::PhantomData,
         };
         let mut root_entry = None;

@@ -509,6 +509,9 @@ pub struct ChunkReader<'a> {
     /// reused (at most a chunk's length each, 4 MiB for content).
     sealed: Vec<u8>,
     plain: Vec<u8>,
+    /// The chunk those buffers hold, opened and checked (the small files of a bundle are
+    /// read one after the other: the bundle is decoded once).
+    last: Option<Id32>,
     /// Reads file-index chunks: a remote store may keep them in its local cache.
     metadata: bool,
 }
@@ -525,6 +528,7 @@ impl<'a> ChunkReader<'a> {
             zstd: zstd::bulk::Decompressor::new().expect("zstd decompression context"),
             sealed: Vec::new(),
             plain: Vec::new(),
+            last: None,
             metadata: false,
         }
     }
@@ -541,6 +545,14 @@ impl<'a> ChunkReader<'a> {
     /// [`ChunkReader::read`] into the reader's own buffers, valid until the next read: no
     /// allocation per chunk once the buffers have grown.
     pub fn read_ref(&mut self, id: &Id32) -> Result<&[u8]> {
+        if self.last == Some(*id) {
+            // Opened and checked already: the payload is in `sealed` (raw) or `plain`.
+            return Ok(match self.sealed.split_first() {
+                Some((&PAYLOAD_RAW, rest)) => rest,
+                _ => &self.plain,
+            });
+        }
+        self.last = None;
         let loc = *self.idx.get(id).ok_or_else(|| {
             Error::integrity(
                 format!("chunk {id}"),
@@ -582,6 +594,7 @@ impl<'a> ChunkReader<'a> {
         if self.idk.id(data) != id.0 {
             return Err(Error::integrity(obj(), "content does not match its id"));
         }
+        self.last = Some(*id);
         Ok(data)
     }
 }

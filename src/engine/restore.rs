@@ -674,10 +674,16 @@ fn run_gated(
                 }
                 continue;
             }
-            batch_bytes += e.size;
-            batch.push((seq, rel, e));
-            seq += 1;
-            if batch.len() >= RESTORE_BATCH_FILES || batch_bytes >= RESTORE_BATCH_BYTES {
+            // The small files of one bundle go to one worker, which decodes it once.
+            let same_bundle = e.at.is_some()
+                && batch
+                    .last()
+                    .is_some_and(|(_, _, l): &(u64, PathBuf, TreeEntry)| {
+                        l.at.is_some() && l.chunks == e.chunks
+                    });
+            if !same_bundle
+                && (batch.len() >= RESTORE_BATCH_FILES || batch_bytes >= RESTORE_BATCH_BYTES)
+            {
                 batch_bytes = 0;
                 if tx.send(std::mem::take(&mut batch)).is_err() {
                     break; // every worker stopped (an error is recorded)
@@ -688,6 +694,9 @@ fn run_gated(
                     break;
                 }
             }
+            batch_bytes += e.size;
+            batch.push((seq, rel, e));
+            seq += 1;
         }
         if !batch.is_empty() {
             let _ = tx.send(batch);
@@ -996,7 +1005,12 @@ fn write_file(
             if let Some(signal) = crate::signals::requested() {
                 return Err(interrupted(signal, Path::new("the target")));
             }
-            let data = reader.read_ref(id)?;
+            let mut data = reader.read_ref(id)?;
+            if e.at.is_some() {
+                data = e
+                    .bundled_part(data)
+                    .map_err(|err| Error::integrity(format!("file {}", e.display_path()), err))?;
+            }
             end = write_sparse(&f, data, n)
                 .map_err(|err| Error::io(format!("write {}", dest.display()), err))?
                 .unwrap_or(end);

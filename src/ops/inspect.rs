@@ -32,7 +32,9 @@ pub struct Diff {
     pub from_point_id: String,
     pub to_point_id: String,
     /// False when the two points lie in different chains: their chunk ids are keyed apart,
-    /// so content is compared by size and modification time only.
+    /// so content is compared by size and modification time only. (Within a chain, a
+    /// small file that was read again lands in another bundle: it too is compared by size
+    /// and modification time when its bundle or place in it differ.)
     pub content_compared: bool,
     pub entries: Vec<DiffEntry>,
     pub added: usize,
@@ -132,11 +134,16 @@ pub async fn diff(
                 if o.mtime_ns != n.mtime_ns && o.kind != EntryType::Dir {
                     meta.push("mtime");
                 }
+                // A small file read again (its ctime changed) goes to a new bundle even
+                // if its bytes did not change: bundled, its size and mtime tell.
+                let bundled = o.at.is_some() || n.at.is_some();
                 let change = if o.kind != n.kind {
                     "type"
                 } else if o.size != n.size
                     || o.target != n.target
-                    || (same_chain && o.chunks != n.chunks)
+                    || (same_chain
+                        && (o.chunks != n.chunks || o.at != n.at)
+                        && (!bundled || o.mtime_ns != n.mtime_ns))
                     || (!same_chain && o.mtime_ns != n.mtime_ns && o.kind == EntryType::File)
                 {
                     "changed"

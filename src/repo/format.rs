@@ -986,6 +986,9 @@ pub struct PointStats {
     /// Entries left out by the job's or the run's excludes.
     #[serde(default, skip_serializing_if = "is_zero")]
     pub excluded: u64,
+    /// Bundles (chunks holding several small files) this run made, new or not.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub bundles: u64,
 }
 
 fn is_zero(n: &u64) -> bool {
@@ -1076,6 +1079,10 @@ pub struct TreeEntry {
     pub target: Option<Vec<u8>>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub chunks: Vec<Id32>,
+    /// A small file stored in a bundle (one chunk holding several small files): its
+    /// content is `size` bytes from this offset of its one chunk's plaintext.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub at: Option<u64>,
     /// Device number of a `chardev`/`blockdev` entry.
     #[serde(default, skip_serializing_if = "is_zero")]
     pub rdev: u64,
@@ -1112,10 +1119,24 @@ impl TreeEntry {
             ctime_ns: 0,
             target: None,
             chunks: Vec::new(),
+            at: None,
             rdev: 0,
             xattrs: Vec::new(),
             hardlink: None,
         }
+    }
+
+    /// A file's content within the plaintext of its chunk when it is bundled (`at` is
+    /// set): refused unless it has exactly one chunk and lies wholly inside it.
+    pub fn bundled_part<'d>(&self, chunk: &'d [u8]) -> Result<&'d [u8], ParseError> {
+        let at = self.at.unwrap_or(0);
+        if self.chunks.len() != 1 {
+            return perr("a bundled file has one chunk");
+        }
+        at.checked_add(self.size)
+            .filter(|end| *end <= chunk.len() as u64)
+            .map(|end| &chunk[at as usize..end as usize])
+            .ok_or_else(|| ParseError("a bundled file reaches beyond its chunk".into()))
     }
 }
 
@@ -1410,6 +1431,28 @@ mod tests {
     use super::*;
     use proptest::prelude::*;
 
+    #[test]
+    fn a_bundled_file_is_read_only_from_within_its_one_chunk() {
+        let chunk = b"0123456789";
+        let mut e = TreeEntry::new("f".into(), None, EntryType::File);
+        e.chunks = vec![Id32([1; 32])];
+        e.at = Some(3);
+        e.size = 4;
+        assert_eq!(e.bundled_part(chunk).unwrap(), b"3456");
+        e.size = 7;
+        assert_eq!(e.bundled_part(chunk).unwrap(), b"3456789");
+        // Past the end, by a byte or by wrapping around u64: refused, no panic.
+        for (at, size) in [(3, 8), (11, 0), (u64::MAX, 2), (2, u64::MAX)] {
+            e.at = Some(at);
+            e.size = size;
+            assert!(e.bundled_part(chunk).is_err(), "at {at} size {size}");
+        }
+        e.at = Some(0);
+        e.size = 1;
+        e.chunks.push(Id32([2; 32]));
+        assert!(e.bundled_part(chunk).is_err(), "two chunks");
+    }
+
     fn arb_id32() -> impl Strategy<Value = Id32> {
         any::<[u8; 32]>().prop_map(Id32)
     }
@@ -1518,7 +1561,7 @@ mod tests {
                           mtime in any::<i64>(), mode in any::<u32>()) {
             let mut entries: Vec<TreeEntry> = paths.into_iter().map(|p| TreeEntry {
                 mode, uid: 1, gid: 2, mtime_ns: mtime as i128 * 7, size: 3, inode: 4,
-                ctime_ns: -5, chunks: chunks.clone(),
+                ctime_ns: -5, chunks: chunks.clone(), at: (mode % 3 == 0).then_some(mtime as u64),
                 xattrs: vec![Xattr { name: "user.k".into(), value: raw.clone() }],
                 ..TreeEntry::new(p, None, EntryType::File) }).collect();
             entries.push(TreeEntry { mode, target: Some(raw.clone()), hardlink: Some(raw.clone()),

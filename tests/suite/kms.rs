@@ -502,18 +502,24 @@ async fn keyslot_remove_never_removes_the_last() {
     assert!(r.stderr.contains("opened via: kms"), "{}", r.stderr);
 }
 
-/// KMS is called per job and point, never per chunk.
+/// KMS is called per job and point, never per file or chunk.
 #[tokio::test]
-async fn kms_requests_do_not_grow_with_chunks() {
+async fn kms_requests_do_not_grow_with_files_or_chunks() {
     let admin = kms_admin();
     let key = new_kms_key(&admin).await;
     let env = Env::new();
     let src = env.path("src");
-    // 10,000 small distinct files: one chunk each.
+    // 10,000 small distinct files (they share bundles) and 64 files of a chunk each.
     for i in 0..10_000u32 {
         write(
             &src.join(format!("d{:03}/f{i}", i % 100)),
             format!("file {i} {}", i.wrapping_mul(2654435761)).as_bytes(),
+        );
+    }
+    for i in 0..64u64 {
+        write(
+            &src.join(format!("big/b{i}")),
+            &pseudo_random(160 << 10, i + 1, false),
         );
     }
     let repo = init(&env);
@@ -532,7 +538,9 @@ async fn kms_requests_do_not_grow_with_chunks() {
     ])
     .ok();
     let b = env.run(&["--json", "backup", "j"]).ok().json();
-    assert!(b["chunks_new"].as_u64().unwrap() >= 10_000, "{b}");
+    assert!(b["files"].as_u64().unwrap() >= 10_064, "{b}");
+    assert!(b["chunks_new"].as_u64().unwrap() >= 64, "{b}");
+    assert!(b["bundles"].as_u64().unwrap() >= 1, "{b}");
     let n = b["kms_requests"].as_u64().unwrap();
     assert!((1..=3).contains(&n), "backup made {n} KMS requests");
     let t = env.path("t");

@@ -5,6 +5,7 @@
 mod common;
 
 mod backend;
+mod bundles;
 mod cli;
 mod copy;
 mod disk_full;

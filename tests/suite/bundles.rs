@@ -1,0 +1,134 @@
+//! Small files share chunks (bundles): restores are byte-identical, one small file can be
+//! restored alone, an incremental stores only the files that changed, and the same small
+//! files in the same order make the same bundles wherever they are (they dedup).
+
+use crate::common;
+
+use std::fs;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+
+use common::*;
+
+struct Job {
+    env: Env,
+    src: PathBuf,
+    key: String,
+}
+
+impl Job {
+    fn new() -> Job {
+        let env = Env::new();
+        let src = env.path("src");
+        fs::create_dir_all(&src).unwrap();
+        let repo = env.path("repo");
+        let key = env.key_job("j", &src, &repo);
+        Job {
+            key: key.to_str().unwrap().to_string(),
+            env,
+            src,
+        }
+    }
+
+    fn arca(&self, args: &[&str]) -> Run {
+        let mut a = vec!["--key-file", &self.key];
+        a.extend_from_slice(args);
+        self.env.run(&a)
+    }
+
+    fn backup(&self) -> serde_json::Value {
+        self.arca(&["--json", "backup", "j"]).ok().json()
+    }
+
+    fn restore(&self, name: &str, extra: &[&str]) -> PathBuf {
+        let t = self.env.path(name);
+        let mut a = vec!["restore", "j", "--target", t.to_str().unwrap()];
+        a.extend_from_slice(extra);
+        self.arca(&a).ok();
+        t
+    }
+}
+
+/// `n` small files of 1-12 KiB below `dir`, some compressible; returns their total size.
+fn small_files(dir: &Path, n: usize, seed: u64) -> u64 {
+    let mut total = 0;
+    for i in 0..n {
+        let len = 1024 + (i * 7919 + seed as usize * 31) % (11 * 1024);
+        let data = pseudo_random(len, seed * 100_000 + i as u64 + 1, i % 2 == 0);
+        write(&dir.join(format!("d{}/f{i:04}.txt", i % 7)), &data);
+        total += len as u64;
+    }
+    total
+}
+
+#[test]
+fn small_files_share_bundles_and_restore_byte_identical() {
+    let j = Job::new();
+    small_files(&j.src.join("small"), 600, 1);
+    write(&j.src.join("empty"), b"");
+    write(&j.src.join("big.bin"), &pseudo_random(700 << 10, 9, true));
+    fs::hard_link(
+        j.src.join("small/d0/f0000.txt"),
+        j.src.join("small/link-to-f0000"),
+    )
+    .unwrap();
+    let b = j.backup();
+    assert_eq!(b["files"].as_u64().unwrap(), 603, "{b}");
+    let bundles = b["bundles"].as_u64().unwrap();
+    // About 4 MiB of small files: a handful of bundles, not one chunk per file.
+    assert!((2..=20).contains(&bundles), "{b}");
+    assert!(b["chunks_new"].as_u64().unwrap() < 40, "{b}");
+
+    let t = j.restore("t", &[]);
+    assert_eq!(snapshot(&t), snapshot(&j.src));
+    assert_eq!(
+        fs::metadata(t.join("small/link-to-f0000")).unwrap().ino(),
+        fs::metadata(t.join("small/d0/f0000.txt")).unwrap().ino()
+    );
+
+    // One small file from the middle of a bundle, alone.
+    let one = j.restore("one", &["--include", "small/d3/f0311.txt"]);
+    assert_eq!(
+        fs::read(one.join("small/d3/f0311.txt")).unwrap(),
+        fs::read(j.src.join("small/d3/f0311.txt")).unwrap()
+    );
+    assert!(!one.join("small/d3/f0304.txt").exists());
+}
+
+#[test]
+fn an_incremental_stores_only_the_small_files_that_changed() {
+    let j = Job::new();
+    let total = small_files(&j.src, 800, 2);
+    let before = snapshot(&j.src);
+    let first = j.backup();
+    let first_id = first["point_id"].as_str().unwrap().to_string();
+    std::thread::sleep(std::time::Duration::from_millis(20));
+    let changed = j.src.join("d4/f0403.txt");
+    let len = fs::metadata(&changed).unwrap().len() as usize;
+    write(&changed, &pseudo_random(len, 777, false));
+    let b = j.backup();
+    assert_eq!(b["files_unchanged"].as_u64().unwrap(), 799, "{b}");
+    assert_eq!(b["read_bytes"].as_u64().unwrap(), len as u64, "{b}");
+    // The changed file in a bundle of its own, and the file index: not the ~1 MiB
+    // bundle the file was in.
+    let new = b["new_bytes"].as_u64().unwrap();
+    assert!(new < total / 10, "{new} new bytes of {total}: {b}");
+
+    assert_eq!(snapshot(&j.restore("latest", &[])), snapshot(&j.src));
+    assert_eq!(snapshot(&j.restore("first", &[&first_id])), before);
+}
+
+#[test]
+fn the_same_small_files_make_the_same_bundles_wherever_they_are() {
+    let j = Job::new();
+    let total = small_files(&j.src.join("a"), 1500, 3);
+    j.backup();
+    // Moved below another name: no parent entry matches, every file is read again and
+    // bundled anew. Past the first cut, the bundles are those stored already.
+    fs::rename(j.src.join("a"), j.src.join("zz-moved")).unwrap();
+    let b = j.backup();
+    assert_eq!(b["read_bytes"].as_u64().unwrap(), total, "{b}");
+    let new = b["new_bytes"].as_u64().unwrap();
+    assert!(new < total / 2, "{new} new bytes of {total} moved: {b}");
+    assert_eq!(snapshot(&j.restore("t", &[])), snapshot(&j.src));
+}
