@@ -10,32 +10,15 @@ use std::path::{Path, PathBuf};
 
 use common::*;
 
-struct Job {
-    env: Env,
-    src: PathBuf,
-    key: String,
+use common::KeyJob as Job;
+
+/// What this module adds to a key-file job.
+trait JobExt {
+    fn backup(&self) -> serde_json::Value;
+    fn restore(&self, name: &str, extra: &[&str]) -> PathBuf;
 }
 
-impl Job {
-    fn new() -> Job {
-        let env = Env::new();
-        let src = env.path("src");
-        fs::create_dir_all(&src).unwrap();
-        let repo = env.path("repo");
-        let key = env.key_job("j", &src, &repo);
-        Job {
-            key: key.to_str().unwrap().to_string(),
-            env,
-            src,
-        }
-    }
-
-    fn arca(&self, args: &[&str]) -> Run {
-        let mut a = vec!["--key-file", &self.key];
-        a.extend_from_slice(args);
-        self.env.run(&a)
-    }
-
+impl JobExt for Job {
     fn backup(&self) -> serde_json::Value {
         self.arca(&["--json", "backup", "j"]).ok().json()
     }

@@ -7,45 +7,22 @@ use crate::common;
 use std::collections::BTreeMap;
 use std::fs;
 use std::os::unix::process::ExitStatusExt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Stdio;
 
 use common::*;
 
-struct Job {
-    env: Env,
-    src: PathBuf,
-    repo: PathBuf,
-    key: String,
+use common::KeyJob as Job;
+
+/// What this module adds to a key-file job.
+trait JobExt {
+    fn backup(&self) -> String;
+    fn points(&self) -> Vec<serde_json::Value>;
+    fn check_clean(&self) -> serde_json::Value;
+    fn restore(&self, point: &str) -> BTreeMap<String, String>;
 }
 
-impl Job {
-    fn new() -> Job {
-        let env = Env::new();
-        let src = env.path("src");
-        fs::create_dir_all(&src).unwrap();
-        let repo = env.path("repo");
-        let key = env.key_job("j", &src, &repo);
-        Job {
-            key: key.to_str().unwrap().to_string(),
-            env,
-            src,
-            repo,
-        }
-    }
-
-    fn arca(&self, args: &[&str]) -> Run {
-        let mut a = vec!["--key-file", &self.key];
-        a.extend_from_slice(args);
-        self.env.run(&a)
-    }
-
-    fn arca_env(&self, args: &[&str], env: &[(&str, &str)]) -> Run {
-        let mut a = vec!["--key-file", &self.key];
-        a.extend_from_slice(args);
-        self.env.run_env(&a, env)
-    }
-
+impl JobExt for Job {
     fn backup(&self) -> String {
         let r = self.arca(&["--json", "backup", "j"]).ok();
         r.json()["point_id"].as_str().unwrap().to_string()

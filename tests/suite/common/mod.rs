@@ -637,3 +637,38 @@ pub fn in_process_aws_credentials() {
         std::env::set_var("AWS_EC2_METADATA_DISABLED", "true");
     });
 }
+
+/// A job `j` over `src`, encrypted with a key file, in repository `repo`; `arca` runs the
+/// binary with that key file. Modules add what they need through a trait of their own.
+pub struct KeyJob {
+    pub env: Env,
+    pub src: PathBuf,
+    pub repo: PathBuf,
+    pub key: String,
+}
+
+impl KeyJob {
+    pub fn new() -> KeyJob {
+        let env = Env::new();
+        let src = env.path("src");
+        fs::create_dir_all(&src).unwrap();
+        let repo = env.path("repo");
+        let key = env.key_job("j", &src, &repo);
+        KeyJob {
+            key: key.to_str().unwrap().to_string(),
+            env,
+            src,
+            repo,
+        }
+    }
+
+    pub fn arca(&self, args: &[&str]) -> Run {
+        self.arca_env(args, &[])
+    }
+
+    pub fn arca_env(&self, args: &[&str], env: &[(&str, &str)]) -> Run {
+        let mut a = vec!["--key-file", &self.key];
+        a.extend_from_slice(args);
+        self.env.run_env(&a, env)
+    }
+}
