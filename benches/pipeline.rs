@@ -43,6 +43,17 @@ fn report(stage: &str, bytes: usize, start: Instant) {
     );
 }
 
+/// The place (repository, job, chain, point) the bench's chunks are sealed for.
+fn bench_place() -> PointPlace {
+    PointPlace {
+        repo_id: Id16([1; 16]),
+        job_id: Id16([2; 16]),
+        chain_id: Id16([3; 16]),
+        point_id: Id16([4; 16]),
+        data_format: 2,
+    }
+}
+
 fn main() {
     if let Some(dir) = std::env::var_os("PIPELINE_TREE") {
         return tree(std::path::Path::new(&dir));
@@ -73,13 +84,7 @@ fn main() {
         .collect();
     report("zstd level 1 (or raw)", buf.len(), t);
 
-    let place = PointPlace {
-        repo_id: Id16([1; 16]),
-        job_id: Id16([2; 16]),
-        chain_id: Id16([3; 16]),
-        point_id: Id16([4; 16]),
-        data_format: 2,
-    };
+    let place = bench_place();
     let sealer = ChunkSealer::new(&SecretKey::random(), &SecretKey::random());
     let t = Instant::now();
     let sealed: Vec<Vec<u8>> = payloads
@@ -214,13 +219,7 @@ fn tree(dir: &std::path::Path) {
     }
     record("backup", "zstd level 1 (or raw)", d);
 
-    let place = PointPlace {
-        repo_id: Id16([1; 16]),
-        job_id: Id16([2; 16]),
-        chain_id: Id16([3; 16]),
-        point_id: Id16([4; 16]),
-        data_format: 2,
-    };
+    let place = bench_place();
     let sealer = ChunkSealer::new(&SecretKey::random(), &SecretKey::random());
     let t = Instant::now();
     for (p, id) in sealed.iter_mut().zip(&ids) {
