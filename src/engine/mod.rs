@@ -514,6 +514,9 @@ pub struct ChunkReader<'a> {
     last: Option<Id32>,
     /// Reads file-index chunks: a remote store may keep them in its local cache.
     metadata: bool,
+    /// Chunks opened and decoded so far, and their decoded bytes (a chunk read again
+    /// right after itself is not decoded again and not counted).
+    pub decoded: (u64, u64),
 }
 
 const OPEN_PACKS: usize = 8;
@@ -530,6 +533,7 @@ impl<'a> ChunkReader<'a> {
             plain: Vec::new(),
             last: None,
             metadata: false,
+            decoded: (0, 0),
         }
     }
 
@@ -595,6 +599,8 @@ impl<'a> ChunkReader<'a> {
             return Err(Error::integrity(obj(), "content does not match its id"));
         }
         self.last = Some(*id);
+        self.decoded.0 += 1;
+        self.decoded.1 += data.len() as u64;
         Ok(data)
     }
 }

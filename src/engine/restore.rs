@@ -47,6 +47,10 @@ pub struct RestoreStats {
     /// What was deliberately not restored, and why (device nodes without root, attributes
     /// only root may set).
     pub skipped: Vec<SourceError>,
+    /// Chunks read, opened, decompressed and checked, and the bytes they decoded to (a
+    /// bundle once for all its small files).
+    pub chunks_decoded: u64,
+    pub decoded_bytes: u64,
 }
 
 /// The owner to give an entry: its recorded names mapped to this machine's ids when they
@@ -335,6 +339,27 @@ fn interrupted(signal: i32, target: &Path) -> Error {
 const RESTORE_BATCH_FILES: usize = 64;
 const RESTORE_BATCH_BYTES: u64 = 8 << 20;
 
+/// Files gathered for one restore worker.
+#[derive(Default)]
+struct RestoreBatch {
+    files: Vec<(u64, PathBuf, TreeEntry)>,
+    bytes: u64,
+    /// The bundle of the last file added, if it is bundled.
+    bundle: Option<Id32>,
+}
+
+impl RestoreBatch {
+    fn full(&self) -> bool {
+        self.files.len() >= RESTORE_BATCH_FILES || self.bytes >= RESTORE_BATCH_BYTES
+    }
+
+    fn take(&mut self) -> Vec<(u64, PathBuf, TreeEntry)> {
+        self.bytes = 0;
+        self.bundle = None;
+        std::mem::take(&mut self.files)
+    }
+}
+
 fn tmp_prefix() -> &'static str {
     static PREFIX: std::sync::OnceLock<String> = std::sync::OnceLock::new();
     PREFIX.get_or_init(|| Id16::random().hex()[..16].to_string())
@@ -532,6 +557,11 @@ fn run_gated(
     let first_err: Mutex<Option<Error>> = Mutex::new(None);
     let bytes = std::sync::atomic::AtomicU64::new(0);
     let files_done = AtomicUsize::new(0);
+    // Chunks decoded by the workers, and their bytes (a debug log line at the end).
+    let decoded = (
+        std::sync::atomic::AtomicU64::new(0),
+        std::sync::atomic::AtomicU64::new(0),
+    );
     let failed: Mutex<Vec<SourceError>> = Mutex::new(Vec::new());
     // Files written under temporary names (by sequence number), renamed once all are
     // written and durable; the path of each, as restored below the target.
@@ -549,8 +579,8 @@ fn run_gated(
             let rx = rx.clone();
             let (first_err, set_err, written, failed) = (&first_err, &set_err, &written, &failed);
             let (restored_targets, link_targets) = (&restored_targets, &link_targets);
-            let (bytes, files_done, notes, names, dirs_cache) =
-                (&bytes, &files_done, &notes, &names, &dirs_cache);
+            let (bytes, files_done, notes, names, dirs_cache, decoded) =
+                (&bytes, &files_done, &notes, &names, &dirs_cache, &decoded);
             s.spawn(move || {
                 let mut reader = ChunkReader::new(repo, &point.index, &oc.idk);
                 let mut mine = Vec::new();
@@ -628,12 +658,16 @@ fn run_gated(
                     }
                 }
                 written.lock().unwrap().extend(mine);
+                decoded.0.fetch_add(reader.decoded.0, Ordering::Relaxed);
+                decoded.1.fetch_add(reader.decoded.1, Ordering::Relaxed);
             });
         }
         drop(rx);
         let mut seq = 0u64;
-        let mut batch = Vec::new();
-        let mut batch_bytes = 0u64;
+        // Two batches fill at once: files stored whole, and the small files of bundles
+        // (cut only between bundles, so that one worker decodes each bundle once, however
+        // many large files lie between its small files in walk order).
+        let mut batches: [RestoreBatch; 2] = Default::default();
         for e in point.tree_stream(repo, oc) {
             if first_err.lock().unwrap().is_some() {
                 break;
@@ -674,18 +708,10 @@ fn run_gated(
                 }
                 continue;
             }
-            // The small files of one bundle go to one worker, which decodes it once.
-            let same_bundle = e.at.is_some()
-                && batch
-                    .last()
-                    .is_some_and(|(_, _, l): &(u64, PathBuf, TreeEntry)| {
-                        l.at.is_some() && l.chunks == e.chunks
-                    });
-            if !same_bundle
-                && (batch.len() >= RESTORE_BATCH_FILES || batch_bytes >= RESTORE_BATCH_BYTES)
-            {
-                batch_bytes = 0;
-                if tx.send(std::mem::take(&mut batch)).is_err() {
+            let bundle = e.at.and(e.chunks.first().copied());
+            let b = &mut batches[usize::from(bundle.is_some())];
+            if b.full() && (bundle.is_none() || bundle != b.bundle) {
+                if tx.send(b.take()).is_err() {
                     break; // every worker stopped (an error is recorded)
                 }
                 if let Err(err) = gate.poll() {
@@ -694,12 +720,15 @@ fn run_gated(
                     break;
                 }
             }
-            batch_bytes += e.size;
-            batch.push((seq, rel, e));
+            b.bytes += e.size;
+            b.bundle = bundle;
+            b.files.push((seq, rel, e));
             seq += 1;
         }
-        if !batch.is_empty() {
-            let _ = tx.send(batch);
+        for b in &mut batches {
+            if !b.files.is_empty() {
+                let _ = tx.send(b.take());
+            }
         }
         // Staged: the files go to the stage while the passphrase is checked; it must be
         // good before the stage moves into the target (after this scope).
@@ -791,12 +820,17 @@ fn run_gated(
         return Err(e);
     }
     tracing::debug!(
-        "restore phases: plan {:.2?}, write {:.2?}, sync {:.2?}, rename {:.2?}",
+        "restore phases: plan {:.2?}, write {:.2?}, sync {:.2?}, rename {:.2?}; {} chunks \
+         decoded ({} bytes)",
         t_plan,
         t_write - t_plan,
         t_sync - t_write,
-        t0.elapsed() - t_sync
+        t0.elapsed() - t_sync,
+        decoded.0.load(Ordering::Relaxed),
+        decoded.1.load(Ordering::Relaxed),
     );
+    stats.chunks_decoded = decoded.0.into_inner();
+    stats.decoded_bytes = decoded.1.into_inner();
     stats.failed = failed.into_inner().unwrap();
     stats.failed.sort_by(|a, b| a.path.cmp(&b.path));
     stats.files = files_done.into_inner() as u64;

@@ -115,3 +115,39 @@ fn the_same_small_files_make_the_same_bundles_wherever_they_are() {
     assert!(new < total / 2, "{new} new bytes of {total} moved: {b}");
     assert_eq!(snapshot(&j.restore("t", &[])), snapshot(&j.src));
 }
+
+#[test]
+fn a_restore_decodes_each_bundle_once_when_large_files_lie_between_its_small_files() {
+    let j = Job::new();
+    // In walk order: small, large, small, large, ... in one directory, so every bundle's
+    // small files have large files (chunks of their own) between them.
+    let large = 40;
+    for i in 0..large {
+        write(
+            &j.src.join(format!("mix/f{i:03}-a.txt")),
+            &pseudo_random(9000 + i * 13, 501 + 2 * i as u64, true),
+        );
+        write(
+            &j.src.join(format!("mix/f{i:03}-b.bin")),
+            &pseudo_random(200 << 10, 901 + 2 * i as u64, false),
+        );
+    }
+    small_files(&j.src.join("tail"), 300, 5);
+    let b = j.backup();
+    let bundles = b["bundles"].as_u64().unwrap();
+    assert!(bundles >= 2, "{b}");
+    let t = j.env.path("t");
+    let r = j
+        .arca(&["--json", "restore", "j", "--target", t.to_str().unwrap()])
+        .ok()
+        .json();
+    assert_eq!(snapshot(&t), snapshot(&j.src));
+    // One decode per bundle and one per large file's chunk: reading a large file between
+    // two small files of a bundle does not make the bundle be decoded again.
+    assert_eq!(
+        r["chunks_decoded"].as_u64().unwrap(),
+        bundles + large as u64,
+        "{r} after {b}"
+    );
+    assert!(r["decoded_bytes"].as_u64().unwrap() >= r["total_bytes"].as_u64().unwrap());
+}
