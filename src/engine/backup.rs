@@ -546,14 +546,36 @@ impl Chunker<'_> {
         true
     }
 
+    /// [`Chunker::put`] of a chunk the caller owns (a bundle): a new one goes to the workers
+    /// as it is, without a copy; `data` is left empty, with a pool buffer's room when it went.
+    fn put_owned(&mut self, data: &mut Vec<u8>, out: &mut Vec<Id32>) -> bool {
+        let id = Id32(self.idk.id(data));
+        out.push(id);
+        let new = self.known.lock().expect("known chunks").insert(id);
+        if new {
+            self.stats.chunks_new += 1;
+            self.stats.bytes_new += data.len() as u64;
+            if !self.pool.reserve(data.len()) {
+                return false;
+            }
+            let full = std::mem::replace(data, self.pool.take());
+            return self.tx.send(Work { id, data: full }).is_ok();
+        }
+        data.clear();
+        true
+    }
+
     /// Reads a small file whole, for a bundle (a file grown past [`SMALL_FILE`] meanwhile is
     /// read no further: its changed size makes the caller read it again).
     #[allow(clippy::type_complexity)]
     fn read_small(
         &mut self,
         f: &fs::File,
+        len: u64,
     ) -> std::result::Result<(Vec<Id32>, u64, Option<Vec<u8>>), String> {
-        let mut data = Vec::new();
+        // Room for the length the walk saw (and the read that finds the end), not grown
+        // by doubling from nothing.
+        let mut data = Vec::with_capacity(len.min(SMALL_FILE) as usize + 1);
         let n = f
             .take(SMALL_FILE)
             .read_to_end(&mut data)
@@ -787,7 +809,7 @@ fn read_file(ch: &mut Chunker<'_>, job: FileJob) -> FileDone {
         };
         let small = meta.len() > 0 && meta.len() < SMALL_FILE;
         let read = if small {
-            ch.read_small(&f)
+            ch.read_small(&f, meta.len())
         } else {
             ch.stream(&f).map(|(ids, n)| (ids, n, None))
         };
@@ -903,6 +925,9 @@ impl Walker<'_, '_> {
                     self.cut_bundle();
                 }
                 e.at = Some(self.bundle.data.len() as u64);
+                // A bundle's buffer is handed on whole (no copy): room for the largest.
+                let room = BUNDLE_MAX - self.bundle.data.len();
+                self.bundle.data.reserve_exact(room);
                 self.bundle.data.extend_from_slice(&data);
                 self.bundle.held.push((e, true));
                 if (self.bundle.data.len() >= BUNDLE_MIN
@@ -932,16 +957,7 @@ impl Walker<'_, '_> {
         let mut id = None;
         if !self.bundle.data.is_empty() {
             let mut ids = Vec::with_capacity(1);
-            let c = &mut self.chunker;
-            if !Chunker::put(
-                c.idk,
-                c.known,
-                &c.tx,
-                c.pool,
-                &mut c.stats,
-                &self.bundle.data,
-                &mut ids,
-            ) {
+            if !self.chunker.put_owned(&mut self.bundle.data, &mut ids) {
                 self.stopped = true;
             }
             self.chunker.stats.bundles += 1;
