@@ -360,6 +360,47 @@ impl RestoreBatch {
     }
 }
 
+/// Small files the planner holds back, grouped by their bundle, so that a bundle whose
+/// files are scattered over the tree is decoded once rather than once per run of its files
+/// in walk order. An incremental stores the changed small files of the whole tree in a few
+/// new bundles: in walk order each of them alternates with the old bundles of unchanged
+/// neighbours, and without grouping both would be decoded again at every change.
+const HELD_FILES: usize = 4096;
+
+type Planned = (u64, PathBuf, TreeEntry);
+
+#[derive(Default)]
+struct BundleGroups {
+    /// Bundle → (last use, files in walk order).
+    groups: std::collections::HashMap<Id32, (u64, Vec<Planned>)>,
+    /// Last use → bundle: the least recently used group is the first.
+    lru: std::collections::BTreeMap<u64, Id32>,
+    held: usize,
+    clock: u64,
+}
+
+impl BundleGroups {
+    fn add(&mut self, bundle: Id32, file: Planned) {
+        self.clock += 1;
+        let g = self.groups.entry(bundle).or_default();
+        if g.0 != 0 {
+            self.lru.remove(&g.0);
+        }
+        g.0 = self.clock;
+        g.1.push(file);
+        self.lru.insert(self.clock, bundle);
+        self.held += 1;
+    }
+
+    /// The files of the bundle used least recently (a run of files that has ended).
+    fn pop_lru(&mut self) -> Option<(Id32, Vec<Planned>)> {
+        let (_, bundle) = self.lru.pop_first()?;
+        let (_, files) = self.groups.remove(&bundle).expect("listed groups exist");
+        self.held -= files.len();
+        Some((bundle, files))
+    }
+}
+
 fn tmp_prefix() -> &'static str {
     static PREFIX: std::sync::OnceLock<String> = std::sync::OnceLock::new();
     PREFIX.get_or_init(|| Id16::random().hex()[..16].to_string())
@@ -666,9 +707,29 @@ fn run_gated(
         let mut seq = 0u64;
         // Two batches fill at once: files stored whole, and the small files of bundles
         // (cut only between bundles, so that one worker decodes each bundle once, however
-        // many large files lie between its small files in walk order).
+        // many large files lie between its small files in walk order). Small files reach
+        // their batch through `held`, a bundle at a time.
         let mut batches: [RestoreBatch; 2] = Default::default();
-        for e in point.tree_stream(repo, oc) {
+        let mut held = BundleGroups::default();
+        // Adds files (of one bundle, or one whole file) to a batch, first sending the batch
+        // if it is full; false once the restore stops.
+        let add_to_batch = |b: &mut RestoreBatch, bundle: Option<Id32>, files: Vec<Planned>| {
+            if b.full() && (bundle.is_none() || bundle != b.bundle) {
+                if tx.send(b.take()).is_err() {
+                    return false; // every worker stopped (an error is recorded)
+                }
+                if let Err(err) = gate.poll() {
+                    // A wrong passphrase is the error, whatever else failed meanwhile.
+                    *first_err.lock().unwrap() = Some(err);
+                    return false;
+                }
+            }
+            b.bytes += files.iter().map(|f| f.2.size).sum::<u64>();
+            b.bundle = bundle;
+            b.files.extend(files);
+            true
+        };
+        'plan: for e in point.tree_stream(repo, oc) {
             if first_err.lock().unwrap().is_some() {
                 break;
             }
@@ -708,22 +769,31 @@ fn run_gated(
                 }
                 continue;
             }
-            let bundle = e.at.and(e.chunks.first().copied());
-            let b = &mut batches[usize::from(bundle.is_some())];
-            if b.full() && (bundle.is_none() || bundle != b.bundle) {
-                if tx.send(b.take()).is_err() {
-                    break; // every worker stopped (an error is recorded)
+            let file = (seq, rel, e);
+            seq += 1;
+            match file.2.at.and(file.2.chunks.first().copied()) {
+                Some(bundle) => {
+                    held.add(bundle, file);
+                    while held.held > HELD_FILES {
+                        let (bundle, files) = held.pop_lru().expect("files are held");
+                        if !add_to_batch(&mut batches[1], Some(bundle), files) {
+                            break 'plan;
+                        }
+                    }
                 }
-                if let Err(err) = gate.poll() {
-                    // A wrong passphrase is the error, whatever else failed meanwhile.
-                    *first_err.lock().unwrap() = Some(err);
-                    break;
+                None => {
+                    if !add_to_batch(&mut batches[0], None, vec![file]) {
+                        break;
+                    }
                 }
             }
-            b.bytes += e.size;
-            b.bundle = bundle;
-            b.files.push((seq, rel, e));
-            seq += 1;
+        }
+        while let Some((bundle, files)) = held.pop_lru() {
+            if first_err.lock().unwrap().is_some()
+                || !add_to_batch(&mut batches[1], Some(bundle), files)
+            {
+                break;
+            }
         }
         for b in &mut batches {
             if !b.files.is_empty() {
@@ -1120,6 +1190,34 @@ fn write_sparse(f: &std::fs::File, data: &[u8], at: u64) -> std::io::Result<Opti
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn held_small_files_leave_a_bundle_at_a_time_least_recently_used_first() {
+        let (a, x, b) = (Id32([1; 32]), Id32([2; 32]), Id32([3; 32]));
+        let file = |seq: u64| {
+            let name = format!("f{seq}");
+            (
+                seq,
+                PathBuf::from(&name),
+                TreeEntry::new(name, None, EntryType::File),
+            )
+        };
+        let mut g = BundleGroups::default();
+        // Walk order: a a x a b x b b — x is scattered, a's run ends first.
+        for (seq, bundle) in [a, a, x, a, b, x, b, b].into_iter().enumerate() {
+            g.add(bundle, file(seq as u64));
+        }
+        assert_eq!(g.held, 8);
+        let seqs = |v: Vec<Planned>| v.into_iter().map(|f| f.0).collect::<Vec<_>>();
+        let (first, files) = g.pop_lru().unwrap();
+        assert_eq!((first, seqs(files)), (a, vec![0, 1, 3]));
+        let (second, files) = g.pop_lru().unwrap();
+        assert_eq!((second, seqs(files)), (x, vec![2, 5]));
+        let (third, files) = g.pop_lru().unwrap();
+        assert_eq!((third, seqs(files)), (b, vec![4, 6, 7]));
+        assert!(g.pop_lru().is_none());
+        assert_eq!(g.held, 0);
+    }
 
     #[test]
     fn unsafe_paths_refused() {

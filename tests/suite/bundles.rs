@@ -151,3 +151,44 @@ fn a_restore_decodes_each_bundle_once_when_large_files_lie_between_its_small_fil
     );
     assert!(r["decoded_bytes"].as_u64().unwrap() >= r["total_bytes"].as_u64().unwrap());
 }
+
+#[test]
+fn a_restore_after_an_incremental_decodes_each_bundle_once_when_changed_files_are_scattered() {
+    let j = Job::new();
+    let n = 1400;
+    small_files(&j.src.join("tree"), n, 3);
+    let full = j.backup();
+    // Every 47th file changes (and grows, so its size tells): the incremental puts them
+    // all in a new bundle, and in walk order they lie between the unchanged files of
+    // every old bundle.
+    let mut changed = 0;
+    for i in (0..n).step_by(47) {
+        let p = j.src.join(format!("tree/d{}/f{i:04}.txt", i % 7));
+        write(&p, &pseudo_random(3000 + i, 77_000 + i as u64, true));
+        changed += 1;
+    }
+    let incr = j.backup();
+    assert_eq!(
+        incr["files_unchanged"].as_u64().unwrap(),
+        (n - changed) as u64,
+        "{incr}"
+    );
+    let (old, new) = (
+        full["bundles"].as_u64().unwrap(),
+        incr["bundles"].as_u64().unwrap(),
+    );
+    assert!(old >= 4 && new >= 1, "{full} {incr}");
+    let t = j.env.path("t");
+    let r = j
+        .arca(&["--json", "restore", "j", "--target", t.to_str().unwrap()])
+        .ok()
+        .json();
+    assert_eq!(snapshot(&t), snapshot(&j.src));
+    // Each old bundle keeps unchanged files, so every bundle is read, and only once: not
+    // again for each changed file that interrupts its run in walk order.
+    assert_eq!(
+        r["chunks_decoded"].as_u64().unwrap(),
+        old + new,
+        "{r} after {full} and {incr}"
+    );
+}
