@@ -17,7 +17,7 @@ struct Sink {
     out: Box<dyn crate::repo::store::ObjectSink>,
     hash: ContentHasher,
     len: usize,
-    /// Bytes not yet hashed nor written: hashed and written a mebibyte at a time, since
+    /// Small chunks not yet hashed nor written: hashed and written a mebibyte at a time, since
     /// BLAKE3 hashes a long input many chunks at once (16 with AVX-512) but the start of
     /// each input a chunk at a time (most sealed chunks are a few KiB).
     pending: Vec<u8>,
@@ -93,6 +93,15 @@ impl PackBuilder {
     fn append(&mut self, b: &[u8]) -> std::io::Result<()> {
         match &mut self.sink {
             None => self.buf.extend_from_slice(b),
+            Some(s) if b.len() >= SINK_STAGE / 4 => {
+                // A large chunk is hashed and written where it lies (not copied first).
+                if !s.pending.is_empty() {
+                    s.flush()?;
+                }
+                s.out.write(b)?;
+                s.hash.update(b);
+                s.len += b.len();
+            }
             Some(s) => {
                 s.pending.extend_from_slice(b);
                 s.len += b.len();
@@ -257,8 +266,21 @@ mod tests {
         let mut mem = PackBuilder::new(&pl.point_id, 64, 2);
         let mut streamed =
             PackBuilder::streaming(&pl.point_id, Box::new(MemSink(got.clone())), 2).unwrap();
-        for (i, n) in [10usize, 0, 70_000, 3].into_iter().enumerate() {
-            let sealed = vec![i as u8; n];
+        // Small chunks are gathered; a large one (a quarter of the stage or more) is written
+        // where it lies, after what was gathered; the stage fills past its size.
+        let sizes = [
+            10usize,
+            0,
+            70_000,
+            3,
+            SINK_STAGE / 4,
+            5,
+            SINK_STAGE + 7,
+            900_000,
+            200_000,
+        ];
+        for (i, n) in sizes.into_iter().enumerate() {
+            let sealed: Vec<u8> = (0..n).map(|k| (k * 31 + i) as u8).collect();
             mem.add(Id32([i as u8; 32]), &sealed, n as u32 + 1).unwrap();
             streamed
                 .add(Id32([i as u8; 32]), &sealed, n as u32 + 1)

@@ -60,7 +60,8 @@ impl Drop for FlockGuard {
 struct LocalSink {
     tmp_dir: DirHandle,
     tmp: String,
-    file: Option<io::BufWriter<File>>,
+    /// Written unbuffered: the pack builder gathers small chunks into large writes.
+    file: Option<File>,
     /// The repository root and modes, to create the destination directory.
     root: DirHandle,
     dir_mode: u32,
@@ -77,7 +78,7 @@ impl ObjectSink for LocalSink {
     fn commit(mut self: Box<Self>, key: &str) -> io::Result<()> {
         let (dirs, name) = split_key(key)?;
         let f = self.file.take().expect("open until commit");
-        f.into_inner().map_err(|e| e.into_error())?.sync_all()?;
+        f.sync_all()?;
         let mut dest = self.root.try_clone()?;
         for c in dirs {
             dest = dest.create_dir(c, self.dir_mode).map_err(refusal)?;
@@ -278,8 +279,7 @@ impl Store for LocalStore {
         Ok(Some(Box::new(LocalSink {
             tmp_dir,
             tmp,
-            // Small chunks (small files) are gathered into fewer writes.
-            file: Some(io::BufWriter::with_capacity(1 << 20, file)),
+            file: Some(file),
             root: self.dir.try_clone()?,
             dir_mode: self.dir_mode(),
         })))
