@@ -518,7 +518,41 @@ struct Chunker<'a> {
     status: &'a Status,
 }
 
+/// What [`Chunker::admit`] found of a chunk.
+enum Admit {
+    /// Stored already (by this backup or an earlier point of the chain).
+    Known,
+    /// New: counted, its room reserved in the pool; the caller sends it to the workers.
+    New(Id32),
+    /// The pipeline has stopped (the writer failed).
+    Stopped,
+}
+
 impl Chunker<'_> {
+    /// Records a chunk's id in `out` and decides whether it is new (the one place that
+    /// counts new chunks and reserves their room).
+    fn admit(
+        idk: &ChunkIdKey,
+        known: &Mutex<Known<'_>>,
+        pool: &BufPool,
+        stats: &mut PointStats,
+        data: &[u8],
+        out: &mut Vec<Id32>,
+    ) -> Admit {
+        let id = Id32(idk.id(data));
+        out.push(id);
+        if !known.lock().expect("known chunks").insert(id) {
+            return Admit::Known;
+        }
+        stats.chunks_new += 1;
+        stats.bytes_new += data.len() as u64;
+        if pool.reserve(data.len()) {
+            Admit::New(id)
+        } else {
+            Admit::Stopped
+        }
+    }
+
     /// Returns false if the pipeline has stopped (the writer failed).
     fn put(
         idk: &ChunkIdKey,
@@ -529,40 +563,32 @@ impl Chunker<'_> {
         data: &[u8],
         out: &mut Vec<Id32>,
     ) -> bool {
-        let id = Id32(idk.id(data));
-        out.push(id);
-        let new = known.lock().expect("known chunks").insert(id);
-        if new {
-            stats.chunks_new += 1;
-            stats.bytes_new += data.len() as u64;
-            if !pool.reserve(data.len()) {
-                return false;
+        match Self::admit(idk, known, pool, stats, data, out) {
+            Admit::Known => true,
+            Admit::Stopped => false,
+            Admit::New(id) => {
+                let mut buf = pool.take();
+                buf.reserve_exact(data.len()); // not doubled: a chunk is as large as it gets
+                buf.extend_from_slice(data);
+                tx.send(Work { id, data: buf }).is_ok()
             }
-            let mut buf = pool.take();
-            buf.reserve_exact(data.len()); // not doubled: a chunk is as large as it gets
-            buf.extend_from_slice(data);
-            return tx.send(Work { id, data: buf }).is_ok();
         }
-        true
     }
 
     /// [`Chunker::put`] of a chunk the caller owns (a bundle): a new one goes to the workers
     /// as it is, without a copy; `data` is left empty, with a pool buffer's room when it went.
     fn put_owned(&mut self, data: &mut Vec<u8>, out: &mut Vec<Id32>) -> bool {
-        let id = Id32(self.idk.id(data));
-        out.push(id);
-        let new = self.known.lock().expect("known chunks").insert(id);
-        if new {
-            self.stats.chunks_new += 1;
-            self.stats.bytes_new += data.len() as u64;
-            if !self.pool.reserve(data.len()) {
-                return false;
+        match Self::admit(self.idk, self.known, self.pool, &mut self.stats, data, out) {
+            Admit::Known => {
+                data.clear();
+                true
             }
-            let full = std::mem::replace(data, self.pool.take());
-            return self.tx.send(Work { id, data: full }).is_ok();
+            Admit::Stopped => false,
+            Admit::New(id) => {
+                let full = std::mem::replace(data, self.pool.take());
+                self.tx.send(Work { id, data: full }).is_ok()
+            }
         }
-        data.clear();
-        true
     }
 
     /// Reads a small file whole, for a bundle (a file grown past [`SMALL_FILE`] meanwhile is
