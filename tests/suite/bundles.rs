@@ -16,6 +16,8 @@ use common::KeyJob as Job;
 trait JobExt {
     fn backup(&self) -> serde_json::Value;
     fn restore(&self, name: &str, extra: &[&str]) -> PathBuf;
+    /// `restore --json` of the latest point into `name`, checked equal to the source.
+    fn restore_json(&self, name: &str) -> serde_json::Value;
 }
 
 impl JobExt for Job {
@@ -29,6 +31,16 @@ impl JobExt for Job {
         a.extend_from_slice(extra);
         self.arca(&a).ok();
         t
+    }
+
+    fn restore_json(&self, name: &str) -> serde_json::Value {
+        let t = self.env.path(name);
+        let r = self
+            .arca(&["--json", "restore", "j", "--target", t.to_str().unwrap()])
+            .ok()
+            .json();
+        assert_eq!(snapshot(&t), snapshot(&self.src));
+        r
     }
 }
 
@@ -136,12 +148,7 @@ fn a_restore_decodes_each_bundle_once_when_large_files_lie_between_its_small_fil
     let b = j.backup();
     let bundles = b["bundles"].as_u64().unwrap();
     assert!(bundles >= 2, "{b}");
-    let t = j.env.path("t");
-    let r = j
-        .arca(&["--json", "restore", "j", "--target", t.to_str().unwrap()])
-        .ok()
-        .json();
-    assert_eq!(snapshot(&t), snapshot(&j.src));
+    let r = j.restore_json("t");
     // One decode per bundle and one per large file's chunk: reading a large file between
     // two small files of a bundle does not make the bundle be decoded again.
     assert_eq!(
@@ -178,12 +185,7 @@ fn a_restore_after_an_incremental_decodes_each_bundle_once_when_changed_files_ar
         incr["bundles"].as_u64().unwrap(),
     );
     assert!(old >= 4 && new >= 1, "{full} {incr}");
-    let t = j.env.path("t");
-    let r = j
-        .arca(&["--json", "restore", "j", "--target", t.to_str().unwrap()])
-        .ok()
-        .json();
-    assert_eq!(snapshot(&t), snapshot(&j.src));
+    let r = j.restore_json("t");
     // Each old bundle keeps unchanged files, so every bundle is read, and only once: not
     // again for each changed file that interrupts its run in walk order.
     assert_eq!(
