@@ -25,8 +25,8 @@ if [ ${#need[@]} -gt 0 ]; then
   apt-get update -qq && apt-get install -y -qq restic borgbackup time zstd
 fi
 
-# Medians: every tool runs RUNS times (default 3), the baselines as often; one run's ratio
-# against a 2-3 s baseline moves by 10% on this kind of shared machine.
+# Medians: every tool runs RUNS times (default 3), in rounds, the baselines as often; one
+# run's ratio against a 2-3 s baseline moves by 10% on this kind of shared machine.
 export RUNS=${RUNS:-3}
 
 # Baselines, one run each, taken right after each arca run so that both see the same machine
@@ -103,21 +103,35 @@ ratios() { # ratios RESULTS.tsv ARCA.tsv TAR_ZSTD_SECONDS UNTAR_SECONDS
 
 run_set() { # run_set LABEL SRC
   echo; echo "######## $1: $2"
-  SRC=$2 bash "$SHARED/run_peers.sh"
-  local res
-  res=$(ls -td "$DATA"/results/*/ | head -1)
-  echo; echo "== peers ($res/results.tsv)"; cat "$res/results.tsv"
-  echo; echo "== arca, each run followed by one run of each baseline"
-  local run tz ux archive=$DATA/baseline.tar.zst
+  # Rounds: one run of each peer (run_peers.sh), then one of arca, then one of each baseline.
+  # Interleaved so that a slow spell of this shared machine lands on every tool alike rather
+  # than on whichever ran during it (the peers' CPU seconds for the same work moved by 20%
+  # within one run of the peers alone). The first round's directory collects every row.
+  local run tz ux res="" r archive=$DATA/baseline.tar.zst
   tar -cf - -C "$2" . | zstd -q -1 -T2 -f -o "$archive"
-  : >"$res/tar_zstd.txt"; : >"$res/untar_zstd.txt"
   for run in $(seq 1 "$RUNS"); do
+    echo; echo "== round $run of $RUNS ($(date -u +%H:%M:%S) UTC): peers"
+    # Baselines of run_peers.sh itself (openssl speed, hashing) in the first round only.
+    SRC=$2 RUNS=1 BASELINES=$([ "$run" = 1 ] && echo "$BASELINES" || echo 0) \
+      bash "$SHARED/run_peers.sh"
+    r=$(ls -td "$DATA"/results/*/ | head -1)
+    if [ -z "$res" ]; then
+      res=$r
+      : >"$res/tar_zstd.txt"; : >"$res/untar_zstd.txt"
+    else
+      tail -n +2 "$r/results.tsv" >>"$res/results.tsv"
+      tail -n +2 "$r/details.tsv" | awk -F'\t' -v OFS='\t' -v n="$run" '{$2 = n; print}' >>"$res/details.tsv"
+      echo "round $run: $r" >>"$res/notes.txt"
+    fi
+    echo; echo "== round $run of $RUNS: arca, then each baseline"
     SRC=$2 RUNS=1 bash "$HERE/arca_bench.sh" | { if [ "$run" = 1 ]; then cat; else tail -n +2; fi; } \
       | tee -a "$res/arca.tsv"
     tar_zstd "$2" >>"$res/tar_zstd.txt"
     untar_zstd "$archive" >>"$res/untar_zstd.txt"
   done
   rm -f "$archive"
+  echo; echo "== peers, every round ($res/results.tsv)"; cat "$res/results.tsv"
+  echo; echo "== arca, every round"; cat "$res/arca.tsv"
   tz=$(median <"$res/tar_zstd.txt")
   ux=$(median <"$res/untar_zstd.txt")
   echo "tar | zstd -1 -T2: $(tr '\n' ' ' <"$res/tar_zstd.txt")s; zstd -d | tar -x: $(tr '\n' ' ' <"$res/untar_zstd.txt")s"
