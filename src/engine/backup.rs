@@ -44,6 +44,17 @@ pub const TREE_CHUNK_AVG: u32 = 64 * 1024;
 pub const TREE_CHUNK_MAX: u32 = 256 * 1024;
 pub const PACK_TARGET: usize = 16 * 1024 * 1024;
 
+/// How a chain cuts file contents: with its keyed gear table and [`CHUNK_MIN`], or (migrated
+/// from format 1, no table) as format 1 did.
+fn content_cdc(gear: Option<Arc<super::chunker::GearTables>>) -> CdcParams {
+    let min = if gear.is_some() {
+        CHUNK_MIN
+    } else {
+        V1_CHUNK_MIN
+    };
+    CdcParams::new(min, CHUNK_AVG, CHUNK_MAX).with_gear(gear)
+}
+
 pub enum Source {
     Tree(PathBuf),
     Stdin {
@@ -1505,12 +1516,7 @@ pub fn run(
         index: &index,
         fresh: HashSet::new(),
     });
-    let min = if oc.gear.is_some() {
-        CHUNK_MIN
-    } else {
-        V1_CHUNK_MIN
-    };
-    let cdc = CdcParams::new(min, CHUNK_AVG, CHUNK_MAX).with_gear(oc.gear.clone());
+    let cdc = content_cdc(oc.gear.clone());
     // Reader threads (one per core) read, chunk and hash files while this thread walks, so
     // that no single core does all of that.
     let readers = if matches!(opts.source, Source::Tree(_)) {
@@ -1828,6 +1834,33 @@ pub fn hostname() -> String {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn keyed_chains_cut_at_512_kib_at_least_and_migrated_ones_as_format_1_did() {
+        let mut data = vec![0u8; 24 << 20];
+        let mut x = 0x9e37_79b9_7f4a_7c15u64;
+        for b in data.iter_mut() {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            *b = (x >> 32) as u8;
+        }
+        let lens = |c: CdcParams| c.split(&data).iter().map(|c| c.len()).collect::<Vec<_>>();
+        // Without a gear table: exactly format 1's boundaries (fastcdc's public table, 256 KiB
+        // minimum), so a migrated chain deduplicates against the chunks it holds.
+        let v1 = lens(content_cdc(None));
+        assert_eq!(v1, lens(CdcParams::new(256 << 10, 1 << 20, 4 << 20)));
+        assert!(v1[..v1.len() - 1].iter().any(|&n| n < 512 << 10), "{v1:?}");
+        let keyed = lens(content_cdc(Some(Arc::new(crate::crypto::gear_tables(
+            &crate::crypto::SecretKey::from_bytes(&mut [7; 32]),
+        )))));
+        assert!(keyed.len() > 4, "{keyed:?}");
+        assert!(
+            keyed[..keyed.len() - 1].iter().all(|&n| n >= 512 << 10),
+            "{keyed:?}"
+        );
+        assert_eq!(keyed.iter().sum::<usize>(), data.len());
+    }
+
     use super::*;
 
     #[test]
