@@ -11,6 +11,7 @@
 use std::time::Instant;
 
 use arca::crypto::{ChunkIdKey, ChunkSealer, Sealer, SecretKey};
+use arca::engine::backup::{CHUNK_AVG, CHUNK_MAX, CHUNK_MIN};
 use arca::engine::chunker::CdcParams;
 use arca::repo::format::{
     chunk_compressor, decode_payload_into, encode_payload_into, Id16, Id32, PointPlace,
@@ -59,7 +60,7 @@ fn main() {
         return tree(std::path::Path::new(&dir));
     }
     let buf = data(256 * 1024 * 1024);
-    let cdc = CdcParams::new(256 * 1024, 1024 * 1024, 4 * 1024 * 1024);
+    let cdc = CdcParams::new(CHUNK_MIN, CHUNK_AVG, CHUNK_MAX);
     let t = Instant::now();
     let chunks = cdc.split(&buf);
     report("FastCDC chunking", buf.len(), t);
@@ -197,7 +198,7 @@ fn tree(dir: &std::path::Path) {
 
     let key = SecretKey::random();
     let gear = std::sync::Arc::new(arca::crypto::gear_tables(&key));
-    let cdc = CdcParams::new(256 * 1024, 1024 * 1024, 4 * 1024 * 1024).with_gear(Some(gear));
+    let cdc = CdcParams::new(CHUNK_MIN, CHUNK_AVG, CHUNK_MAX).with_gear(Some(gear));
     let t = Instant::now();
     let chunks: Vec<&[u8]> = contents.iter().flat_map(|c| cdc.split(c)).collect();
     record("backup", "keyed FastCDC chunking", t.elapsed());

@@ -125,7 +125,8 @@ async fn chunk_ids_are_keyed_per_chain() {
     let idx = ChainIndex::load(&repo, &oc, &repo.list_points(&job.job_id).unwrap()).unwrap();
     // The plain BLAKE3 of a known file's first chunk is not its id: ids do not confirm content.
     let src = fs::read(_env.path("src/f0")).unwrap();
-    let cdc = arca::engine::chunker::CdcParams::new(256 * 1024, 1024 * 1024, 4 * 1024 * 1024)
+    use arca::engine::backup::{CHUNK_AVG, CHUNK_MAX, CHUNK_MIN};
+    let cdc = arca::engine::chunker::CdcParams::new(CHUNK_MIN, CHUNK_AVG, CHUNK_MAX)
         .with_gear(oc.gear.clone());
     let first = cdc.split(&src)[0];
     let keyed = arca::repo::format::Id32(oc.idk.id(first));
