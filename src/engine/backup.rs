@@ -23,7 +23,7 @@ use std::thread;
 use crossbeam_channel::{bounded, Receiver, Sender};
 use indicatif::ProgressBar;
 
-use super::chunker::{stream_chunks, CdcParams};
+use super::chunker::{read_chunks, CdcParams};
 use super::*;
 use crate::repo::format::chunk_compressor;
 use crate::repo::now_rfc3339;
@@ -194,6 +194,9 @@ struct Budget {
 
 /// Chunk bytes in flight at most (one chunk of any length always fits).
 const BYTES_IN_FLIGHT: usize = 8 << 20;
+/// The capacity of a pool buffer: the largest chunk, or its sealed form (zstd's bound, the
+/// payload byte and the tag).
+const POOL_BUF: usize = CHUNK_MAX as usize + (64 << 10);
 /// Chunks in each queue at most.
 const CHUNKS_QUEUED: usize = 32;
 
@@ -237,16 +240,24 @@ impl BufPool {
         self.freed.notify_all();
     }
 
-    /// An empty buffer, reused when one is free.
+    /// An empty buffer with room for any chunk, plain or sealed, reused when one is free.
+    /// Every buffer has the same capacity, so the allocator reuses what was freed (buffers
+    /// of mixed sizes, dropped and allocated again, left the peak RSS 20 MB higher).
     fn take(&self) -> Vec<u8> {
-        let mut v = self.rx.try_recv().unwrap_or_default();
-        v.clear();
-        v
+        match self.rx.try_recv() {
+            Ok(mut v) if v.capacity() >= POOL_BUF => {
+                v.clear();
+                v
+            }
+            _ => Vec::with_capacity(POOL_BUF),
+        }
     }
 
-    /// Keeps `v` for reuse, unless the pool is full.
+    /// Keeps `v` for reuse, unless the pool is full or `v` is not one of its buffers.
     fn give(&self, v: Vec<u8>) {
-        let _ = self.tx.try_send(v);
+        if v.capacity() >= POOL_BUF {
+            let _ = self.tx.try_send(v);
+        }
     }
 }
 
@@ -526,7 +537,6 @@ fn cut_ready(
 struct Chunker<'a> {
     idk: &'a ChunkIdKey,
     cdc: CdcParams,
-    buf: Vec<u8>,
     known: &'a Mutex<Known<'a>>,
     tx: Sender<Work>,
     pool: &'a BufPool,
@@ -630,14 +640,19 @@ impl Chunker<'_> {
         Ok((Vec::new(), n, data))
     }
 
-    /// Chunks a stream; returns ids and bytes read, or the read error.
-    fn stream(&mut self, r: impl Read) -> std::result::Result<(Vec<Id32>, u64), String> {
+    /// Chunks a stream (of `expected` bytes, if known); returns ids and bytes read, or the
+    /// read error. Each chunk is read into a pool buffer of its own, which goes to the
+    /// workers as it is when the chunk is new (back to the pool when it is not).
+    fn stream(
+        &mut self,
+        r: impl Read,
+        expected: Option<u64>,
+    ) -> std::result::Result<(Vec<Id32>, u64), String> {
         let mut ids = Vec::new();
         let mut alive = true;
         let Chunker {
             idk,
             cdc,
-            buf,
             known,
             tx,
             pool,
@@ -646,17 +661,36 @@ impl Chunker<'_> {
             status,
         } = self;
         let mut interrupted = false;
-        let n = stream_chunks(r, cdc, buf, |c| {
-            if crate::signals::requested().is_some() {
-                interrupted = true;
-                return false;
-            }
-            stats.bytes_read += c.len() as u64;
-            progress.inc(c.len() as u64);
-            status.add(0, c.len() as u64);
-            alive = Self::put(idk, known, tx, pool, stats, c, &mut ids);
-            alive
-        })
+        let n = read_chunks(
+            r,
+            cdc,
+            expected,
+            || pool.take(),
+            |v| pool.give(v),
+            |c| {
+                if crate::signals::requested().is_some() {
+                    interrupted = true;
+                    return false;
+                }
+                stats.bytes_read += c.len() as u64;
+                progress.inc(c.len() as u64);
+                status.add(0, c.len() as u64);
+                alive = match Self::admit(idk, known, pool, stats, c, &mut ids) {
+                    Admit::Known => {
+                        pool.give(std::mem::take(c));
+                        true
+                    }
+                    Admit::Stopped => false,
+                    Admit::New(id) => tx
+                        .send(Work {
+                            id,
+                            data: std::mem::take(c),
+                        })
+                        .is_ok(),
+                };
+                alive
+            },
+        )
         .map_err(|e| e.to_string())?;
         if interrupted {
             return Err(INTERRUPTED.into());
@@ -854,7 +888,8 @@ fn read_file(ch: &mut Chunker<'_>, job: FileJob) -> FileDone {
         let read = if small {
             ch.read_small(&f, meta.len())
         } else {
-            ch.stream(&f).map(|(ids, n)| (ids, n, None))
+            ch.stream(&f, Some(meta.len()))
+                .map(|(ids, n)| (ids, n, None))
         };
         match read {
             Ok((ids, n, content)) => {
@@ -1546,7 +1581,6 @@ pub fn run(
                         let mut ch = Chunker {
                             idk,
                             cdc,
-                            buf: Vec::new(),
                             known,
                             tx,
                             pool: pool_ref,
@@ -1580,7 +1614,6 @@ pub fn run(
             let ch = Chunker {
                 idk: &oc.idk,
                 cdc: cdc.clone(),
-                buf: Vec::new(),
                 known: &known,
                 tx: work_tx.clone(),
                 pool: pool_ref,
@@ -1596,7 +1629,6 @@ pub fn run(
         let chunker = Chunker {
             idk: &oc.idk,
             cdc: cdc.clone(),
-            buf: Vec::new(),
             known: &known,
             tx: work_tx,
             pool: pool_ref,
@@ -1659,7 +1691,7 @@ pub fn run(
             let mut e = TreeEntry::new(path, path_b64, EntryType::File);
             e.mode = 0o600;
             e.mtime_ns = now.as_nanos() as i128;
-            match w.chunker.stream(reader) {
+            match w.chunker.stream(reader, None) {
                 Ok((ids, n)) => {
                     e.size = n;
                     e.chunks = ids;

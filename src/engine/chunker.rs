@@ -10,7 +10,7 @@
 //! is cut at different places in different repositories.
 
 use std::io::{self, Read};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use fastcdc::v2020::{cut, cut_gear, MASKS};
 
@@ -99,49 +99,170 @@ impl CdcParams {
     }
 }
 
-/// Reads `r` to its end, calling `emit` for each chunk in order. `buf` is reused across
-/// calls. `emit` returns false to stop early. Returns the bytes read.
-pub fn stream_chunks<R: Read>(
+/// fastcdc's own gear tables, which chains without a keyed table (format 1's) cut with. The
+/// crate does not export them, so they are read back through its public `cut`: with a zero
+/// mask it stops after the first byte of a pair and returns the hash so far, that byte's
+/// left-shifted entry; with a zero mask for the second byte only, it returns both entries'
+/// sum, which gives the second byte's entry.
+fn public_gear() -> &'static GearTables {
+    static TABLES: OnceLock<GearTables> = OnceLock::new();
+    TABLES.get_or_init(|| {
+        let mut gear = Box::new([0u64; 256]);
+        let mut gear_ls = Box::new([0u64; 256]);
+        for b in 0..=255u8 {
+            gear_ls[b as usize] = cut(&[b, 0], 0, 2, 2, u64::MAX, u64::MAX, 0, u64::MAX).0;
+        }
+        // A first byte whose entry is not 0, so that the first check never stops.
+        let lead = (0..=255u8)
+            .find(|b| gear_ls[*b as usize] != 0)
+            .expect("a non-zero gear entry");
+        for b in 0..=255u8 {
+            let (sum, _) = cut(&[lead, b], 0, 2, 2, 0, u64::MAX, u64::MAX, u64::MAX);
+            gear[b as usize] = sum.wrapping_sub(gear_ls[lead as usize]);
+        }
+        (gear, gear_ls)
+    })
+}
+
+/// Where a chunk's cut search stands: the next pair of bytes to hash and the hash so far.
+/// fastcdc hashes from the minimum on, two bytes at a time, and the hash at a byte depends
+/// only on the bytes before it, so a search over a chunk's first bytes goes on where it
+/// stopped when more arrive and finds what one search over them all would.
+#[derive(Default)]
+pub struct CutScan {
+    pair: usize,
+    hash: u64,
+}
+
+impl CdcParams {
+    /// The length of the chunk that `data` begins with, once more bytes cannot change it: its
+    /// cut point, the maximum, or (`end`: the input has no more) all of `data`. `None` while it
+    /// is undecided (or `data` is empty at the end). The same lengths as [`CdcParams::cut`],
+    /// however the chunk's bytes arrive.
+    pub fn scan(&self, s: &mut CutScan, data: &[u8], end: bool) -> Option<usize> {
+        let limit = data.len().min(self.max);
+        let decided = end || data.len() >= self.max;
+        if limit <= self.min {
+            return (decided && limit > 0).then_some(limit);
+        }
+        let (gear, gear_ls) = match &self.gear {
+            Some(g) => (&*g.0, &*g.1),
+            None => {
+                let g = public_gear();
+                (&*g.0, &*g.1)
+            }
+        };
+        // fastcdc's pairs: the one at `i` is bytes 2i and 2i+1; the small mask holds before
+        // the average length, the large one after it.
+        let mut i = s.pair.max(self.min / 2);
+        let mut h = s.hash;
+        let pairs = limit / 2;
+        for (mask, mask_ls, until) in [
+            (self.mask_s, self.mask_s << 1, pairs.min(self.avg / 2)),
+            (self.mask_l, self.mask_l << 1, pairs),
+        ] {
+            if i >= until {
+                continue;
+            }
+            for (k, pair) in data[2 * i..2 * until].chunks_exact(2).enumerate() {
+                h = (h << 2).wrapping_add(gear_ls[pair[0] as usize]);
+                if h & mask_ls == 0 {
+                    return Some(2 * (i + k));
+                }
+                h = h.wrapping_add(gear[pair[1] as usize]);
+                if h & mask == 0 {
+                    return Some(2 * (i + k) + 1);
+                }
+            }
+            i = until;
+        }
+        s.pair = i;
+        s.hash = h;
+        decided.then_some(limit)
+    }
+}
+
+/// Bytes read at a time once a chunk has its minimum length: the cut is searched as they
+/// arrive, and what was read past it (less than this) is the one copy chunk bytes get.
+const READ_BLOCK: usize = 256 << 10;
+/// What is read to find the end of an input that has reached its expected length.
+const END_PROBE: usize = 4 << 10;
+
+/// Reads `r` to its end chunk by chunk, each straight into a buffer of its own (of at least
+/// the maximum chunk's capacity). `take` gives an empty buffer and `give` takes back one
+/// not used; `emit` gets each chunk in order, takes its buffer or leaves it (to be reused),
+/// and returns false to stop. `expected` is the length the input should have (a file's
+/// size): no more than that is zero-filled ahead of a read. Returns the bytes read.
+pub fn read_chunks<R: Read>(
     mut r: R,
     p: &CdcParams,
-    buf: &mut Vec<u8>,
-    mut emit: impl FnMut(&[u8]) -> bool,
+    expected: Option<u64>,
+    mut take: impl FnMut() -> Vec<u8>,
+    mut give: impl FnMut(Vec<u8>),
+    mut emit: impl FnMut(&mut Vec<u8>) -> bool,
 ) -> io::Result<u64> {
-    let cap = p.max * 2;
-    if buf.len() < cap {
-        buf.resize(cap, 0);
-    }
-    let (mut start, mut len, mut eof, mut total) = (0usize, 0usize, false, 0u64);
-    loop {
-        // Keep at least `max` bytes ahead of `start` unless the stream has ended.
-        if !eof && len - start < p.max {
-            buf.copy_within(start..len, 0);
-            len -= start;
-            start = 0;
-            while len < cap {
-                match r.read(&mut buf[len..cap]) {
-                    Ok(0) => {
-                        eof = true;
-                        break;
-                    }
-                    Ok(n) => {
-                        len += n;
-                        total += n as u64;
-                    }
-                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                    Err(e) => return Err(e),
+    let mut fresh = || {
+        let v = take();
+        if v.capacity() < p.max {
+            Vec::with_capacity(p.max)
+        } else {
+            v
+        }
+    };
+    let mut cur = fresh();
+    let mut scan = CutScan::default();
+    let (mut total, mut eof) = (0u64, false);
+    let res = loop {
+        if let Some(n) = p.scan(&mut scan, &cur, eof) {
+            if eof && n == cur.len() {
+                // The last chunk.
+                emit(&mut cur);
+                break Ok(total);
+            }
+            let mut next = fresh();
+            next.extend_from_slice(&cur[n..]);
+            cur.truncate(n);
+            let go_on = emit(&mut cur);
+            give(std::mem::replace(&mut cur, next));
+            if !go_on {
+                break Ok(total);
+            }
+            scan = CutScan::default();
+            continue;
+        }
+        if eof {
+            break Ok(total);
+        }
+        // Undecided, so shorter than the maximum: read up to the minimum and a block more.
+        let mut want = (p.min.saturating_sub(cur.len()) + READ_BLOCK).min(p.max - cur.len());
+        if let Some(len) = expected {
+            want = match len.saturating_sub(total) {
+                0 => want.min(END_PROBE),
+                left => want.min(left.try_into().unwrap_or(usize::MAX)),
+            };
+        }
+        let at = cur.len();
+        cur.resize(at + want, 0);
+        let mut got = 0;
+        while got < want {
+            match r.read(&mut cur[at + got..]) {
+                Ok(0) => {
+                    eof = true;
+                    break;
+                }
+                Ok(k) => got += k,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => {
+                    give(cur);
+                    return Err(e);
                 }
             }
         }
-        if start == len {
-            return Ok(total);
-        }
-        let n = p.cut(&buf[start..len]);
-        if !emit(&buf[start..start + n]) {
-            return Ok(total);
-        }
-        start += n;
-    }
+        cur.truncate(at + got);
+        total += got as u64;
+    };
+    give(cur);
+    res
 }
 
 #[cfg(test)]
@@ -161,36 +282,104 @@ mod tests {
         }
     }
 
-    proptest! {
-        #![proptest_config(ProptestConfig::with_cases(24))]
-        /// Same boundaries as fastcdc's StreamCDC, whatever the read sizes.
-        #[test]
-        fn matches_streamcdc(seed in any::<u64>(), len in 0usize..300_000, step in 1usize..70_000) {
-            let mut x = seed | 1;
-            let data: Vec<u8> = (0..len).map(|_| { x ^= x << 13; x ^= x >> 7; x ^= x << 17; (x >> 24) as u8 }).collect();
-            let p = CdcParams::new(1024, 4096, 16384);
-            let want: Vec<usize> = StreamCDC::new(&data[..], 1024, 4096, 16384).map(|c| c.unwrap().length).collect();
-            let mut got = Vec::new();
-            let mut buf = Vec::new();
-            let n = stream_chunks(Trickle(&data, step), &p, &mut buf, |c| { got.push(c.len()); true }).unwrap();
-            prop_assert_eq!(n, len as u64);
-            prop_assert_eq!(&got, &want);
-            prop_assert_eq!(p.split(&data).iter().map(|c| c.len()).collect::<Vec<_>>(), want);
-        }
-    }
-
-    /// Keyed gear tables move the boundaries: the same data cuts differently per key.
-    #[test]
-    fn keyed_gear_changes_boundaries() {
-        let mut x = 7u64;
-        let data: Vec<u8> = (0..400_000)
+    fn noise(seed: u64, len: usize) -> Vec<u8> {
+        let mut x = seed | 1;
+        (0..len)
             .map(|_| {
                 x ^= x << 13;
                 x ^= x >> 7;
                 x ^= x << 17;
                 (x >> 24) as u8
             })
-            .collect();
+            .collect()
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(24))]
+        /// Same boundaries as fastcdc's StreamCDC, whatever the read sizes, each chunk in a
+        /// buffer of its own with room for the largest.
+        #[test]
+        fn matches_streamcdc(seed in any::<u64>(), len in 0usize..300_000, step in 1usize..70_000, hint in any::<bool>()) {
+            let data = noise(seed, len);
+            let p = CdcParams::new(1024, 4096, 16384);
+            let want: Vec<usize> = StreamCDC::new(&data[..], 1024, 4096, 16384).map(|c| c.unwrap().length).collect();
+            let mut got = Vec::new();
+            let expected = hint.then_some(len as u64);
+            let n = read_chunks(Trickle(&data, step), &p, expected, Vec::new, drop, |c| {
+                assert!(c.capacity() >= 16384);
+                got.push(c.clone());
+                true
+            }).unwrap();
+            prop_assert_eq!(n, len as u64);
+            prop_assert_eq!(got.iter().map(|c| c.len()).collect::<Vec<_>>(), want.clone());
+            prop_assert_eq!(got.concat(), data.clone());
+            prop_assert_eq!(p.split(&data).iter().map(|c| c.len()).collect::<Vec<_>>(), want);
+        }
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(512))]
+        /// The resumable search finds fastcdc's `cut_gear` point, with a keyed table and
+        /// with fastcdc's own (read back through `cut`), for odd and even parameters, on
+        /// noise and on runs of one byte (cut at the maximum), however the bytes arrive.
+        #[test]
+        fn the_resumable_search_cuts_where_fastcdc_does(
+            seed in any::<u64>(),
+            len in 0usize..40_000,
+            steps in proptest::collection::vec(1usize..9_000, 1..12),
+            odd in any::<bool>(),
+            keyed in any::<bool>(),
+            flat in any::<bool>(),
+        ) {
+            let (min, avg, max) = if odd { (1001, 4095, 16383) } else { (1024, 4096, 16384) };
+            let gear = keyed.then(|| Arc::new(crate::crypto::gear_tables(&crate::crypto::SecretKey::random())));
+            let p = CdcParams::new(min, avg, max).with_gear(gear);
+            let data = if flat { vec![7u8; len] } else { noise(seed, len) };
+            let mut s = CutScan::default();
+            let mut have = 0;
+            let mut got = None;
+            for step in steps.iter().cycle() {
+                have = (have + step).min(data.len());
+                let end = have == data.len();
+                if let Some(n) = p.scan(&mut s, &data[..have], end) {
+                    got = Some(n);
+                    break;
+                }
+                if end {
+                    break;
+                }
+            }
+            let want = (!data.is_empty()).then(|| p.cut(&data));
+            prop_assert_eq!(got, want);
+        }
+    }
+
+    /// The table read back through `cut` is fastcdc's: its own `cut` and a search with it
+    /// agree on every chunk of a long input.
+    #[test]
+    fn fastcdcs_own_table_is_read_back_whole() {
+        let (gear, gear_ls) = public_gear();
+        for b in 0..256 {
+            assert_eq!(gear_ls[b], gear[b] << 1);
+        }
+        assert!(gear.iter().collect::<std::collections::HashSet<_>>().len() > 250);
+        let data = noise(3, 2_000_000);
+        let p = CdcParams::new(1024, 4096, 16384);
+        let mut rest = &data[..];
+        let mut cuts = 0;
+        while !rest.is_empty() {
+            let n = p.scan(&mut CutScan::default(), rest, true).unwrap();
+            assert_eq!(n, p.cut(rest));
+            rest = &rest[n..];
+            cuts += 1;
+        }
+        assert!(cuts > 100);
+    }
+
+    /// Keyed gear tables move the boundaries: the same data cuts differently per key.
+    #[test]
+    fn keyed_gear_changes_boundaries() {
+        let data = noise(7, 400_000);
         let lens = |g: Option<Arc<GearTables>>| {
             CdcParams::new(1024, 4096, 16384)
                 .with_gear(g)
