@@ -39,3 +39,27 @@ pub fn wrote(what: &str) {
         std::process::exit(EXIT);
     }
 }
+
+/// With `ARCA_FAULT_PAUSE_AT=<path>`, a backup sleeps `ARCA_FAULT_PAUSE_SECS` (default 3)
+/// right before it opens that source entry (relative path as the file index writes it), after
+/// the walk has seen it: the tests swap it for a symlink there.
+pub fn pause_at(rel: &[u8]) {
+    static AT: std::sync::OnceLock<Option<Vec<u8>>> = std::sync::OnceLock::new();
+    let at = AT.get_or_init(|| {
+        std::env::var_os("ARCA_FAULT_PAUSE_AT").map(|v| {
+            use std::os::unix::ffi::OsStrExt;
+            v.as_bytes().to_vec()
+        })
+    });
+    if at.as_deref() == Some(rel) {
+        let secs = std::env::var("ARCA_FAULT_PAUSE_SECS")
+            .ok()
+            .and_then(|v| v.parse::<u64>().ok())
+            .unwrap_or(3);
+        eprintln!(
+            "arca: pausing {secs}s before opening {}",
+            String::from_utf8_lossy(rel)
+        );
+        std::thread::sleep(std::time::Duration::from_secs(secs));
+    }
+}

@@ -303,6 +303,13 @@ struct ParentCursor {
     error: Option<Error>,
 }
 
+/// A listed directory entry: kept to be stat'ed through its directory when its turn comes,
+/// or stat'ed already (deep down, see `walk_dir`).
+enum Entry {
+    Listed(fs::DirEntry),
+    Stat(std::io::Result<fs::Metadata>),
+}
+
 /// Directory levels whose descriptor the walk keeps open below them (see `walk_dir`).
 const DIRS_HELD_OPEN: usize = 64;
 /// Linux's limit on a path given to a system call, its final NUL included.
@@ -736,6 +743,47 @@ fn stamp(m: &fs::Metadata) -> (u64, i128, i128) {
     (m.len(), mtime_ns(m), ctime_ns(m))
 }
 
+/// Opens a source entry the walk saw as `seen` without following a symlink in its place
+/// (`O_NOFOLLOW`; `O_NONBLOCK`, so a FIFO swapped in does not block), and refuses it unless it
+/// is that very entry (device and inode): a directory of its path replaced by a symlink
+/// meanwhile leads somewhere else, and is refused too. `seen` came from a listing of the
+/// parent directory, itself opened and checked so (the root is the user's own choice).
+fn open_seen(abs: &Path, seen: &fs::Metadata, dir: bool) -> std::io::Result<fs::File> {
+    use rustix::fs::OFlags;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut flags = OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::NOCTTY;
+    if dir {
+        flags |= OFlags::DIRECTORY;
+    }
+    let f = fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(flags.bits() as i32)
+        .open(abs)
+        .map_err(|e| {
+            if crate::repo::fsx::is_symlink_refusal(&e) {
+                std::io::Error::other(
+                    "replaced by a symlink while it was backed up: not followed, not stored",
+                )
+            } else {
+                e
+            }
+        })?;
+    let now = f.metadata()?;
+    if (now.dev(), now.ino()) != (seen.dev(), seen.ino()) {
+        return Err(std::io::Error::other(
+            "replaced while it was backed up (not the entry the walk listed): not stored",
+        ));
+    }
+    Ok(f)
+}
+
+/// A path that names the open directory `f` itself (procfs), whatever happens to the path it
+/// was opened by: entries listed and looked up through it are that directory's.
+fn fd_path(f: &fs::File) -> PathBuf {
+    use std::os::fd::AsRawFd;
+    PathBuf::from(format!("/proc/self/fd/{}", f.as_raw_fd()))
+}
+
 /// How often a file that changes while it is read is read again before it is stored as
 /// read and reported.
 const TORN_RETRIES: u32 = 2;
@@ -875,9 +923,11 @@ fn read_file(ch: &mut Chunker<'_>, job: FileJob) -> FileDone {
         c.push_str(&String::from_utf8_lossy(&rel));
     }
     let mut before = stamp(&m);
+    let seen = m.clone();
     let mut meta = m;
+    crate::fault::pause_at(&rel);
     for attempt in 0..=TORN_RETRIES {
-        let f = match fs::File::open(&abs) {
+        let f = match open_seen(&abs, &seen, false) {
             Ok(f) => f,
             Err(err) => {
                 done.errors.push(source_error(&abs, err));
@@ -1158,20 +1208,24 @@ impl Walker<'_, '_> {
         });
     }
 
-    fn walk_dir(&mut self, abs: &Path, rel: &[u8]) {
-        let rd = match fs::read_dir(abs) {
+    /// Lists the directory `dir` (opened and checked by [`open_seen`]) and visits its entries.
+    fn walk_dir(&mut self, dir: fs::File, abs: &Path, rel: &[u8]) {
+        // Listed through the open directory, never by its path again.
+        let rd = match fs::read_dir(fd_path(&dir)) {
             Ok(rd) => rd,
             Err(e) => return self.error(abs, e),
         };
+        drop(dir);
         // Entries are stat'ed through their directory's descriptor (one name looked up, not
         // the whole path: path lookups had an eighth of an unchanged incremental's CPU),
-        // which stays open while the walk goes below it; deep down, by path, so that a deep
-        // tree does not hold a descriptor per level.
+        // which stays open while the walk goes below it; deep down, all at once while it is
+        // listed, so that a deep tree does not hold a descriptor per level.
         let by_dir = rel.iter().filter(|c| **c == b'/').count() < DIRS_HELD_OPEN;
-        let mut names: Vec<(std::ffi::OsString, Option<fs::DirEntry>)> = Vec::new();
+        let mut names: Vec<(std::ffi::OsString, Entry)> = Vec::new();
         for e in rd {
             match e {
-                Ok(e) => names.push((e.file_name(), by_dir.then_some(e))),
+                Ok(e) if by_dir => names.push((e.file_name(), Entry::Listed(e))),
+                Ok(e) => names.push((e.file_name(), Entry::Stat(e.metadata()))),
                 Err(e) => self.error(abs, e),
             }
         }
@@ -1189,12 +1243,19 @@ impl Walker<'_, '_> {
             }
             r.extend_from_slice(name.as_bytes());
             let abs = abs.join(&name);
-            // A path too long for the kernel is stat'ed by path too: it fails there, once,
-            // as everything else done by path on it would.
-            let m = entry
-                .filter(|_| abs.as_os_str().len() < PATH_MAX)
-                .map(|e| e.metadata());
-            self.visit_with(&abs, &r, m);
+            // A path too long for the kernel fails here, once, as everything else done by
+            // path on it would.
+            let m = if abs.as_os_str().len() >= PATH_MAX {
+                Err(std::io::Error::from_raw_os_error(
+                    rustix::io::Errno::NAMETOOLONG.raw_os_error(),
+                ))
+            } else {
+                match entry {
+                    Entry::Listed(e) => e.metadata(),
+                    Entry::Stat(m) => m,
+                }
+            };
+            self.visit_with(&abs, &r, Some(m));
         }
     }
 
@@ -1203,7 +1264,8 @@ impl Walker<'_, '_> {
     }
 
     /// [`Walker::visit`] with the entry's metadata when its directory gave it (`lstat`
-    /// semantics either way: a symlink is not followed).
+    /// semantics either way: a symlink is not followed). Without it (the root) it is looked
+    /// up by path: symlinks above the root are the user's choice.
     fn visit_with(&mut self, abs: &Path, rel: &[u8], m: Option<std::io::Result<fs::Metadata>>) {
         let m = match m.unwrap_or_else(|| fs::symlink_metadata(abs)) {
             Ok(m) => m,
@@ -1216,23 +1278,32 @@ impl Walker<'_, '_> {
         let ft = m.file_type();
         if ft.is_dir() {
             use super::filter::DirContents;
-            let contents = self.filter.dir_contents(abs, &m);
+            crate::fault::pause_at(rel);
+            let dir = match open_seen(abs, &m, true) {
+                Ok(d) => d,
+                Err(e) => return self.error(abs, e),
+            };
+            // What the filters look for inside, through the open directory too.
+            let here = fd_path(&dir);
+            let contents = self.filter.dir_contents(&here, &m);
             if contents == DirContents::Nothing {
                 self.chunker.stats.excluded += 1;
                 return;
             }
             self.chunker.stats.dirs += 1;
             let mut e = entry_from_meta(rel, EntryType::Dir, &m);
-            self.describe(abs, &mut e, None);
+            self.describe(abs, &mut e, Some(&dir));
             self.push(e);
             match contents {
-                DirContents::All => self.walk_dir(abs, rel),
+                DirContents::All => self.walk_dir(dir, abs, rel),
                 DirContents::TagOnly => {
                     let tag = super::filter::CACHEDIR_TAG;
                     let mut r = rel.to_vec();
                     r.push(b'/');
                     r.extend_from_slice(tag.as_bytes());
-                    self.visit(&abs.join(tag), &r);
+                    let m = fs::symlink_metadata(here.join(tag));
+                    drop(dir);
+                    self.visit_with(&abs.join(tag), &r, Some(m));
                     self.chunker.stats.excluded += 1;
                 }
                 DirContents::Empty | DirContents::Nothing => {
@@ -1665,10 +1736,13 @@ pub fn run(
                     .map_err(|e| Error::io(format!("read backup source {}", root.display()), e))?;
                 if m.is_dir() {
                     // The root's own metadata is kept in the body.
+                    let dir = open_seen(root, &m, true).map_err(|e| {
+                        Error::io(format!("read backup source {}", root.display()), e)
+                    })?;
                     let mut r = entry_from_meta(b"", EntryType::Dir, &m);
-                    w.describe(root, &mut r, None);
+                    w.describe(root, &mut r, Some(&dir));
                     root_entry = Some(r);
-                    w.walk_dir(root, b"");
+                    w.walk_dir(dir, root, b"");
                 } else {
                     let name = root
                         .file_name()

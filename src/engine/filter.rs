@@ -196,7 +196,14 @@ impl Compiled {
 
 fn is_cache_dir(dir: &Path) -> bool {
     use std::io::Read;
-    let Ok(f) = fs::File::open(dir.join(CACHEDIR_TAG)) else {
+    use std::os::unix::fs::OpenOptionsExt;
+    // Never through a symlink, and a FIFO there does not block.
+    let flags = rustix::fs::OFlags::NOFOLLOW | rustix::fs::OFlags::NONBLOCK;
+    let Ok(f) = fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(flags.bits() as i32)
+        .open(dir.join(CACHEDIR_TAG))
+    else {
         return false;
     };
     if !f.metadata().is_ok_and(|m| m.is_file()) {

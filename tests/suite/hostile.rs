@@ -1164,3 +1164,103 @@ fn a_damaged_parent_file_index_fails_the_incremental() {
         points_before
     );
 }
+
+/// Runs `backup j`, pausing before it opens `at` (the walk has listed it), calls `swap` during
+/// the pause, and returns the backup's exit code and stderr.
+fn backup_with_swap(env: &Env, at: &str, swap: impl FnOnce()) -> (i32, String) {
+    use std::io::{BufRead, BufReader, Read};
+    let mut child = env
+        .cmd(&["backup", "j"])
+        .env("ARCA_PASSPHRASE", PASS)
+        .env("ARCA_FAULT_PAUSE_AT", at)
+        .env("ARCA_FAULT_PAUSE_SECS", "2")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut err = BufReader::new(child.stderr.take().unwrap());
+    let mut seen = String::new();
+    loop {
+        let mut line = String::new();
+        assert!(
+            err.read_line(&mut line).unwrap() > 0,
+            "the backup never paused at {at}: {seen}"
+        );
+        seen.push_str(&line);
+        if line.contains("pausing") {
+            break;
+        }
+    }
+    swap();
+    err.read_to_string(&mut seen).unwrap();
+    (child.wait().unwrap().code().unwrap(), seen)
+}
+
+/// Every regular file below `root`, with its bytes.
+fn files_below(root: &Path) -> Vec<(PathBuf, Vec<u8>)> {
+    let mut out = Vec::new();
+    for e in fs::read_dir(root).unwrap() {
+        let p = e.unwrap().path();
+        let m = fs::symlink_metadata(&p).unwrap();
+        if m.is_dir() {
+            out.extend(files_below(&p));
+        } else if m.is_file() {
+            out.push((p.clone(), fs::read(&p).unwrap()));
+        }
+    }
+    out
+}
+
+/// A backup never reads outside its source through a symlink swapped in while it runs: a
+/// file replaced by a symlink to a file elsewhere between the walk and its read, and a
+/// directory replaced by a symlink to a directory elsewhere between its listing in its
+/// parent and its own, are reported and not stored; the rest of the tree is.
+#[test]
+fn a_source_entry_swapped_for_a_symlink_during_a_backup_is_not_followed() {
+    let env = Env::new();
+    let src = env.path("src");
+    let outside = env.path("outside");
+    let secret = b"TOP SECRET, outside the source\n";
+    write(&outside.join("secret.txt"), secret);
+    write(&src.join("a/victim.bin"), &pseudo_random(200_000, 5, true));
+    write(&src.join("d/inner.txt"), b"inner\n");
+    write(&src.join("keep.txt"), b"kept\n");
+    env.passphrase_job("j", &src, PASS);
+    let leaked = |into: &str| {
+        let t = env.path(into);
+        env.run_env(
+            &["restore", "j", "latest", "--target", s(&t)],
+            &[("ARCA_PASSPHRASE", PASS)],
+        )
+        .ok();
+        let files = files_below(&t);
+        assert!(
+            files
+                .iter()
+                .any(|(p, d)| p.ends_with("keep.txt") && d == b"kept\n"),
+            "the rest of the tree is stored"
+        );
+        files
+            .into_iter()
+            .filter(|(_, d)| d.windows(secret.len()).any(|w| w == secret))
+            .map(|(p, _)| p)
+            .collect::<Vec<_>>()
+    };
+
+    let (code, stderr) = backup_with_swap(&env, "a/victim.bin", || {
+        fs::remove_file(src.join("a/victim.bin")).unwrap();
+        symlink(outside.join("secret.txt"), src.join("a/victim.bin")).unwrap();
+    });
+    assert_eq!(code, 3, "{stderr}");
+    assert!(stderr.contains("victim.bin"), "{stderr}");
+    assert_eq!(leaked("restored-1"), Vec::<PathBuf>::new());
+
+    fs::remove_file(src.join("a/victim.bin")).unwrap();
+    let (code, stderr) = backup_with_swap(&env, "d", || {
+        fs::rename(src.join("d"), env.path("d-moved")).unwrap();
+        symlink(&outside, src.join("d")).unwrap();
+    });
+    assert_eq!(code, 3, "{stderr}");
+    assert!(stderr.contains("/d"), "{stderr}");
+    assert_eq!(leaked("restored-2"), Vec::<PathBuf>::new());
+}
