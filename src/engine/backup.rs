@@ -14,6 +14,7 @@
 use std::collections::{HashMap, HashSet};
 use std::fs;
 use std::io::Read;
+use std::os::fd::AsFd;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
@@ -26,6 +27,7 @@ use indicatif::ProgressBar;
 use super::chunker::{read_chunks, CdcParams};
 use super::*;
 use crate::repo::format::chunk_compressor;
+use crate::repo::fsx::XattrSource;
 use crate::repo::now_rfc3339;
 use crate::repo::pack::PackBuilder;
 
@@ -750,37 +752,58 @@ fn stamp(m: &fs::Metadata) -> (u64, i128, i128) {
 /// parent directory, itself opened and checked so (the root is the user's own choice).
 fn open_seen(abs: &Path, seen: &fs::Metadata, dir: bool) -> std::io::Result<fs::File> {
     use rustix::fs::OFlags;
-    use std::os::unix::fs::OpenOptionsExt;
-    let mut flags = OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::NOCTTY;
+    let mut flags = OFlags::RDONLY | OFlags::NONBLOCK | OFlags::NOCTTY;
     if dir {
         flags |= OFlags::DIRECTORY;
     }
-    let f = fs::OpenOptions::new()
-        .read(true)
-        .custom_flags(flags.bits() as i32)
-        .open(abs)
-        .map_err(|e| {
-            if crate::repo::fsx::is_symlink_refusal(&e) {
-                std::io::Error::other(
-                    "replaced by a symlink while it was backed up: not followed, not stored",
-                )
-            } else {
-                e
-            }
-        })?;
-    let now = f.metadata()?;
-    if (now.dev(), now.ino()) != (seen.dev(), seen.ino()) {
+    open_checked(abs, seen, flags).map(fs::File::from)
+}
+
+/// [`open_seen`] for an entry that is not read, only described (a symlink, a device, a
+/// FIFO): an `O_PATH` descriptor, which opens no device and reads no data, but through which
+/// a link's target and the entry's attributes are those of the entry the walk listed.
+fn locate_seen(abs: &Path, seen: &fs::Metadata) -> std::io::Result<std::os::fd::OwnedFd> {
+    open_checked(abs, seen, rustix::fs::OFlags::PATH)
+}
+
+fn open_checked(
+    abs: &Path,
+    seen: &fs::Metadata,
+    flags: rustix::fs::OFlags,
+) -> std::io::Result<std::os::fd::OwnedFd> {
+    use rustix::fs::OFlags;
+    let fd = rustix::fs::open(
+        abs,
+        flags | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+        rustix::fs::Mode::empty(),
+    )
+    .map_err(|e| {
+        let e = std::io::Error::from(e);
+        if crate::repo::fsx::is_symlink_refusal(&e) && !flags.contains(OFlags::PATH) {
+            std::io::Error::other(
+                "replaced by a symlink while it was backed up: not followed, not stored",
+            )
+        } else {
+            e
+        }
+    })?;
+    let now = rustix::fs::fstat(&fd)?;
+    if (now.st_dev, now.st_ino) != (seen.dev(), seen.ino()) {
         return Err(std::io::Error::other(
             "replaced while it was backed up (not the entry the walk listed): not stored",
         ));
     }
-    Ok(f)
+    Ok(fd)
+}
+
+/// The target of the symlink `link` (an `O_PATH` descriptor of it).
+fn link_target(link: &std::os::fd::OwnedFd) -> std::io::Result<Vec<u8>> {
+    Ok(rustix::fs::readlinkat(link, "", Vec::new())?.into_bytes())
 }
 
 /// A path that names the open directory `f` itself (procfs), whatever happens to the path it
 /// was opened by: entries listed and looked up through it are that directory's.
-fn fd_path(f: &fs::File) -> PathBuf {
-    use std::os::fd::AsRawFd;
+fn fd_path(f: &impl std::os::fd::AsRawFd) -> PathBuf {
     PathBuf::from(format!("/proc/self/fd/{}", f.as_raw_fd()))
 }
 
@@ -862,21 +885,16 @@ fn source_error(path: &Path, e: impl std::fmt::Display) -> SourceError {
     }
 }
 
-/// Owner names and extended attributes (ACLs among them) of an entry, read from `file` when
-/// it is open (no second path lookup), else from its path.
+/// Extended attributes (ACLs among them) of an entry, read from `src`: the entry opened, or
+/// located by [`locate_seen`] (never by its path: it may lead elsewhere by now).
 fn describe_into(
     abs: &Path,
     e: &mut TreeEntry,
-    file: Option<&fs::File>,
+    src: crate::repo::fsx::XattrSource<'_>,
     errors: &mut Vec<SourceError>,
     skipped: &mut Vec<SourceError>,
 ) {
-    use crate::repo::fsx::{read_xattrs, XattrSource};
-    use std::os::fd::AsFd;
-    let src = match file {
-        Some(f) => XattrSource::Fd(f.as_fd()),
-        None => XattrSource::Path(abs),
-    };
+    use crate::repo::fsx::read_xattrs;
     match read_xattrs(src) {
         Ok((kept, odd)) => {
             e.xattrs = kept
@@ -967,7 +985,13 @@ fn read_file(ch: &mut Chunker<'_>, job: FileJob) -> FileDone {
                     meta = after;
                 }
                 let mut e = entry_from_meta(&rel, EntryType::File, &meta);
-                describe_into(&abs, &mut e, Some(&f), &mut done.errors, &mut done.skipped);
+                describe_into(
+                    &abs,
+                    &mut e,
+                    XattrSource::Fd(f.as_fd()),
+                    &mut done.errors,
+                    &mut done.skipped,
+                );
                 ch.status.add(1, 0);
                 e.size = n;
                 e.chunks = ids;
@@ -1197,8 +1221,8 @@ impl Walker<'_, '_> {
         });
     }
 
-    fn describe(&mut self, abs: &Path, e: &mut TreeEntry, file: Option<&fs::File>) {
-        describe_into(abs, e, file, &mut self.errors, &mut self.skipped);
+    fn describe(&mut self, abs: &Path, e: &mut TreeEntry, src: XattrSource<'_>) {
+        describe_into(abs, e, src, &mut self.errors, &mut self.skipped);
     }
 
     fn skip(&mut self, path: &Path, why: impl Into<String>) {
@@ -1292,7 +1316,7 @@ impl Walker<'_, '_> {
             }
             self.chunker.stats.dirs += 1;
             let mut e = entry_from_meta(rel, EntryType::Dir, &m);
-            self.describe(abs, &mut e, Some(&dir));
+            self.describe(abs, &mut e, XattrSource::Fd(dir.as_fd()));
             self.push(e);
             match contents {
                 DirContents::All => self.walk_dir(dir, abs, rel),
@@ -1311,10 +1335,11 @@ impl Walker<'_, '_> {
                 }
             }
         } else if ft.is_symlink() {
-            match fs::read_link(abs) {
+            crate::fault::pause_at(rel);
+            match locate_seen(abs, &m).and_then(|l| link_target(&l)) {
                 Ok(t) => {
                     let mut e = entry_from_meta(rel, EntryType::Symlink, &m);
-                    e.target = Some(t.as_os_str().as_bytes().to_vec());
+                    e.target = Some(t);
                     self.chunker.stats.symlinks += 1;
                     self.push(e);
                 }
@@ -1353,9 +1378,13 @@ impl Walker<'_, '_> {
                     format!("{what}: not backed up (it cannot be recreated)"),
                 );
             };
+            let located = match locate_seen(abs, &m) {
+                Ok(l) => l,
+                Err(e) => return self.error(abs, e),
+            };
             let mut e = entry_from_meta(rel, kind, &m);
             e.rdev = m.rdev();
-            self.describe(abs, &mut e, None);
+            self.describe(abs, &mut e, XattrSource::Located(&fd_path(&located)));
             self.push(e);
         }
     }
@@ -1740,7 +1769,7 @@ pub fn run(
                         Error::io(format!("read backup source {}", root.display()), e)
                     })?;
                     let mut r = entry_from_meta(b"", EntryType::Dir, &m);
-                    w.describe(root, &mut r, Some(&dir));
+                    w.describe(root, &mut r, XattrSource::Fd(dir.as_fd()));
                     root_entry = Some(r);
                     w.walk_dir(dir, root, b"");
                 } else {

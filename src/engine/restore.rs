@@ -68,10 +68,11 @@ struct Owners<'a> {
     local: super::owners::Names,
 }
 
-/// Sets an entry's extended attributes on its open handle. `user.*` and the POSIX ACLs are
-/// set for anyone; `security.*` and `trusted.*` only by root. What cannot be set is noted.
+/// Sets an entry's extended attributes with `set` (on its open handle, or its located entry).
+/// `user.*` and the POSIX ACLs are set for anyone; `security.*` and `trusted.*` only by root.
+/// What cannot be set is noted.
 fn set_xattrs(
-    fd: impl std::os::fd::AsFd,
+    set: impl Fn(&str, &[u8]) -> std::io::Result<()>,
     e: &TreeEntry,
     root: bool,
     notes: &Mutex<Vec<SourceError>>,
@@ -81,9 +82,7 @@ fn set_xattrs(
         let why = if privileged && !root {
             Some("needs root".to_string())
         } else {
-            fsx::set_xattr(fd.as_fd(), &x.name, &x.value)
-                .err()
-                .map(|err| err.to_string())
+            set(&x.name, &x.value).err().map(|err| err.to_string())
         };
         if let Some(why) = why {
             notes.lock().unwrap().push(SourceError {
@@ -1013,6 +1012,10 @@ fn run_gated(
                 parent.chown_nofollow(&tmp, uid, gid).is_ok()
             };
             parent.chmod_at(&tmp, final_mode(e, owner_set))?;
+            if !e.xattrs.is_empty() {
+                let at = parent.locate(&tmp)?;
+                set_xattrs(|n, v| fsx::set_xattr_located(&at, n, v), e, chown, &notes);
+            }
             parent.set_times_nofollow(&tmp, e.mtime_ns)?;
             parent.rename_to(&tmp, &parent, name)
         })();
@@ -1033,7 +1036,7 @@ fn run_gated(
         };
         fsx::fchmod(d.fd(), final_mode(e, owner_set))
             .map_err(|err| Error::io(format!("set mode of {}", shown()), err))?;
-        set_xattrs(d.fd(), e, chown, &notes);
+        set_xattrs(|n, v| fsx::set_xattr(d.fd(), n, v), e, chown, &notes);
         fsx::futimens(d.fd(), e.mtime_ns)
             .map_err(|err| Error::io(format!("set times of {}", shown()), err))
     };
@@ -1140,7 +1143,7 @@ fn write_file(
             fsx::fchmod(&f, final_mode(e, owner_set))
                 .map_err(|err| Error::io(format!("set mode of {}", dest.display()), err))?;
         }
-        set_xattrs(&f, e, chown, notes);
+        set_xattrs(|n, v| fsx::set_xattr(&f, n, v), e, chown, notes);
         fsx::futimens(&f, e.mtime_ns)
             .map_err(|err| Error::io(format!("set times of {}", dest.display()), err))?;
         Ok(n)

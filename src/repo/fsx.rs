@@ -357,6 +357,19 @@ impl DirHandle {
         Ok(())
     }
 
+    /// An `O_PATH` descriptor of the entry `name` itself (never a symlink's target): a FIFO
+    /// or device node, held without being opened, to set its attributes through
+    /// [`set_xattr_located`].
+    pub fn locate(&self, name: impl AsRef<OsStr>) -> io::Result<OwnedFd> {
+        check_name(name.as_ref())?;
+        Ok(rfs::openat(
+            &self.fd,
+            name.as_ref(),
+            OFlags::PATH | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+            Mode::empty(),
+        )?)
+    }
+
     /// Sets the mode of an entry that is not a symlink (FIFOs, device nodes).
     pub fn chmod_at(&self, name: impl AsRef<OsStr>, mode: u32) -> io::Result<()> {
         check_name(name.as_ref())?;
@@ -445,36 +458,38 @@ pub fn xattr_kept(name: &[u8]) -> bool {
         || name == b"system.posix_acl_default"
 }
 
-/// Where extended attributes are read from: a path (a symlink itself, never followed) or an
-/// open file.
+/// Where extended attributes are read from: an open file, or the procfs path of an `O_PATH`
+/// descriptor (`/proc/self/fd/N`, which `f*xattr` calls do not take on every kernel): that
+/// path is followed to the entry the descriptor holds, never further, whatever its own path
+/// has become.
 #[derive(Clone, Copy)]
 pub enum XattrSource<'a> {
-    Path(&'a Path),
+    Located(&'a Path),
     Fd(std::os::fd::BorrowedFd<'a>),
 }
 
 impl XattrSource<'_> {
     fn list_len(self) -> rustix::io::Result<usize> {
         match self {
-            XattrSource::Path(p) => rfs::llistxattr_query(p),
+            XattrSource::Located(p) => rfs::listxattr_query(p),
             XattrSource::Fd(f) => rfs::flistxattr_query(f),
         }
     }
     fn list(self, buf: &mut [u8]) -> rustix::io::Result<usize> {
         match self {
-            XattrSource::Path(p) => rfs::llistxattr(p, buf),
+            XattrSource::Located(p) => rfs::listxattr(p, buf),
             XattrSource::Fd(f) => rfs::flistxattr(f, buf),
         }
     }
     fn value_len(self, name: &[u8]) -> rustix::io::Result<usize> {
         match self {
-            XattrSource::Path(p) => rfs::lgetxattr_query(p, name),
+            XattrSource::Located(p) => rfs::getxattr_query(p, name),
             XattrSource::Fd(f) => rfs::fgetxattr_query(f, name),
         }
     }
     fn value(self, name: &[u8], buf: &mut [u8]) -> rustix::io::Result<usize> {
         match self {
-            XattrSource::Path(p) => rfs::lgetxattr(p, name, buf),
+            XattrSource::Located(p) => rfs::getxattr(p, name, buf),
             XattrSource::Fd(f) => rfs::fgetxattr(f, name, buf),
         }
     }
@@ -541,6 +556,16 @@ pub fn default_acl_may_apply(dir: &DirHandle) -> bool {
 /// Sets an extended attribute on an open file or directory.
 pub fn set_xattr(fd: impl AsFd, name: &str, value: &[u8]) -> io::Result<()> {
     rfs::fsetxattr(fd, name, value, rfs::XattrFlags::empty())?;
+    Ok(())
+}
+
+/// Sets an extended attribute on the entry an `O_PATH` descriptor holds (through its procfs
+/// path, followed to that entry and no further: `fsetxattr` does not take such descriptors
+/// on every kernel).
+pub fn set_xattr_located(fd: &OwnedFd, name: &str, value: &[u8]) -> io::Result<()> {
+    use std::os::fd::AsRawFd;
+    let at = format!("/proc/self/fd/{}", fd.as_raw_fd());
+    rfs::setxattr(Path::new(&at), name, value, rfs::XattrFlags::empty())?;
     Ok(())
 }
 

@@ -176,6 +176,14 @@ fn metadata_round_trips_links_xattrs_acls_fifos_devices_owners_and_the_root() {
             rustix::fs::makedev(1, 3),
         )
         .unwrap();
+        // A FIFO's attributes are read through the entry itself, never by its path.
+        rustix::fs::setxattr(
+            src.join("pipe").as_path(),
+            "trusted.pipe-note",
+            b"on a fifo",
+            rustix::fs::XattrFlags::empty(),
+        )
+        .unwrap();
         // An owner this machine has no name for stays numeric; "nobody" goes by name.
         rustix::fs::chown(
             src.join("tagged").as_path(),
@@ -258,6 +266,10 @@ fn metadata_round_trips_links_xattrs_acls_fifos_devices_owners_and_the_root() {
         assert_eq!(
             dm.rdev(),
             fs::metadata(src.join("null-dev")).unwrap().rdev()
+        );
+        assert_eq!(
+            xattr(&t.join("pipe"), "trusted.pipe-note").as_deref(),
+            Some(&b"on a fifo"[..])
         );
         assert_eq!(fs::metadata(t.join("tagged")).unwrap().uid(), 4242);
         assert_eq!(fs::metadata(t.join("data/original")).unwrap().uid(), 65534);

@@ -1264,3 +1264,33 @@ fn a_source_entry_swapped_for_a_symlink_during_a_backup_is_not_followed() {
     assert!(stderr.contains("/d"), "{stderr}");
     assert_eq!(leaked("restored-2"), Vec::<PathBuf>::new());
 }
+
+/// What a symlink points to is read from the very link its directory listed: a directory
+/// swapped for a symlink to another directory between the listing of the link and the read
+/// of its target does not make the backup record the target of the other directory's link
+/// of that name (a target the user who swapped it may not be allowed to see).
+#[test]
+fn a_symlink_read_through_a_swapped_directory_is_not_recorded() {
+    let env = Env::new();
+    let src = env.path("src");
+    let outside = env.path("outside");
+    fs::create_dir_all(src.join("d")).unwrap();
+    fs::create_dir_all(&outside).unwrap();
+    symlink("innocent-target", src.join("d/link")).unwrap();
+    symlink("LEAKED-TARGET", outside.join("link")).unwrap();
+    write(&src.join("keep.txt"), b"kept\n");
+    env.passphrase_job("j", &src, PASS);
+
+    let (code, stderr) = backup_with_swap(&env, "d/link", || {
+        fs::rename(src.join("d"), env.path("d-moved")).unwrap();
+        symlink(&outside, src.join("d")).unwrap();
+    });
+    assert_eq!(code, 3, "{stderr}");
+    assert!(stderr.contains("d/link"), "{stderr}");
+    let ls = env
+        .run_env(&["--json", "ls", "j"], &[("ARCA_PASSPHRASE", PASS)])
+        .ok()
+        .stdout;
+    assert!(ls.contains("keep.txt"), "{ls}");
+    assert!(!ls.contains("LEAKED-TARGET"), "{ls}");
+}
