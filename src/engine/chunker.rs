@@ -192,7 +192,7 @@ const END_PROBE: usize = 4 << 10;
 /// the maximum chunk's capacity). `take` gives an empty buffer and `give` takes back one
 /// not used; `emit` gets each chunk in order, takes its buffer or leaves it (to be reused),
 /// and returns false to stop. `expected` is the length the input should have (a file's
-/// size): no more than that is zero-filled ahead of a read. Returns the bytes read.
+/// size): no more than that is asked for ahead of its end. Returns the bytes read.
 pub fn read_chunks<R: Read>(
     mut r: R,
     p: &CdcParams,
@@ -241,24 +241,16 @@ pub fn read_chunks<R: Read>(
                 left => want.min(left.try_into().unwrap_or(usize::MAX)),
             };
         }
-        let at = cur.len();
-        cur.resize(at + want, 0);
-        let mut got = 0;
-        while got < want {
-            match r.read(&mut cur[at + got..]) {
-                Ok(0) => {
-                    eof = true;
-                    break;
-                }
-                Ok(k) => got += k,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => {
-                    give(cur);
-                    return Err(e);
-                }
+        // Into the buffer's spare room as it is (a file reads into it without it being
+        // zero-filled first, which was 2% of a backup's CPU time); short only at the end.
+        let got = match (&mut r).take(want as u64).read_to_end(&mut cur) {
+            Ok(n) => n,
+            Err(e) => {
+                give(cur);
+                return Err(e);
             }
-        }
-        cur.truncate(at + got);
+        };
+        eof = got < want;
         total += got as u64;
     };
     give(cur);
