@@ -24,8 +24,8 @@ pub struct BackupArgs {
     /// The file name the stream gets in the recovery point.
     #[arg(long, value_name = "FILE")]
     pub stdin_name: Option<String>,
-    /// zstd level (1-19); higher is smaller and slower. The default, 1, runs with a larger
-    /// hash table and window than zstd's own level 1 (README, Performance).
+    /// zstd level (1-19); higher is smaller and slower. Each level runs with zstd's own
+    /// parameters for it, so the default, 1, writes what `zstd -1` writes.
     #[arg(long, default_value_t = DEFAULT_COMPRESSION, value_parser = clap::value_parser!(i32).range(1..=19))]
     pub compression: i32,
     /// Excludes for this run, added to the job's (`arca job show` lists those).

@@ -1320,8 +1320,8 @@ pub const PAYLOAD_RAW: u8 = 0;
 pub const PAYLOAD_ZSTD: u8 = 1;
 
 /// The zstd context a backup compresses chunks with at `level`, with zstd's own parameters for
-/// it: at level 1 (the default) a larger hash table and window (32 Ki entries, 1 MiB) stored
-/// 1-3% less for 2-3% more CPU, and `tar | zstd -1` is what a full backup is measured against.
+/// it (the frames `zstd -<level>` writes; `tar | zstd -1` is what a full backup is measured
+/// against).
 pub fn chunk_compressor(level: i32) -> zstd::bulk::Compressor<'static> {
     zstd::bulk::Compressor::new(level).expect("zstd context")
 }
