@@ -417,7 +417,7 @@ impl ParentCursor {
                 }
             }
             let p = self.next.as_ref().expect("just read");
-            match walk_order(&p.entry.path_bytes(), rel) {
+            match walk_order(p.entry.path_raw(), rel) {
                 std::cmp::Ordering::Less => self.next = None,
                 std::cmp::Ordering::Equal => return self.next.take(),
                 std::cmp::Ordering::Greater => return None,

@@ -660,7 +660,7 @@ impl Iterator for TreeStream<'_> {
                 return None;
             }
             let rest = &self.buf[self.pos..];
-            if let Some(nl) = rest.iter().position(|b| *b == b'\n') {
+            if let Some(nl) = memchr::memchr(b'\n', rest) {
                 let at = self.pos;
                 self.pos += nl + 1;
                 if nl == 0 {

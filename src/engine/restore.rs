@@ -96,7 +96,7 @@ fn set_xattrs(
 /// A tree path → a relative filesystem path, refusing anything that could escape the target.
 pub fn safe_rel_path(raw: &[u8]) -> Result<PathBuf> {
     let p = Path::new(OsStr::from_bytes(raw));
-    let mut out = PathBuf::new();
+    let mut out = PathBuf::with_capacity(raw.len());
     for c in p.components() {
         match c {
             Component::Normal(n) => out.push(n),
@@ -118,6 +118,11 @@ pub fn safe_rel_path(raw: &[u8]) -> Result<PathBuf> {
         ));
     }
     Ok(out)
+}
+
+/// Whether `e` is selected by `include` (everything when it is empty).
+fn included(e: &TreeEntry, include: &[String]) -> bool {
+    include.is_empty() || matches_include(&e.display_path(), include)
 }
 
 fn matches_include(path: &str, include: &[String]) -> bool {
@@ -526,11 +531,11 @@ fn run_gated(
     if !staged {
         for e in point.tree_stream(repo, oc) {
             let e = e?;
-            if !matches_include(&e.display_path(), &opts.include) {
+            if !included(&e, &opts.include) {
                 continue;
             }
             selected += 1;
-            let rel = safe_rel_path(&e.path_bytes())?;
+            let rel = safe_rel_path(e.path_raw())?;
             if is_file(&e) {
                 file_count += 1;
             } else if e.kind == EntryType::Dir {
@@ -635,10 +640,10 @@ fn run_gated(
                     let res = (|| -> Result<u64> {
                         let parent = dirs_cache.get(rel.parent().unwrap_or(Path::new("")))?;
                         let name = rel.file_name().expect("a normal last component");
-                        let tmp = if staged {
-                            name.to_os_string()
+                        let tmp: std::borrow::Cow<'_, OsStr> = if staged {
+                            name.into()
                         } else {
-                            tmp_name_for(seq).into()
+                            std::ffi::OsString::from(tmp_name_for(seq)).into()
                         };
                         write_file(
                             &mut reader,
@@ -667,9 +672,9 @@ fn run_gated(
                                     .set_message(format!("{done}{of} files {}", e.display_path()));
                             }
                             if !link_targets.is_empty() {
-                                let p = e.path_bytes();
-                                if link_targets.contains(&p) {
-                                    restored_targets.lock().unwrap().insert(p);
+                                let p = e.path_raw();
+                                if link_targets.contains(p) {
+                                    restored_targets.lock().unwrap().insert(p.to_vec());
                                 }
                             }
                             mine.push((seq, rel.into_os_string().into_vec().into_boxed_slice()));
@@ -739,7 +744,7 @@ fn run_gated(
                     break;
                 }
             };
-            if !matches_include(&e.display_path(), &opts.include) {
+            if !included(&e, &opts.include) {
                 continue;
             }
             if staged {
@@ -747,7 +752,7 @@ fn run_gated(
             } else if !is_file(&e) {
                 continue; // kept by the first pass
             }
-            let rel = match safe_rel_path(&e.path_bytes()) {
+            let rel = match safe_rel_path(e.path_raw()) {
                 Ok(r) => r,
                 Err(err) => {
                     set_err(err);

@@ -1158,14 +1158,19 @@ mod opt_b64 {
 impl TreeEntry {
     /// The path as raw bytes.
     pub fn path_bytes(&self) -> Vec<u8> {
+        self.path_raw().to_vec()
+    }
+
+    /// The path as raw bytes, borrowed.
+    pub fn path_raw(&self) -> &[u8] {
         match &self.path_b64 {
-            Some(b) => b.clone(),
-            None => self.path.as_bytes().to_vec(),
+            Some(b) => b,
+            None => self.path.as_bytes(),
         }
     }
 
     pub fn display_path(&self) -> String {
-        String::from_utf8_lossy(&self.path_bytes()).into_owned()
+        String::from_utf8_lossy(self.path_raw()).into_owned()
     }
 }
 
