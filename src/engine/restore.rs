@@ -122,17 +122,19 @@ pub fn safe_rel_path(raw: &[u8]) -> Result<PathBuf> {
 
 /// Whether `e` is selected by `include` (everything when it is empty).
 fn included(e: &TreeEntry, include: &[String]) -> bool {
-    include.is_empty() || matches_include(&e.display_path(), include)
+    include.is_empty() || matches_include(&String::from_utf8_lossy(e.path_raw()), include)
 }
 
+/// `path` is an include, lies below one, or is a directory above one.
 fn matches_include(path: &str, include: &[String]) -> bool {
+    // `a` is `b` followed by a '/' and more.
+    fn below(a: &str, b: &str) -> bool {
+        a.len() > b.len() && a.starts_with(b) && a.as_bytes()[b.len()] == b'/'
+    }
     include.is_empty()
         || include.iter().any(|i| {
             let i = i.trim_matches('/');
-            i.is_empty()
-                || path == i
-                || path.starts_with(&format!("{i}/"))
-                || i.starts_with(&format!("{path}/"))
+            i.is_empty() || path == i || below(path, i) || below(i, path)
         })
 }
 
@@ -1242,6 +1244,9 @@ mod tests {
         assert!(matches_include("docs/a.txt", &inc));
         assert!(!matches_include("docsx/a.txt", &inc));
         assert!(!matches_include("src/a.rs", &inc));
+        assert!(matches_include("docs", &["docs/a.txt".to_string()]));
+        assert!(!matches_include("doc", &["docs/a.txt".to_string()]));
+        assert!(matches_include("docs/a/b", &["docs/a".to_string()]));
         assert!(matches_include("anything", &[]));
     }
 }
