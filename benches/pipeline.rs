@@ -137,6 +137,57 @@ fn main() {
         stored as f64 / 1048576.0,
         buf.len() / 1048576
     );
+    file_index();
+}
+
+/// The file index of 100,000 files (one chunk each, bundled, rustdoc-like paths): encoding
+/// as a backup writes it and decoding as a restore reads it, binary records against the
+/// JSON lines of points written before them.
+fn file_index() {
+    use arca::repo::format::{decode_tree, encode_tree, EntryType, TreeEntry};
+    use arca::repo::tree_bin;
+    let entries: Vec<TreeEntry> = (0..100_000u64)
+        .map(|i| TreeEntry {
+            mode: 0o644,
+            uid: 1000,
+            gid: 1000,
+            mtime_ns: 1_700_000_000_000_000_000 + i as i128 * 1_000_003,
+            size: 4000 + i % 5000,
+            inode: 1_000_000 + i,
+            ctime_ns: 1_700_000_000_000_000_000 + i as i128 * 999_983,
+            chunks: vec![Id32([(i % 251) as u8; 32])],
+            at: Some((i % 100) * 9000),
+            ..TreeEntry::new(
+                format!("share/doc/rust/html/std/module{}/fn.item_{i}.html", i % 300),
+                None,
+                EntryType::File,
+            )
+        })
+        .collect();
+    for (name, enc, dec) in [
+        (
+            "binary",
+            tree_bin::encode_tree as fn(&[TreeEntry]) -> Vec<u8>,
+            (|b: &[u8]| tree_bin::decode_tree(b).map(|v| v.len()))
+                as fn(&[u8]) -> Result<usize, arca::repo::format::ParseError>,
+        ),
+        ("JSON lines", encode_tree, |b: &[u8]| {
+            decode_tree(b).map(|v| v.len())
+        }),
+    ] {
+        let t = Instant::now();
+        let bytes = enc(&entries);
+        let te = t.elapsed().as_secs_f64();
+        let t = Instant::now();
+        assert_eq!(dec(&bytes).unwrap(), entries.len());
+        let td = t.elapsed().as_secs_f64();
+        println!(
+            "file index, {name:<10} {:>5.0} ns/entry encode, {:>5.0} ns/entry decode, {} bytes/entry",
+            te * 1e9 / entries.len() as f64,
+            td * 1e9 / entries.len() as f64,
+            bytes.len() / entries.len()
+        );
+    }
 }
 
 fn files(dir: &std::path::Path, out: &mut Vec<std::path::PathBuf>) {

@@ -8,6 +8,9 @@ fuzz_target!(|data: &[u8]| {
     let _ = decode_index(data);
     let _ = decode_pack_header(data);
     let _ = decode_tree(data);
+    if let Ok(entries) = arca::repo::tree_bin::decode_tree(data) {
+        assert_eq!(arca::repo::tree_bin::encode_tree(&entries), data);
+    }
     let _ = parse_frame(data);
     let _ = decode_payload(data, data.len());
     let _ = serde_json::from_slice::<PointRecord>(data);

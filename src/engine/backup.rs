@@ -444,8 +444,7 @@ impl TreeOut {
         self.uids.insert(e.uid);
         self.gids.insert(e.gid);
         let before = self.pending.len();
-        serde_json::to_writer(&mut self.pending, e).expect("tree entry serializes");
-        self.pending.push(b'\n');
+        crate::repo::tree_bin::encode_entry(e, &mut self.pending);
         self.bytes += (self.pending.len() - before) as u64;
         self.entries += 1;
         if self.pending.len() >= 4 * TREE_CHUNK_MAX as usize {
@@ -1911,6 +1910,7 @@ pub fn run(
             stats,
             tree: tree.ids,
             tree_bytes: tree.bytes,
+            tree_format: TREE_FORMAT_BINARY,
             errors,
             skipped,
             root: root_entry,

@@ -616,6 +616,7 @@ pub fn read_tree(reader: &mut ChunkReader<'_>, body: &PointBody) -> Result<Vec<T
 pub struct TreeStream<'r> {
     reader: ChunkReader<'r>,
     ids: std::vec::IntoIter<Id32>,
+    format: u32,
     expected: u64,
     seen: u64,
     buf: Vec<u8>,
@@ -624,7 +625,17 @@ pub struct TreeStream<'r> {
 }
 
 /// A file index entry longer than this is refused (no entry of arca's comes close).
-const TREE_LINE_MAX: usize = 64 << 20;
+const TREE_LINE_MAX: usize = crate::repo::tree_bin::RECORD_MAX;
+
+/// Where the next entry of a file index lies in the bytes read so far.
+enum Next {
+    /// An entry's bytes, and where the one after it starts.
+    Entry(std::ops::Range<usize>, usize),
+    /// An empty line (JSON lines only), skipped.
+    Skip(usize),
+    /// The entry is not wholly read yet.
+    More,
+}
 
 impl<'r> TreeStream<'r> {
     pub fn new(mut reader: ChunkReader<'r>, body: &PointBody) -> Self {
@@ -632,6 +643,7 @@ impl<'r> TreeStream<'r> {
         TreeStream {
             reader,
             ids: body.tree.clone().into_iter(),
+            format: body.tree_format,
             expected: body.tree_bytes,
             seen: 0,
             buf: Vec::new(),
@@ -645,9 +657,34 @@ impl<'r> TreeStream<'r> {
         Some(Err(Error::integrity("file index", detail)))
     }
 
-    fn parse(line: &[u8]) -> Result<TreeEntry> {
-        serde_json::from_slice(line)
-            .map_err(|e| Error::integrity("file index", format!("file index entry: {e}")))
+    fn parse(&self, entry: &[u8]) -> Result<TreeEntry> {
+        if self.format == TREE_FORMAT_BINARY {
+            crate::repo::tree_bin::decode_entry(entry)
+                .map_err(|e| Error::integrity("file index", e.to_string()))
+        } else {
+            serde_json::from_slice(entry)
+                .map_err(|e| Error::integrity("file index", format!("file index entry: {e}")))
+        }
+    }
+
+    fn split(&self) -> Result<Next> {
+        let rest = &self.buf[self.pos..];
+        if self.format == TREE_FORMAT_BINARY {
+            use crate::repo::tree_bin::{split_record, Split};
+            match split_record(rest).map_err(|e| Error::integrity("file index", e.to_string()))? {
+                Split::Record { body } => Ok(Next::Entry(
+                    self.pos + body.start..self.pos + body.end,
+                    self.pos + body.end,
+                )),
+                Split::Incomplete => Ok(Next::More),
+            }
+        } else {
+            Ok(match memchr::memchr(b'\n', rest) {
+                Some(0) => Next::Skip(self.pos + 1),
+                Some(nl) => Next::Entry(self.pos..self.pos + nl, self.pos + nl + 1),
+                None => Next::More,
+            })
+        }
     }
 }
 
@@ -655,24 +692,35 @@ impl Iterator for TreeStream<'_> {
     type Item = Result<TreeEntry>;
 
     fn next(&mut self) -> Option<Result<TreeEntry>> {
+        if !self.done && self.format != TREE_FORMAT_JSON && self.format != TREE_FORMAT_BINARY {
+            let f = self.format;
+            return self.fail(format!("unknown file index format {f}"));
+        }
         loop {
             if self.done {
                 return None;
             }
-            let rest = &self.buf[self.pos..];
-            if let Some(nl) = memchr::memchr(b'\n', rest) {
-                let at = self.pos;
-                self.pos += nl + 1;
-                if nl == 0 {
+            match self.split() {
+                Err(e) => {
+                    self.done = true;
+                    return Some(Err(e));
+                }
+                Ok(Next::Skip(next)) => {
+                    self.pos = next;
                     continue;
                 }
-                let r = Self::parse(&self.buf[at..at + nl]);
-                if r.is_err() {
-                    self.done = true;
+                Ok(Next::Entry(entry, next)) => {
+                    let r = self.parse(&self.buf[entry]);
+                    self.pos = next;
+                    if r.is_err() {
+                        self.done = true;
+                    }
+                    return Some(r);
                 }
-                return Some(r);
+                Ok(Next::More) => {}
             }
-            if rest.len() > TREE_LINE_MAX {
+            let rest = self.buf.len() - self.pos;
+            if rest > TREE_LINE_MAX {
                 return self.fail("an entry longer than 64 MiB");
             }
             match self.ids.next() {
@@ -697,10 +745,13 @@ impl Iterator for TreeStream<'_> {
                     if self.seen != self.expected {
                         return self.fail("shorter than its recorded length");
                     }
-                    if rest.is_empty() {
+                    if rest == 0 {
                         return None;
                     }
-                    return Some(Self::parse(&self.buf[self.pos..]));
+                    if self.format == TREE_FORMAT_BINARY {
+                        return self.fail("its last entry is cut short");
+                    }
+                    return Some(self.parse(&self.buf[self.pos..]));
                 }
             }
         }

@@ -1009,9 +1009,17 @@ pub struct PointBody {
     pub source: String,
     pub hostname: String,
     pub stats: PointStats,
-    /// The file index (JSON lines of [`TreeEntry`]) as a list of chunk ids.
+    /// The file index as a list of chunk ids; its entries are [`TreeEntry`] records in the
+    /// encoding `tree_format` names.
     pub tree: Vec<Id32>,
     pub tree_bytes: u64,
+    /// [`TREE_FORMAT_JSON`] (omitted: points written before the binary index) or
+    /// [`TREE_FORMAT_BINARY`].
+    #[serde(
+        default = "tree_format_json",
+        skip_serializing_if = "is_tree_format_json"
+    )]
+    pub tree_format: u32,
     /// Files that could not be read (or changed while read).
     #[serde(default)]
     pub errors: Vec<SourceError>,
@@ -1030,6 +1038,19 @@ pub struct PointBody {
     /// A point made by `arca copy --encrypt-on target`: the point (of another job) it copies.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub copied_from: Option<Id16>,
+}
+
+/// File index as JSON lines (docs/FORMAT.md §5.5).
+pub const TREE_FORMAT_JSON: u32 = 1;
+/// File index as length-prefixed binary records ([`super::tree_bin`]).
+pub const TREE_FORMAT_BINARY: u32 = 2;
+
+fn tree_format_json() -> u32 {
+    TREE_FORMAT_JSON
+}
+
+fn is_tree_format_json(f: &u32) -> bool {
+    *f == TREE_FORMAT_JSON
 }
 
 impl PointBody {

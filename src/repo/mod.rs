@@ -20,6 +20,7 @@ pub mod format;
 pub mod fsx;
 pub mod pack;
 pub mod store;
+pub mod tree_bin;
 
 use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};

@@ -20,6 +20,7 @@ use std::path::{Path, PathBuf};
 
 use arca::repo::format::*;
 use arca::repo::pack::parse_frame;
+use arca::repo::tree_bin;
 use serde_json::Value;
 
 /// xorshift64*: deterministic per seed, so a failure can be replayed.
@@ -100,6 +101,7 @@ fn seeds() -> Vec<Vec<u8>> {
         pack,
         encode_payload(&b"hello hello hello hello hello hello hello hello hello hello hello".repeat(3), 3),
         br#"{"path":"a/b","type":"file","mode":420,"uid":1,"gid":1,"mtime_ns":5,"size":3,"chunks":["0707070707070707070707070707070707070707070707070707070707070707"]}"#.to_vec(),
+        tree_bin::encode_tree(&binary_tree_seed()),
     ];
     let fixture = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/vectors/repo-v2/repo");
     for sub in ["config", "jobs", "chains", "points"] {
@@ -115,10 +117,38 @@ fn seeds() -> Vec<Vec<u8>> {
     out
 }
 
+/// A binary file index with every optional field of an entry in use.
+fn binary_tree_seed() -> Vec<TreeEntry> {
+    let mut f = TreeEntry::new("a/b".into(), None, EntryType::File);
+    f.chunks = vec![Id32([7; 32])];
+    f.at = Some(3);
+    f.size = 3;
+    f.mtime_ns = -5;
+    f.xattrs = vec![Xattr {
+        name: "user.x".into(),
+        value: vec![1, 2],
+    }];
+    let mut l = TreeEntry::new(String::new(), Some(vec![0xff, b'l']), EntryType::Symlink);
+    l.target = Some(b"a/b".to_vec());
+    let mut d = TreeEntry::new("d".into(), None, EntryType::Blockdev);
+    d.rdev = 0x801;
+    let mut h = TreeEntry::new("c".into(), None, EntryType::File);
+    h.hardlink = Some(b"a/b".to_vec());
+    vec![f, l, d, h]
+}
+
 fn parse_all(data: &[u8]) {
     let _ = decode_index(data);
     let _ = decode_pack_header(data);
     let _ = decode_tree(data);
+    // The binary file index is canonical: what decodes encodes back to the same bytes.
+    if let Ok(entries) = tree_bin::decode_tree(data) {
+        assert_eq!(
+            tree_bin::encode_tree(&entries),
+            data,
+            "non-canonical file index"
+        );
+    }
     let _ = parse_frame(data);
     let _ = decode_payload(data, data.len());
     let _ = decode_payload(data, 1 << 20);

@@ -1032,7 +1032,13 @@ fn a_tree_length_of_u64_max_under_a_valid_key_is_an_error_not_a_panic() {
     let idk = ChunkIdKey::from_chain_key(&chain_key);
     let idx = ChainIndex::empty();
     let mut reader = ChunkReader::new(&repo, &idx, &idk);
-    for tree_bytes in [u64::MAX, 1 << 36] {
+    for (tree_bytes, tree_format) in [
+        (u64::MAX, TREE_FORMAT_JSON),
+        (1 << 36, TREE_FORMAT_JSON),
+        (u64::MAX, TREE_FORMAT_BINARY),
+        (1 << 36, TREE_FORMAT_BINARY),
+        (10, 3),
+    ] {
         let body = PointBody {
             kind: "tree".into(),
             source: "/".into(),
@@ -1040,6 +1046,7 @@ fn a_tree_length_of_u64_max_under_a_valid_key_is_an_error_not_a_panic() {
             stats: Default::default(),
             tree: vec![Id32([1; 32])],
             tree_bytes,
+            tree_format,
             errors: vec![],
             skipped: vec![],
             root: None,

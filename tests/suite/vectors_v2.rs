@@ -226,6 +226,7 @@ fn compute() -> Value {
         stats: PointStats::default(),
         tree: vec![],
         tree_bytes: 0,
+        tree_format: TREE_FORMAT_BINARY,
         errors: vec![],
         skipped: vec![],
         root: None,
@@ -422,7 +423,70 @@ fn compute() -> Value {
             "file": h(&[header.as_slice(), &commit, &sealed].concat()),
         }),
     );
+    // The binary file index (FORMAT.md §5.5): one record of each kind of entry.
+    let entries = file_index_entries();
+    v.insert(
+        "file_index_binary",
+        json!({
+            "entries": entries,
+            "bytes": h(&arca::repo::tree_bin::encode_tree(&entries)),
+        }),
+    );
     serde_json::to_value(v).unwrap()
+}
+
+/// Entries for the binary file index vector: the root, a chunked file with an xattr, a
+/// bundled file, a symlink with a non-UTF-8 name, a device, a hard link, a time before 1970.
+fn file_index_entries() -> Vec<TreeEntry> {
+    let root = TreeEntry {
+        mode: 0o755,
+        mtime_ns: 1_700_000_000_000_000_000,
+        ..TreeEntry::new(String::new(), None, EntryType::Dir)
+    };
+    let file = TreeEntry {
+        mode: 0o644,
+        uid: 1000,
+        gid: 1000,
+        mtime_ns: 1_600_000_000_123_456_789,
+        size: 2_000_000,
+        inode: 1234,
+        ctime_ns: 1_700_000_000_000_000_000,
+        chunks: vec![Id32([0x11; 32]), Id32([0x22; 32])],
+        xattrs: vec![Xattr {
+            name: "user.origin".into(),
+            value: b"vector".to_vec(),
+        }],
+        ..TreeEntry::new("docs/big.bin".into(), None, EntryType::File)
+    };
+    let bundled = TreeEntry {
+        mode: 0o600,
+        mtime_ns: -1_000_000_000,
+        size: 11,
+        chunks: vec![Id32([0x33; 32])],
+        at: Some(4096),
+        ..TreeEntry::new("docs/readme.txt".into(), None, EntryType::File)
+    };
+    let link = TreeEntry {
+        mode: 0o777,
+        target: Some(b"readme.txt".to_vec()),
+        ..TreeEntry::new(
+            String::new(),
+            Some(b"docs/caf\xe9".to_vec()),
+            EntryType::Symlink,
+        )
+    };
+    let dev = TreeEntry {
+        mode: 0o666,
+        rdev: 0x0103,
+        ..TreeEntry::new("dev/null".into(), None, EntryType::Chardev)
+    };
+    let hard = TreeEntry {
+        mode: 0o644,
+        size: 2_000_000,
+        hardlink: Some(b"docs/big.bin".to_vec()),
+        ..TreeEntry::new("docs/same.bin".into(), None, EntryType::File)
+    };
+    vec![root, file, bundled, link, dev, hard]
 }
 
 fn vectors_path() -> PathBuf {
@@ -451,6 +515,22 @@ fn v2_vectors_match() {
 fn v2_vectors_decode_and_reject_edits() {
     let want: Value = serde_json::from_slice(&std::fs::read(vectors_path()).unwrap()).unwrap();
     let b = |s: &Value| hex::decode(s.as_str().unwrap()).unwrap();
+    // The pinned binary file index decodes to its pinned entries; a cut or an edited byte
+    // does not decode to them.
+    let fi = &want["file_index_binary"];
+    let entries: Vec<TreeEntry> = serde_json::from_value(fi["entries"].clone()).unwrap();
+    let bytes = b(&fi["bytes"]);
+    assert_eq!(arca::repo::tree_bin::decode_tree(&bytes).unwrap(), entries);
+    assert!(arca::repo::tree_bin::decode_tree(&bytes[..bytes.len() - 1]).is_err());
+    for at in 0..bytes.len() {
+        let mut edited = bytes.clone();
+        edited[at] ^= 0x40;
+        assert_ne!(
+            arca::repo::tree_bin::decode_tree(&edited).ok().as_ref(),
+            Some(&entries),
+            "byte {at}"
+        );
+    }
     let i = &want["inputs"];
     let chain_key = SecretKey::from_slice(&b(&i["chain_key"])).unwrap();
     let data_key = SecretKey::from_slice(&b(&i["data_key"])).unwrap();
