@@ -624,8 +624,10 @@ pub struct TreeStream<'r> {
     done: bool,
 }
 
-/// A file index entry longer than this is refused (no entry of arca's comes close).
+/// A file index entry longer than this is refused (no entry of arca's comes close); a
+/// binary record may take 4 bytes more for its length.
 const TREE_LINE_MAX: usize = crate::repo::tree_bin::RECORD_MAX;
+const TREE_PREFIX_MAX: usize = 4;
 
 /// Where the next entry of a file index lies in the bytes read so far.
 enum Next {
@@ -720,7 +722,7 @@ impl Iterator for TreeStream<'_> {
                 Ok(Next::More) => {}
             }
             let rest = self.buf.len() - self.pos;
-            if rest > TREE_LINE_MAX {
+            if rest > TREE_LINE_MAX + TREE_PREFIX_MAX {
                 return self.fail("an entry longer than 64 MiB");
             }
             match self.ids.next() {

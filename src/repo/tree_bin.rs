@@ -216,7 +216,9 @@ pub fn decode_entry(body: &[u8]) -> Result<TreeEntry, ParseError> {
         let n = r.count(32)?;
         let mut chunks = Vec::with_capacity(n);
         for _ in 0..n {
-            chunks.push(Id32(r.take(32)?.try_into().expect("32 bytes")));
+            let mut id = [0u8; 32];
+            id.copy_from_slice(r.take(32)?);
+            chunks.push(Id32(id));
         }
         e.chunks = chunks;
     }
