@@ -749,33 +749,43 @@ fn stamp(m: &fs::Metadata) -> (u64, i128, i128) {
 /// is that very entry (device and inode): a directory of its path replaced by a symlink
 /// meanwhile leads somewhere else, and is refused too. `seen` came from a listing of the
 /// parent directory, itself opened and checked so (the root is the user's own choice).
-fn open_seen(abs: &Path, seen: &fs::Metadata, dir: bool) -> std::io::Result<fs::File> {
+fn open_seen(abs: &Path, at: At<'_>, seen: &fs::Metadata, dir: bool) -> std::io::Result<fs::File> {
     use rustix::fs::OFlags;
     let mut flags = OFlags::RDONLY | OFlags::NONBLOCK | OFlags::NOCTTY;
     if dir {
         flags |= OFlags::DIRECTORY;
     }
-    open_checked(abs, seen, flags).map(fs::File::from)
+    open_checked(abs, at, seen, flags).map(fs::File::from)
 }
+
+/// Where an entry is opened from: by its name in its directory's descriptor, which the walk
+/// holds open (one name looked up by the kernel, and no symlink in a directory above it can
+/// lead elsewhere), or, without one (the root, entries deep down), by its absolute path.
+type At<'a> = Option<(&'a std::os::fd::OwnedFd, &'a std::ffi::OsStr)>;
 
 /// [`open_seen`] for an entry that is not read, only described (a symlink, a device, a
 /// FIFO): an `O_PATH` descriptor, which opens no device and reads no data, but through which
 /// a link's target and the entry's attributes are those of the entry the walk listed.
-fn locate_seen(abs: &Path, seen: &fs::Metadata) -> std::io::Result<std::os::fd::OwnedFd> {
-    open_checked(abs, seen, rustix::fs::OFlags::PATH)
+fn locate_seen(
+    abs: &Path,
+    at: At<'_>,
+    seen: &fs::Metadata,
+) -> std::io::Result<std::os::fd::OwnedFd> {
+    open_checked(abs, at, seen, rustix::fs::OFlags::PATH)
 }
 
 fn open_checked(
     abs: &Path,
+    at: At<'_>,
     seen: &fs::Metadata,
     flags: rustix::fs::OFlags,
 ) -> std::io::Result<std::os::fd::OwnedFd> {
-    use rustix::fs::OFlags;
-    let fd = rustix::fs::open(
-        abs,
-        flags | OFlags::NOFOLLOW | OFlags::CLOEXEC,
-        rustix::fs::Mode::empty(),
-    )
+    use rustix::fs::{Mode, OFlags};
+    let flags = flags | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+    let fd = match at {
+        Some((dir, name)) => rustix::fs::openat(dir, name, flags, Mode::empty()),
+        None => rustix::fs::open(abs, flags, Mode::empty()),
+    }
     .map_err(|e| {
         let e = std::io::Error::from(e);
         if crate::repo::fsx::is_symlink_refusal(&e) && !flags.contains(OFlags::PATH) {
@@ -814,6 +824,8 @@ const TORN_RETRIES: u32 = 2;
 struct FileJob {
     seq: u64,
     abs: PathBuf,
+    /// Its directory's descriptor and its name there (see [`At`]).
+    at: Option<(Arc<std::os::fd::OwnedFd>, std::ffi::OsString)>,
     rel: Vec<u8>,
     meta: fs::Metadata,
 }
@@ -924,9 +936,11 @@ fn read_file(ch: &mut Chunker<'_>, job: FileJob) -> FileDone {
     let FileJob {
         seq,
         abs,
+        at,
         rel,
         meta: m,
     } = job;
+    let at = at.as_ref().map(|(d, n)| (&**d, n.as_os_str()));
     let mut done = FileDone {
         seq,
         entry: None,
@@ -944,7 +958,7 @@ fn read_file(ch: &mut Chunker<'_>, job: FileJob) -> FileDone {
     let mut meta = m;
     crate::fault::pause_at(&rel);
     for attempt in 0..=TORN_RETRIES {
-        let f = match open_seen(&abs, &seen, false) {
+        let f = match open_seen(&abs, at, &seen, false) {
             Ok(f) => f,
             Err(err) => {
                 done.errors.push(source_error(&abs, err));
@@ -1238,12 +1252,13 @@ impl Walker<'_, '_> {
             Ok(rd) => rd,
             Err(e) => return self.error(abs, e),
         };
-        drop(dir);
         // Entries are stat'ed through their directory's descriptor (one name looked up, not
         // the whole path: path lookups had an eighth of an unchanged incremental's CPU),
         // which stays open while the walk goes below it; deep down, all at once while it is
         // listed, so that a deep tree does not hold a descriptor per level.
         let by_dir = rel.iter().filter(|c| **c == b'/').count() < DIRS_HELD_OPEN;
+        // Its entries are opened by name in it (files by the readers, which share it).
+        let held = by_dir.then(|| Arc::new(std::os::fd::OwnedFd::from(dir)));
         let mut names: Vec<(std::ffi::OsString, Entry)> = Vec::new();
         for e in rd {
             match e {
@@ -1278,18 +1293,26 @@ impl Walker<'_, '_> {
                     Entry::Stat(m) => m,
                 }
             };
-            self.visit_with(&abs, &r, Some(m));
+            let at = held.as_ref().map(|d| (d, name.as_os_str()));
+            self.visit_with(&abs, &r, Some(m), at);
         }
     }
 
     fn visit(&mut self, abs: &Path, rel: &[u8]) {
-        self.visit_with(abs, rel, None)
+        self.visit_with(abs, rel, None, None)
     }
 
     /// [`Walker::visit`] with the entry's metadata when its directory gave it (`lstat`
     /// semantics either way: a symlink is not followed). Without it (the root) it is looked
     /// up by path: symlinks above the root are the user's choice.
-    fn visit_with(&mut self, abs: &Path, rel: &[u8], m: Option<std::io::Result<fs::Metadata>>) {
+    fn visit_with(
+        &mut self,
+        abs: &Path,
+        rel: &[u8],
+        m: Option<std::io::Result<fs::Metadata>>,
+        held: Option<(&Arc<std::os::fd::OwnedFd>, &std::ffi::OsStr)>,
+    ) {
+        let at = held.map(|(d, n)| (&**d, n));
         let m = match m.unwrap_or_else(|| fs::symlink_metadata(abs)) {
             Ok(m) => m,
             Err(e) => return self.error(abs, e),
@@ -1302,7 +1325,7 @@ impl Walker<'_, '_> {
         if ft.is_dir() {
             use super::filter::DirContents;
             crate::fault::pause_at(rel);
-            let dir = match open_seen(abs, &m, true) {
+            let dir = match open_seen(abs, at, &m, true) {
                 Ok(d) => d,
                 Err(e) => return self.error(abs, e),
             };
@@ -1325,8 +1348,9 @@ impl Walker<'_, '_> {
                     r.push(b'/');
                     r.extend_from_slice(tag.as_bytes());
                     let m = fs::symlink_metadata(here.join(tag));
-                    drop(dir);
-                    self.visit_with(&abs.join(tag), &r, Some(m));
+                    let held = Arc::new(std::os::fd::OwnedFd::from(dir));
+                    let name = std::ffi::OsStr::new(tag);
+                    self.visit_with(&abs.join(tag), &r, Some(m), Some((&held, name)));
                     self.chunker.stats.excluded += 1;
                 }
                 DirContents::Empty | DirContents::Nothing => {
@@ -1335,7 +1359,7 @@ impl Walker<'_, '_> {
             }
         } else if ft.is_symlink() {
             crate::fault::pause_at(rel);
-            match locate_seen(abs, &m).and_then(|l| link_target(&l)) {
+            match locate_seen(abs, at, &m).and_then(|l| link_target(&l)) {
                 Ok(t) => {
                     let mut e = entry_from_meta(rel, EntryType::Symlink, &m);
                     e.target = Some(t);
@@ -1357,7 +1381,7 @@ impl Walker<'_, '_> {
                 }
                 self.links.insert((m.dev(), m.ino()), rel.to_vec());
             }
-            self.file(abs, rel, &m);
+            self.file(abs, rel, &m, held);
         } else {
             use std::os::unix::fs::FileTypeExt;
             let kind = if ft.is_fifo() {
@@ -1377,7 +1401,7 @@ impl Walker<'_, '_> {
                     format!("{what}: not backed up (it cannot be recreated)"),
                 );
             };
-            let located = match locate_seen(abs, &m) {
+            let located = match locate_seen(abs, at, &m) {
                 Ok(l) => l,
                 Err(e) => return self.error(abs, e),
             };
@@ -1388,7 +1412,13 @@ impl Walker<'_, '_> {
         }
     }
 
-    fn file(&mut self, abs: &Path, rel: &[u8], m: &fs::Metadata) {
+    fn file(
+        &mut self,
+        abs: &Path,
+        rel: &[u8],
+        m: &fs::Metadata,
+        held: Option<(&Arc<std::os::fd::OwnedFd>, &std::ffi::OsStr)>,
+    ) {
         let mut e = entry_from_meta(rel, EntryType::File, m);
         if let Some(ParentEntry {
             entry: p,
@@ -1426,6 +1456,7 @@ impl Walker<'_, '_> {
         self.dispatch(FileJob {
             seq,
             abs: abs.to_path_buf(),
+            at: held.map(|(d, n)| (d.clone(), n.to_owned())),
             rel: rel.to_vec(),
             meta: m.clone(),
         });
@@ -1764,7 +1795,7 @@ pub fn run(
                     .map_err(|e| Error::io(format!("read backup source {}", root.display()), e))?;
                 if m.is_dir() {
                     // The root's own metadata is kept in the body.
-                    let dir = open_seen(root, &m, true).map_err(|e| {
+                    let dir = open_seen(root, None, &m, true).map_err(|e| {
                         Error::io(format!("read backup source {}", root.display()), e)
                     })?;
                     let mut r = entry_from_meta(b"", EntryType::Dir, &m);
