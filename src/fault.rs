@@ -63,3 +63,15 @@ pub fn pause_at(rel: &[u8]) {
         std::thread::sleep(std::time::Duration::from_secs(secs));
     }
 }
+
+/// With `ARCA_FAULT_SLOW_PASSPHRASE_CHECK=SECS`, the check of a given passphrase that runs
+/// while the work starts (see [`crate::resolve::PassphraseCheck`]) sleeps that long first:
+/// the tests of what must wait for it.
+pub fn slow_passphrase_check() {
+    if let Some(secs) = std::env::var("ARCA_FAULT_SLOW_PASSPHRASE_CHECK")
+        .ok()
+        .and_then(|v| v.parse::<u64>().ok())
+    {
+        std::thread::sleep(std::time::Duration::from_secs(secs));
+    }
+}

@@ -951,6 +951,7 @@ async fn deferred_passphrase(
     let handle = std::thread::Builder::new()
         .name("arca-passphrase".into())
         .spawn(move || {
+            crate::fault::slow_passphrase_check();
             provider.hash_for(&rec_owned).map(|h| {
                 // blake3::Hash compares in constant time.
                 blake3::Hash::from_bytes(*h.expose())

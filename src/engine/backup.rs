@@ -1506,6 +1506,7 @@ fn run_writer(
     header_sealer: Arc<Sealer>,
     pool: Arc<BufPool>,
     place: PointPlace,
+    mut check: Option<crate::resolve::PassphraseCheck>,
 ) -> thread::JoinHandle<Result<WriterResult>> {
     thread::Builder::new()
         .name("arca-pack-writer".into())
@@ -1533,29 +1534,54 @@ fn run_writer(
                     None => PackBuilder::new(&place.point_id, PACK_TARGET + CHUNK_MAX as usize, 2),
                 })
             };
-            let flush = |pack: PackBuilder, res: &mut WriterResult| -> Result<()> {
-                let mut fin = pack.finish(&header_sealer, &place).map_err(pack_err)?;
-                res.bytes_stored += fin.len;
-                match fin.sink.take() {
-                    Some(sink) => repo.0.commit_pack(sink, &fin.id)?,
-                    // S3 uploads it in the background (a bounded number at once); the writer
-                    // waits for all of them before the index can name them.
-                    None => repo
-                        .0
-                        .write_pack_owned(&fin.id, std::mem::take(&mut fin.bytes))?,
-                }
-                crate::fault::wrote("backup: pack written");
-                for e in &fin.entries {
-                    push_index_record(
-                        &mut res.index,
-                        &IndexEntry {
-                            chunk_id: e.chunk_id,
-                            pack_id: fin.id,
-                            offset: e.offset,
-                            length: e.length,
-                            raw_len: e.raw_len,
-                        },
+            let commit =
+                |mut fin: crate::repo::pack::FinishedPack, res: &mut WriterResult| -> Result<()> {
+                    res.bytes_stored += fin.len;
+                    match fin.sink.take() {
+                        Some(sink) => repo.0.commit_pack(sink, &fin.id)?,
+                        // S3 uploads it in the background (a bounded number at once); the writer
+                        // waits for all of them before the index can name them.
+                        None => repo
+                            .0
+                            .write_pack_owned(&fin.id, std::mem::take(&mut fin.bytes))?,
+                    }
+                    crate::fault::wrote("backup: pack written");
+                    for e in &fin.entries {
+                        push_index_record(
+                            &mut res.index,
+                            &IndexEntry {
+                                chunk_id: e.chunk_id,
+                                pack_id: fin.id,
+                                offset: e.offset,
+                                length: e.length,
+                                raw_len: e.raw_len,
+                            },
+                        );
+                    }
+                    Ok(())
+                };
+            // A given passphrase still being checked: no pack is put in the repository
+            // before it is found right. Until then finished packs wait (a few, as temporary
+            // files, or in memory for S3); a wrong passphrase leaves only those temporary
+            // files, removed as they are dropped.
+            let mut held: Vec<crate::repo::pack::FinishedPack> = Vec::new();
+            let mut flush = |pack: PackBuilder, res: &mut WriterResult, last: bool| -> Result<()> {
+                held.push(pack.finish(&header_sealer, &place).map_err(pack_err)?);
+                if check.is_some() {
+                    tracing::debug!(
+                        "{} finished pack(s) held until the given passphrase is checked",
+                        held.len()
                     );
+                }
+                if let Some(c) =
+                    check.take_if(|c| last || held.len() >= HELD_PACKS || c.is_finished())
+                {
+                    c.wait()?;
+                }
+                if check.is_none() {
+                    for fin in held.drain(..) {
+                        commit(fin, res)?;
+                    }
                 }
                 Ok(())
             };
@@ -1570,17 +1596,29 @@ fn run_writer(
                 pool.give(c.sealed);
                 pool.release(c.raw_len as usize);
                 if p.len() >= PACK_TARGET {
-                    flush(pack.take().expect("a pack"), &mut res)?;
+                    flush(pack.take().expect("a pack"), &mut res, false)?;
                 }
             }
-            if let Some(p) = pack {
-                flush(p, &mut res)?;
+            match pack {
+                Some(p) => flush(p, &mut res, true)?,
+                None => {
+                    if let Some(c) = check.take() {
+                        c.wait()?;
+                    }
+                    for fin in held.drain(..) {
+                        commit(fin, &mut res)?;
+                    }
+                }
             }
             repo.0.flush()?;
             Ok(res)
         })
         .expect("spawn writer")
 }
+
+/// Finished packs a backup's writer holds back at most while a given passphrase is still
+/// being checked (64 MiB: temporary files, or memory for S3).
+const HELD_PACKS: usize = 4;
 
 /// The repository shared with the writer thread (the repository type is not `Clone`).
 struct RepoHandle(Repository);
@@ -1591,6 +1629,21 @@ pub fn run(
     job: &JobRecord,
     oc: &OpenChain,
     opts: BackupOptions,
+) -> Result<BackupOutcome> {
+    run_checked(repo_root, job, oc, opts, None)
+}
+
+/// [`run`] with a given passphrase still being checked (see
+/// [`crate::ops::open_chain_deferred`]): the check overlaps the backup's start (the walk,
+/// reading, chunking, compressing) and is waited for before the first pack is put in the
+/// repository. A wrong passphrase is the backup's error, as if it had been checked first,
+/// and leaves the repository as it was.
+pub fn run_checked(
+    repo_root: &Path,
+    job: &JobRecord,
+    oc: &OpenChain,
+    opts: BackupOptions,
+    check: Option<crate::resolve::PassphraseCheck>,
 ) -> Result<BackupOutcome> {
     let repo = Repository::open(repo_root)?;
     if repo.version() < 2 || oc.chain.version < 2 {
@@ -1675,6 +1728,7 @@ pub fn run(
         sealers.pack_headers.clone(),
         pool.clone(),
         place,
+        check,
     );
 
     let known = Mutex::new(Known {

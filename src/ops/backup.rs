@@ -4,7 +4,7 @@ use crate::catalog::PointRow;
 use crate::engine::backup::{self, BackupOptions, BackupOutcome, Source};
 use crate::error::{Error, Result};
 
-use super::{check_latest, locate_job, open_chain, Session};
+use super::{check_latest, locate_job, open_chain_deferred, Session};
 
 /// What to back up: the job's source tree, or a stream under a file name.
 pub enum JobSource {
@@ -52,7 +52,9 @@ pub async fn backup_job(
     let lock = super::lifecycle::lock_chain(s, &h.repo, &h.job.chain_id)?;
     // Leftovers of interrupted writes: other backups may be writing now, so only old ones.
     h.repo.clean_tmp(std::time::Duration::from_secs(3600))?;
-    let (oc, tier) = open_chain(s, &cat, &h, &h.job.chain_id, None, false).await?;
+    // A given passphrase is checked while the backup starts; nothing reaches the repository
+    // before it is found right.
+    let (oc, tier, check) = open_chain_deferred(s, &cat, &h, &h.job.chain_id, None, false).await?;
     if let Err(e) = check_latest(&h, &h.repo.list_points(&h.job.job_id)?) {
         // Not fatal for a backup (it only re-reads more), but never silent.
         s.note(format!("warning: {e}"));
@@ -115,7 +117,7 @@ pub async fn backup_job(
         .filter(|p| p.chain_id != h.job.chain_id)
         .count();
     crate::signals::install();
-    let out = backup::run(h.repo.root(), &h.job, &oc, opts)?;
+    let out = backup::run_checked(h.repo.root(), &h.job, &oc, opts, check)?;
     drop(lock);
     if let Some(signal) = out.interrupted {
         cat.upsert_point(&PointRow {

@@ -256,6 +256,72 @@ fn wrong_passphrase_checked_during_the_restore_still_exits_12_and_writes_nothing
     assert_eq!(snapshot(&t3), snapshot(&src));
 }
 
+/// A backup does the same: with the catalog holding the password's hash it opens the chain
+/// with it and checks the given passphrase while it reads and compresses, and the packs it
+/// finishes meanwhile wait for the check. A wrong passphrase is exit 12 and leaves the
+/// repository as it was (no pack, no temporary file); the right one stores them all.
+#[test]
+fn wrong_passphrase_checked_during_a_backup_exits_12_and_stores_nothing() {
+    let env = Env::new();
+    let src = env.path("src");
+    rich_tree(&src, 1);
+    let repo = env.passphrase_job("nightly", &src, PASS);
+    env.run(&["backup", "nightly"]).ok();
+    // 48 MiB that does not compress (xorshift): packs are finished while the check sleeps.
+    let mut x = 0x9e37_79b9_7f4a_7c15u64;
+    let data: Vec<u8> = (0..(48usize << 20) / 8)
+        .flat_map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x.to_le_bytes()
+        })
+        .collect();
+    write(&src.join("big.bin"), &data);
+    let before = snapshot(&repo);
+    let slow = ("ARCA_FAULT_SLOW_PASSPHRASE_CHECK", "2");
+    let debug = ("ARCA_LOG", "arca=debug");
+    let r = env.run_env(
+        &["backup", "nightly"],
+        &[("ARCA_PASSPHRASE", "not the passphrase"), debug, slow],
+    );
+    assert_eq!(r.code, 12, "{}", r.stderr);
+    assert!(
+        r.stderr.contains("wrong passphrase for job 'nightly'"),
+        "{}",
+        r.stderr
+    );
+    assert!(
+        r.stderr
+            .contains("held until the given passphrase is checked"),
+        "{}",
+        r.stderr
+    );
+    // Nothing added, nothing left in tmp/ (whose own mtime moved: the packs held there
+    // were removed).
+    let without_tmp = |mut s: std::collections::BTreeMap<String, String>| {
+        s.remove("tmp");
+        s
+    };
+    assert_eq!(without_tmp(snapshot(&repo)), without_tmp(before));
+    assert_eq!(fs::read_dir(repo.join("tmp")).unwrap().count(), 0);
+    let ok = env.run_env(
+        &["backup", "nightly"],
+        &[("ARCA_PASSPHRASE", PASS), debug, slow],
+    );
+    assert_eq!(ok.code, 0, "{}", ok.stderr);
+    assert!(
+        ok.stderr
+            .contains("held until the given passphrase is checked"),
+        "{}",
+        ok.stderr
+    );
+    let t = env.path("t");
+    env.run(&["restore", "nightly", "--target", t.to_str().unwrap()])
+        .ok();
+    assert_eq!(snapshot(&t), snapshot(&src));
+}
+
 #[test]
 fn wrong_passphrase_exits_12_and_writes_nothing() {
     let env = Env::new();
