@@ -634,13 +634,24 @@ impl Chunker<'_> {
         f: &fs::File,
         len: u64,
     ) -> std::result::Result<(Vec<Id32>, u64, Option<Vec<u8>>), String> {
-        // Room for the length the walk saw (and the read that finds the end), not grown
-        // by doubling from nothing.
-        let mut data = Vec::with_capacity(len.min(SMALL_FILE) as usize + 1);
-        let n = f
-            .take(SMALL_FILE)
-            .read_to_end(&mut data)
-            .map_err(|e| e.to_string())? as u64;
+        // Room for the length the walk saw and one byte more, not grown by doubling from
+        // nothing. One read usually does: when it returns exactly that length, the read
+        // that would find the end is left out (a file that grew or changed meanwhile is
+        // caught by the check of its size and times after the read, and read again).
+        let want = len.min(SMALL_FILE) as usize;
+        let mut data = Vec::with_capacity(want + 1);
+        let first = match rustix::io::read(f, rustix::buffer::spare_capacity(&mut data)) {
+            Ok(n) => n,
+            // Read again below, as a read interrupted by a signal always is.
+            Err(rustix::io::Errno::INTR) => 0,
+            Err(e) => return Err(std::io::Error::from(e).to_string()),
+        };
+        if first != want {
+            f.take(SMALL_FILE - first as u64)
+                .read_to_end(&mut data)
+                .map_err(|e| e.to_string())?;
+        }
+        let n = data.len() as u64;
         self.stats.bytes_read += n;
         self.progress.inc(n);
         self.status.add(0, n);
