@@ -1576,8 +1576,12 @@ fn run_writer(
             // files, or in memory for S3); a wrong passphrase leaves only those temporary
             // files, removed as they are dropped.
             let mut held: Vec<crate::repo::pack::FinishedPack> = Vec::new();
-            let mut flush = |pack: PackBuilder, res: &mut WriterResult, last: bool| -> Result<()> {
-                held.push(pack.finish(&header_sealer, &place).map_err(pack_err)?);
+            // `pack` is none at the end when the last pack was already finished (or no chunk
+            // was new): the held ones still wait for the check.
+            let mut flush = |pack: Option<PackBuilder>, res: &mut WriterResult, last: bool| {
+                if let Some(pack) = pack {
+                    held.push(pack.finish(&header_sealer, &place).map_err(pack_err)?);
+                }
                 if check.is_some() {
                     tracing::debug!(
                         "{} finished pack(s) held until the given passphrase is checked",
@@ -1594,7 +1598,7 @@ fn run_writer(
                         commit(fin, res)?;
                     }
                 }
-                Ok(())
+                Ok::<(), Error>(())
             };
             // dropping rx on error stops the workers
             let mut pack: Option<PackBuilder> = None;
@@ -1607,20 +1611,10 @@ fn run_writer(
                 pool.give(c.sealed);
                 pool.release(c.raw_len as usize);
                 if p.len() >= PACK_TARGET {
-                    flush(pack.take().expect("a pack"), &mut res, false)?;
+                    flush(pack.take(), &mut res, false)?;
                 }
             }
-            match pack {
-                Some(p) => flush(p, &mut res, true)?,
-                None => {
-                    if let Some(c) = check.take() {
-                        c.wait()?;
-                    }
-                    for fin in held.drain(..) {
-                        commit(fin, &mut res)?;
-                    }
-                }
-            }
+            flush(pack, &mut res, true)?;
             repo.0.flush()?;
             Ok(res)
         })
