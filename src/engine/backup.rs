@@ -26,7 +26,7 @@ use indicatif::ProgressBar;
 
 use super::chunker::{read_chunks, CdcParams};
 use super::*;
-use crate::repo::format::chunk_compressor;
+use crate::repo::format::{chunk_compressor, encode_payload_in_place};
 use crate::repo::fsx::XattrSource;
 use crate::repo::now_rfc3339;
 use crate::repo::pack::PackBuilder;
@@ -166,7 +166,10 @@ pub const CHECKPOINT: &str = "checkpoint";
 
 struct Work {
     id: Id32,
+    /// The chunk, after a byte of room when `room` (read so by [`read_chunks`]): a chunk
+    /// stored raw is then sealed where it lies, its payload type written into that byte.
     data: Vec<u8>,
+    room: bool,
 }
 
 /// Chunk buffers handed back once used (a chunk's plaintext after it is sealed, a sealed
@@ -605,7 +608,12 @@ impl Chunker<'_> {
                 let mut buf = pool.take();
                 buf.reserve_exact(data.len()); // not doubled: a chunk is as large as it gets
                 buf.extend_from_slice(data);
-                tx.send(Work { id, data: buf }).is_ok()
+                tx.send(Work {
+                    id,
+                    data: buf,
+                    room: false,
+                })
+                .is_ok()
             }
         }
     }
@@ -621,7 +629,13 @@ impl Chunker<'_> {
             Admit::Stopped => false,
             Admit::New(id) => {
                 let full = std::mem::replace(data, self.pool.take());
-                self.tx.send(Work { id, data: full }).is_ok()
+                self.tx
+                    .send(Work {
+                        id,
+                        data: full,
+                        room: false,
+                    })
+                    .is_ok()
             }
         }
     }
@@ -684,6 +698,7 @@ impl Chunker<'_> {
             r,
             cdc,
             expected,
+            1,
             || pool.take(),
             |v| pool.give(v),
             |c| {
@@ -691,10 +706,11 @@ impl Chunker<'_> {
                     interrupted = true;
                     return false;
                 }
-                stats.bytes_read += c.len() as u64;
-                progress.inc(c.len() as u64);
-                status.add(0, c.len() as u64);
-                alive = match Self::admit(idk, known, pool, stats, c, &mut ids) {
+                let len = c.len() as u64 - 1;
+                stats.bytes_read += len;
+                progress.inc(len);
+                status.add(0, len);
+                alive = match Self::admit(idk, known, pool, stats, &c[1..], &mut ids) {
                     Admit::Known => {
                         pool.give(std::mem::take(c));
                         true
@@ -704,6 +720,7 @@ impl Chunker<'_> {
                         .send(Work {
                             id,
                             data: std::mem::take(c),
+                            room: true,
                         })
                         .is_ok(),
                 };
@@ -1491,16 +1508,28 @@ fn run_workers(
                 .spawn(move || {
                     let mut z = chunk_compressor(level);
                     let mut scratch = Vec::new();
-                    for w in rx {
-                        let mut sealed = pool.take();
-                        encode_payload_into(&mut z, &w.data, &mut scratch, &mut sealed);
+                    for mut w in rx {
+                        let raw_len = (w.data.len() - usize::from(w.room)) as u32;
+                        let mut out = pool.take();
+                        let mut sealed = if w.room
+                            && encode_payload_in_place(&mut z, &mut w.data, &mut scratch, &mut out)
+                        {
+                            // Stored raw where it was read: not copied.
+                            pool.give(out);
+                            w.data
+                        } else {
+                            if !w.room {
+                                encode_payload_into(&mut z, &w.data, &mut scratch, &mut out);
+                            }
+                            pool.give(w.data);
+                            out
+                        };
                         sealer.seal_in_place(&w.id.0, &place.chunk_aad(&w.id), &mut sealed);
                         let c = SealedChunk {
                             id: w.id,
                             sealed,
-                            raw_len: w.data.len() as u32,
+                            raw_len,
                         };
-                        pool.give(w.data);
                         if tx.send(c).is_err() {
                             return;
                         }

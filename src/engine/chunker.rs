@@ -189,39 +189,43 @@ const READ_BLOCK: usize = 256 << 10;
 const END_PROBE: usize = 4 << 10;
 
 /// Reads `r` to its end chunk by chunk, each straight into a buffer of its own (of at least
-/// the maximum chunk's capacity). `take` gives an empty buffer and `give` takes back one
-/// not used; `emit` gets each chunk in order, takes its buffer or leaves it (to be reused),
-/// and returns false to stop. `expected` is the length the input should have (a file's
-/// size): no more than that is asked for ahead of its end. Returns the bytes read.
+/// the maximum chunk's capacity), after `head` zero bytes of room the caller may use (a
+/// backup writes a chunk's payload type there, so that a chunk stored raw is sealed where it
+/// lies). `take` gives an empty buffer and `give` takes back one not used; `emit` gets each
+/// chunk in order (its buffer: `head` bytes, then the chunk), takes its buffer or leaves it
+/// (to be reused), and returns false to stop. `expected` is the length the input should have
+/// (a file's size): no more than that is asked for ahead of its end. Returns the bytes read.
 pub fn read_chunks<R: Read>(
     mut r: R,
     p: &CdcParams,
     expected: Option<u64>,
+    head: usize,
     mut take: impl FnMut() -> Vec<u8>,
     mut give: impl FnMut(Vec<u8>),
     mut emit: impl FnMut(&mut Vec<u8>) -> bool,
 ) -> io::Result<u64> {
     let mut fresh = || {
-        let v = take();
-        if v.capacity() < p.max {
-            Vec::with_capacity(p.max)
-        } else {
-            v
+        let mut v = take();
+        if v.capacity() < head + p.max {
+            v = Vec::with_capacity(head + p.max);
         }
+        v.clear();
+        v.resize(head, 0);
+        v
     };
     let mut cur = fresh();
     let mut scan = CutScan::default();
     let (mut total, mut eof) = (0u64, false);
     let res = loop {
-        if let Some(n) = p.scan(&mut scan, &cur, eof) {
-            if eof && n == cur.len() {
+        if let Some(n) = p.scan(&mut scan, &cur[head..], eof) {
+            if eof && head + n == cur.len() {
                 // The last chunk.
                 emit(&mut cur);
                 break Ok(total);
             }
             let mut next = fresh();
-            next.extend_from_slice(&cur[n..]);
-            cur.truncate(n);
+            next.extend_from_slice(&cur[head + n..]);
+            cur.truncate(head + n);
             let go_on = emit(&mut cur);
             give(std::mem::replace(&mut cur, next));
             if !go_on {
@@ -234,7 +238,8 @@ pub fn read_chunks<R: Read>(
             break Ok(total);
         }
         // Undecided, so shorter than the maximum: read up to the minimum and a block more.
-        let mut want = (p.min.saturating_sub(cur.len()) + READ_BLOCK).min(p.max - cur.len());
+        let have = cur.len() - head;
+        let mut want = (p.min.saturating_sub(have) + READ_BLOCK).min(p.max - have);
         if let Some(len) = expected {
             want = match len.saturating_sub(total) {
                 0 => want.min(END_PROBE),
@@ -289,17 +294,18 @@ mod tests {
     proptest! {
         #![proptest_config(ProptestConfig::with_cases(24))]
         /// Same boundaries as fastcdc's StreamCDC, whatever the read sizes, each chunk in a
-        /// buffer of its own with room for the largest.
+        /// buffer of its own with room for the largest, after the room asked for.
         #[test]
-        fn matches_streamcdc(seed in any::<u64>(), len in 0usize..300_000, step in 1usize..70_000, hint in any::<bool>()) {
+        fn matches_streamcdc(seed in any::<u64>(), len in 0usize..300_000, step in 1usize..70_000, hint in any::<bool>(), head in 0usize..3) {
             let data = noise(seed, len);
             let p = CdcParams::new(1024, 4096, 16384);
             let want: Vec<usize> = StreamCDC::new(&data[..], 1024, 4096, 16384).map(|c| c.unwrap().length).collect();
             let mut got = Vec::new();
             let expected = hint.then_some(len as u64);
-            let n = read_chunks(Trickle(&data, step), &p, expected, Vec::new, drop, |c| {
-                assert!(c.capacity() >= 16384);
-                got.push(c.clone());
+            let n = read_chunks(Trickle(&data, step), &p, expected, head, Vec::new, drop, |c| {
+                assert!(c.capacity() >= head + 16384);
+                assert_eq!(&c[..head], &vec![0u8; head][..], "the room before the chunk");
+                got.push(c[head..].to_vec());
                 true
             }).unwrap();
             prop_assert_eq!(n, len as u64);

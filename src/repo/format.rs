@@ -1372,6 +1372,42 @@ pub fn encode_payload_into(
     scratch: &mut Vec<u8>,
     out: &mut Vec<u8>,
 ) {
+    if !compress_payload(z, data, scratch, out) {
+        out.clear();
+        out.reserve_exact(data.len() + 1 + crate::crypto::TAG_LEN);
+        out.push(PAYLOAD_RAW);
+        out.extend_from_slice(data);
+    }
+}
+
+/// [`encode_payload_into`] of a chunk that lies in `buf` after one byte of room (`buf[0]`):
+/// compressed into `out`, or, when it is stored raw, made a payload where it lies (its type
+/// byte written into that room) instead of copied. Returns true when the payload is `buf`,
+/// false when it is `out`.
+pub fn encode_payload_in_place(
+    z: &mut zstd::bulk::Compressor<'_>,
+    buf: &mut [u8],
+    scratch: &mut Vec<u8>,
+    out: &mut Vec<u8>,
+) -> bool {
+    let Some((room, data)) = buf.split_first_mut() else {
+        unreachable!("a chunk buffer has its room byte")
+    };
+    if compress_payload(z, data, scratch, out) {
+        return false;
+    }
+    *room = PAYLOAD_RAW;
+    true
+}
+
+/// Compresses `data` into `out` as a zstd payload (type byte first) and returns true, unless
+/// that does not save at least 1/32 of its size: then false, and it is to be stored raw.
+fn compress_payload(
+    z: &mut zstd::bulk::Compressor<'_>,
+    data: &[u8],
+    scratch: &mut Vec<u8>,
+    out: &mut Vec<u8>,
+) -> bool {
     out.clear();
     // A large chunk whose middle does not compress (media, archives, encrypted data) is
     // stored raw without compressing all of it: one 8 KiB probe instead of a full pass.
@@ -1394,13 +1430,11 @@ pub fn encode_payload_into(
         if z.compress_to_buffer(data, &mut at).is_ok()
             && out.len() - 1 + data.len() / 32 < data.len()
         {
-            return;
+            return true;
         }
         out.clear();
     }
-    out.reserve_exact(data.len() + 1 + crate::crypto::TAG_LEN);
-    out.push(PAYLOAD_RAW);
-    out.extend_from_slice(data);
+    false
 }
 
 /// The largest plaintext a chunk may have (content chunks are at most 4 MiB).
@@ -1531,6 +1565,30 @@ mod tests {
             encode_payload_into(&mut z, d, &mut scratch, &mut out);
             assert_eq!(out, encode_payload(d, 1));
             assert_eq!(decode_payload(&out, d.len()).unwrap(), *d);
+        }
+    }
+
+    #[test]
+    fn payloads_made_in_place_equal_copied_ones() {
+        // A chunk after a byte of room: stored raw where it lies, or compressed into `out`;
+        // either way the same payload bytes as the copying encoder's.
+        let text = b"INSERT INTO t VALUES (1, 'arca');\n".repeat(8000);
+        let random = noise(b"seed", 256 * 1024);
+        let tiny = b"hi".to_vec();
+        let mut z = chunk_compressor(1);
+        let (mut scratch, mut out) = (Vec::new(), Vec::new());
+        for (d, raw) in [
+            (&random, true),
+            (&text, false),
+            (&tiny, true),
+            (&random, true),
+        ] {
+            let mut buf = [&[0xEE][..], d].concat();
+            let in_place = encode_payload_in_place(&mut z, &mut buf, &mut scratch, &mut out);
+            assert_eq!(in_place, raw);
+            let payload = if in_place { &buf } else { &out };
+            assert_eq!(*payload, encode_payload(d, 1));
+            assert_eq!(decode_payload(payload, d.len()).unwrap(), *d);
         }
     }
 
