@@ -1391,7 +1391,9 @@ pub fn encode_payload_in_place(
     out: &mut Vec<u8>,
 ) -> bool {
     let Some((room, data)) = buf.split_first_mut() else {
-        unreachable!("a chunk buffer has its room byte")
+        // No room byte, so no chunk either: the payload of an empty one.
+        encode_payload_into(z, &[], scratch, out);
+        return false;
     };
     if compress_payload(z, data, scratch, out) {
         return false;
@@ -1577,6 +1579,14 @@ mod tests {
         let tiny = b"hi".to_vec();
         let mut z = chunk_compressor(1);
         let (mut scratch, mut out) = (Vec::new(), Vec::new());
+        let mut empty = Vec::new();
+        assert!(!encode_payload_in_place(
+            &mut z,
+            &mut empty,
+            &mut scratch,
+            &mut out
+        ));
+        assert_eq!(out, encode_payload(&[], 1));
         for (d, raw) in [
             (&random, true),
             (&text, false),
