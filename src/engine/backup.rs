@@ -1511,19 +1511,19 @@ fn run_workers(
                     for mut w in rx {
                         let raw_len = (w.data.len() - usize::from(w.room)) as u32;
                         let mut out = pool.take();
-                        let mut sealed = if w.room
-                            && encode_payload_in_place(&mut z, &mut w.data, &mut scratch, &mut out)
-                        {
-                            // Stored raw where it was read: not copied.
-                            pool.give(out);
-                            w.data
+                        let in_place = if w.room {
+                            encode_payload_in_place(&mut z, &mut w.data, &mut scratch, &mut out)
                         } else {
-                            if !w.room {
-                                encode_payload_into(&mut z, &w.data, &mut scratch, &mut out);
-                            }
-                            pool.give(w.data);
-                            out
+                            encode_payload_into(&mut z, &w.data, &mut scratch, &mut out);
+                            false
                         };
+                        // A chunk stored raw is sealed where it was read, not copied.
+                        let (mut sealed, spare) = if in_place {
+                            (w.data, out)
+                        } else {
+                            (out, w.data)
+                        };
+                        pool.give(spare);
                         sealer.seal_in_place(&w.id.0, &place.chunk_aad(&w.id), &mut sealed);
                         let c = SealedChunk {
                             id: w.id,
